@@ -110,8 +110,13 @@ class ExpandPromptsConfig(Section):
 class GeneratePairsConfig(Section):
     """Pair generation and filtering of failed edits."""
 
-    min_change: float = Field(0.02, ge=0.0)  # mean |edited - input| below this: the edit failed
-    max_change: float = Field(0.9, le=1.0)  # above this: the edit destroyed the photo
+    min_change: float = Field(0.005, ge=0.0)  # mean |edited - input| (0..1) below this: the edit failed
+    max_change: float = Field(0.95, le=1.0)  # above this: the edit destroyed the photo
+    min_lpips: float = Field(0.02, ge=0.0)  # LPIPS(input, edited) below this: too weak an edit
+    max_lpips: float = Field(1.2, le=2.0)  # above this: the structure is gone
+    clip_model: str | None = None  # CLIP id/path for directional similarity (none ships offline)
+    min_clip_direction: float = Field(0.0, ge=-1.0, le=1.0)  # with clip_model: edits pointing away are dropped
+    shard_size: int = Field(32, ge=1)  # pairs per checkpointed shard
     seed: int = 0
 
 
@@ -122,6 +127,12 @@ class Params(Section):
     expand_prompts: ExpandPromptsConfig
     generate_pairs: GeneratePairsConfig
     concepts: dict[str, ConceptConfig] = Field(min_length=1)
+
+    def concept(self, name: str) -> ConceptConfig:
+        """A concept by name, or a ConfigError listing the known ones."""
+        if name not in self.concepts:
+            raise ConfigError(f"concept {name!r} is not in params.yaml concepts; known: {', '.join(self.concepts)}")
+        return self.concepts[name]
 
     @field_validator("concepts", mode="before")
     @classmethod

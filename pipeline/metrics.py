@@ -144,3 +144,45 @@ def fid_kid(a: Sequence[np.ndarray] | str | Path, b: Sequence[np.ndarray] | str 
     if min(len(f1), len(f2)) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {len(f1)} and {len(f2)}")
     return {"fid": fid_from_features(f1, f2), "kid": kid_from_features(f1, f2, seed), "n_a": len(f1), "n_b": len(f2)}
+
+
+# ----------------------------------------------------------------------------- directional CLIP
+
+
+class ClipScorer:
+    """CLIP from a hub id or local folder: directional similarity of an edit to its instruction.
+
+    cos(E_img(edited) - E_img(input), E_txt(instruction) - E_txt(neutral caption)) — the measure of
+    InstructPix2Pix and StyleGAN-NADA. Only used when a CLIP model is configured (none ships offline).
+    """
+
+    NEUTRAL = "a photo"
+
+    def __init__(self, model: str):
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model = CLIPModel.from_pretrained(model).eval()
+            self.processor = CLIPProcessor.from_pretrained(model)
+        except OSError as e:
+            from pipeline.errors import E2GANError
+
+            raise E2GANError(f"CLIP model {model!r} cannot be loaded ({str(e).strip().splitlines()[0]}); "
+                             "set it to null offline, or to a local folder / reachable hub id") from None
+
+    @staticmethod
+    def _vec(out) -> torch.Tensor:
+        # transformers 5 returns a model output here; 4.x returned the projected tensor itself
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    @torch.no_grad()
+    def directional(self, inputs: Sequence[np.ndarray], edited: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        img = self.processor(images=[*inputs, *edited], return_tensors="pt")
+        e = nn.functional.normalize(self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1)
+        txt = self.processor(text=[self.NEUTRAL, *prompts], return_tensors="pt", padding=True)
+        t = nn.functional.normalize(self._vec(self.model.get_text_features(input_ids=txt["input_ids"],
+                                                                           attention_mask=txt["attention_mask"])), dim=-1)
+        n = len(inputs)
+        d_img = e[n:] - e[:n]
+        d_txt = t[1:] - t[:1]
+        return nn.functional.cosine_similarity(d_img, d_txt, dim=-1).numpy()

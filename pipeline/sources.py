@@ -35,7 +35,8 @@ def find_photos(cfg: DataConfig) -> list[Photo]:
         files = list_images(cfg.sources)
         if not files:
             raise ImageLoadError(f"data.sources: no images (png/jpg/bmp/webp/tif) under {cfg.sources}")
-        photos = [Photo(f"{p.stem}-{stable_seed(p) % 10**6:06d}", p) for p in files]
+        # the suffix tells apart same-named files in sub-folders; relative, so moving the folder changes nothing
+        photos = [Photo(f"{p.stem}-{stable_seed(p.relative_to(cfg.sources)) % 10**6:06d}", p) for p in files]
     photos.sort(key=lambda p: p.name)
     return photos[: cfg.max_photos] if cfg.max_photos else photos
 

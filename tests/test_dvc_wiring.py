@@ -1,0 +1,86 @@
+"""dvc.yaml in a temp git+dvc repo: a new or changed concept makes exactly its own stages stale."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "E2GAN_PROGRESS": "0"}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def _stale(repo: Path) -> set[str]:
+    return set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], repo)))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    for d in ("pipeline", "stages"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(max_photos=6, image_size=32, crops_per_photo=1, heldout_crops_per_photo=1)
+    params["expand_prompts"]["n_prompts"] = 2
+    params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
+                          "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
+    assert _stale(repo) == set()
+    return repo
+
+
+def _edit_params(repo: Path, fn) -> str:
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    fn(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return original
+
+
+@pytest.mark.slow
+def test_new_concept_makes_only_its_stages_stale(repo):
+    original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
+        "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}))
+    try:
+        assert _stale(repo) == {"expand_prompts@night", "generate_pairs@night"}
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_changed_prompt_reruns_only_its_concept(repo):
+    original = _edit_params(repo, lambda p: p["concepts"]["ink"].__setitem__("prompt", "make it a pen drawing"))
+    try:
+        assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink"}
+        out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+        assert "Running stage 'expand_prompts@ink'" in out and "generate_pairs@ink" in out
+        assert "Running stage 'generate_pairs@sepia'" not in out and "Running stage 'prepare_sources'" not in out
+    finally:
+        (repo / "params.yaml").write_text(original)
+        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)  # back to a clean state for the other tests
+
+
+@pytest.mark.slow
+def test_shared_section_change_makes_every_concept_stale(repo):
+    original = _edit_params(repo, lambda p: p["generate_pairs"].__setitem__("min_lpips", 0.03))
+    try:
+        assert _stale(repo) == {"generate_pairs@sepia", "generate_pairs@ink"}
+    finally:
+        (repo / "params.yaml").write_text(original)
