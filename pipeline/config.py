@@ -120,12 +120,71 @@ class GeneratePairsConfig(Section):
     seed: int = 0
 
 
+class SelectBaseConfig(Section):
+    """Which representative concepts the base GAN is trained on (k-means over text embeddings)."""
+
+    strategy: Literal["kmeans", "random"] = "kmeans"  # random: the ablation
+    k: int = Field(4, ge=1)  # base concepts
+    n_calibration: int = Field(2, ge=0)  # held-back concepts for layer analysis and rank search
+    # filter concepts to choose from; explicit (not "all but the targets") so that adding a target
+    # concept never changes the base model
+    pool: list[str] = Field(min_length=2)
+    seed: int = 0
+
+    @field_validator("pool")
+    @classmethod
+    def _known_ops(cls, v: list[str]) -> list[str]:
+        from pipeline.teachers.filters import FILTERS
+
+        bad = [op for op in v if op not in FILTERS]
+        if bad:
+            raise ValueError(f"{bad} are not filters; choose from: {', '.join(sorted(FILTERS))}")
+        return v
+
+
+class GenerateBasePairsConfig(Section):
+    """Pairs for the base and calibration concepts (thresholds come from generate_pairs)."""
+
+    max_train_per_concept: int = Field(0, ge=0)  # 0 = every training crop
+
+
+class TrainConfig(Section):
+    """The one GAN training loop's settings (shared by the base model, LoRA and the baselines)."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    gan_loss: Literal["lsgan", "hinge"] = "lsgan"
+    lambda_gan: float = Field(1.0, ge=0)
+    lambda_l1: float = Field(100.0, ge=0)
+    lambda_lpips: float = Field(0.0, ge=0)  # perceptual loss with the offline LPIPS backbone
+    ndf: int = Field(32, ge=8)  # PatchGAN width
+    ema: float = Field(0.0, ge=0, lt=1)  # 0 = off; e.g. 0.999
+    ckpt_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    flip: bool = True  # random horizontal flips (same for input and target)
+    seed: int = 0
+
+
+class TrainBaseConfig(TrainConfig):
+    """The base generator: architecture + training."""
+
+    ngf: int = Field(32, ge=8)
+    heads: int = Field(4, ge=1)
+    norm: Literal["instance", "group", "batch", "none"] = "instance"
+
+
 class Params(Section):
     """The whole params.yaml."""
 
     data: DataConfig
     expand_prompts: ExpandPromptsConfig
     generate_pairs: GeneratePairsConfig
+    select_base: SelectBaseConfig
+    generate_base_pairs: GenerateBasePairsConfig
+    train_base: TrainBaseConfig
     concepts: dict[str, ConceptConfig] = Field(min_length=1)
 
     def concept(self, name: str) -> ConceptConfig:

@@ -1,0 +1,66 @@
+"""Generator size, MACs and onnxruntime latency: E²GAN generator vs pix2pix ResNet-9, side by side in one run.
+
+Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20]  ->  bench/results/generator_latency.json
+Uses the trained base model from models/base when present (else a freshly initialised one: latency
+does not depend on the weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.export import ImageOnly, export_onnx, ort_latency
+from pipeline.io import atomic_write_json
+from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.nets.pix2pix import ResnetGenerator
+
+
+def _macs(model: torch.nn.Module, size: int) -> float:
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return fc.get_total_flops() / 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/generator_latency.json"))
+    args = ap.parse_args()
+    base = Path("models/base")
+    if (base / "generator.json").is_file():
+        from pipeline.checkpoint import load_generator
+
+        G, _ = load_generator(base)
+    else:
+        G = E2GANGenerator(GeneratorConfig())
+    models = {"e2gan": ImageOnly(G, torch.randn(1, 8, G.cfg.text_dim), torch.ones(1, 8)),
+              "resnet9": ImageOnly(ResnetGenerator(ngf=64))}
+    threads = sorted({1, os.cpu_count() or 1})
+    result: dict = {"threads": threads, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            entry = {"params": sum(p.numel() for p in model.G.parameters()), "sizes": {}}
+            for size in args.sizes:
+                path = export_onnx(model, Path(tmp) / f"{name}-{size}.onnx", size)
+                entry["sizes"][size] = {"gmacs": round(_macs(model.eval(), size) / 1e9, 3),
+                                        **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads}}
+            result["models"][name] = entry
+    e, r = result["models"]["e2gan"], result["models"]["resnet9"]
+    result["ratios"] = {"params": round(e["params"] / r["params"], 4),
+                        **{f"{s}": {"macs": round(e["sizes"][s]["gmacs"] / r["sizes"][s]["gmacs"], 3),
+                                    **{f"latency_threads_{t}": round(e["sizes"][s][f"threads_{t}"]["median_ms"]
+                                                                     / r["sizes"][s][f"threads_{t}"]["median_ms"], 3)
+                                       for t in threads}} for s in args.sizes}}
+    atomic_write_json(args.out, result)
+    print(json.dumps(result["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

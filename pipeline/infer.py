@@ -1,0 +1,96 @@
+"""Running a generator on images, and its quality against the teacher (LPIPS, PSNR, SSIM)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.metrics import lpips_distance, psnr, ssim, to_tensor
+
+
+@torch.no_grad()
+def run_generator(G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, mask: torch.Tensor,
+                  batch: int = 16) -> list[np.ndarray]:
+    """Apply G to RGB uint8 images with one text condition (tokens (1, T, D), mask (1, T)); uint8 outputs."""
+    G.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_tensor(images[i : i + batch])
+        y = G(x, tokens.expand(len(x), -1, -1), mask.expand(len(x), -1))
+        out += list(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return out
+
+
+def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict[str, float]:
+    """Mean LPIPS (alex), PSNR and SSIM of outputs against the teacher's edits of the same inputs."""
+    return {"lpips": float(np.mean(lpips_distance(outputs, teacher))),
+            "psnr": float(np.mean([psnr(a, b) for a, b in zip(outputs, teacher)])),
+            "ssim": float(np.mean([ssim(a, b) for a, b in zip(outputs, teacher)])),
+            "n": len(outputs)}
+
+
+def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text condition of a concept at inference: its prompt (first instruction), tokens (1, T, D) + mask."""
+    import json
+    from pathlib import Path
+
+    from pipeline.nets.text import text_encoder
+
+    prompt = json.loads((Path(folder) / "prompts.json").read_text())["instructions"][0]
+    e = text_encoder(encoder).encode([prompt])
+    return e.tokens, e.mask
+
+
+def heldout_pairs(folder, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from pipeline.base import _load_pair
+    from pipeline.pairs import read_pairs
+
+    rows = read_pairs(folder, "heldout")
+    rows = rows[:limit] if limit else rows
+    pairs = [_load_pair(r) for r in rows]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def evaluate_concepts(G: nn.Module, folders: dict, encoder: str, limit: int = 0) -> dict[str, dict]:
+    """Per concept on held-out pairs: the student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher."""
+    out = {}
+    for name, folder in folders.items():
+        inputs, teacher = heldout_pairs(folder, limit)
+        tokens, mask = concept_condition(folder, encoder)
+        student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
+        identity = paired_quality(inputs, teacher)
+        out[name] = {"student": student, "identity": identity,
+                     "lpips_gain_vs_identity": identity["lpips"] - student["lpips"]}
+    return out
+
+
+def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6) -> None:
+    """Per concept, three rows: input | teacher | student on the first held-out photos."""
+    from pipeline.images import save_png
+    from pipeline.plots import grid
+
+    rows, labels = [], []
+    for name, folder in folders.items():
+        inputs, teacher = heldout_pairs(folder)
+        idx = list(range(0, len(inputs), max(1, len(inputs) // n)))[:n]
+        inputs, teacher = [inputs[i] for i in idx], [teacher[i] for i in idx]
+        tokens, mask = concept_condition(folder, encoder)
+        rows += [inputs, teacher, run_generator(G, inputs, tokens, mask)]
+        labels += [f"{name}: input", "teacher", "student"]
+    save_png(grid(rows, labels), png)
+
+
+def conditioning_matrix(G: nn.Module, folders: dict, encoder: str, limit: int = 24) -> dict:
+    """LPIPS of G(x | prompt of concept j) against teacher i's edit of x, for all base concepts i, j.
+
+    Text conditioning works when each row's minimum is on the diagonal: an output matches the teacher
+    of the prompt it was given better than the teachers of the other prompts.
+    """
+    names = list(folders)
+    conds = {n: concept_condition(folders[n], encoder) for n in names}
+    matrix = {}
+    for i in names:
+        inputs, teacher = heldout_pairs(folders[i], limit)
+        matrix[i] = {j: float(np.mean(lpips_distance(run_generator(G, inputs, *conds[j]), teacher))) for j in names}
+    diagonal_wins = sum(min(matrix[i], key=matrix[i].get) == i for i in names)
+    return {"lpips": matrix, "diagonal_wins": diagonal_wins, "concepts": len(names)}

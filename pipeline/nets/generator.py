@@ -1,0 +1,157 @@
+"""The E²GAN generator: a small text-conditioned image-to-image network with one attention block.
+
+Downsample (stem + 2 strided convs) -> ResBlock x2 -> DS -> Transformer block (self-attention,
+cross-attention to text tokens, MLP) at 1/8 resolution -> US -> ResBlock -> Upsample x2 -> output.
+Upsampling is nearest `Upsample` + `Conv2d` (peft cannot wrap ConvTranspose2d). By default the
+output is a change of the input (a zero-initialised head on top of atanh(x)): the untrained network
+is the identity, so short CPU budgets start from "input passed through" instead of from noise. Module names are
+stable because layer analysis and LoRA refer to them: `down.0..2`, `res.0..2`, `ds`, `tb.*`, `us`,
+`up.0..1`, `out`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything that rebuilds the generator; saved beside every checkpoint."""
+
+    ngf: int = 32  # width of the stem; the body runs at 4*ngf
+    text_dim: int = 384  # MiniLM; 512/768 for CLIP text encoders
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    norm: str = "instance"  # instance | group | batch | none
+    residual: bool = True  # predict the edit as a change of the input: starts at identity, learns fast
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_norm(kind: str, ch: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(ch, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, ch), ch)
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm {kind!r} is not one of: instance, group, batch, none")
+
+
+class ConvBlock(nn.Sequential):
+    """Conv -> norm -> ReLU; `.conv` is the adaptable layer."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "instance", upsample: bool = False):
+        layers: dict[str, nn.Module] = {}
+        if upsample:
+            layers["upsample"] = nn.Upsample(scale_factor=2, mode="nearest")
+        layers["conv"] = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, padding_mode="reflect")
+        layers["norm"] = make_norm(norm, cout)
+        layers["act"] = nn.ReLU(inplace=True)
+        super().__init__(*[])
+        for name, m in layers.items():
+            self.add_module(name, m)
+
+
+class ResBlock(nn.Module):
+    """x + conv-norm-relu-conv-norm (pix2pix's ResnetBlock with reflect padding)."""
+
+    def __init__(self, ch: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect")
+        self.norm1 = make_norm(norm, ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect")
+        self.norm2 = make_norm(norm, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with named projections (to_q, to_k, to_v, to_out) for LoRA."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.to_q(x).view(b, n, h, d // h).transpose(1, 2)  # (B, h, N, d/h)
+        k = self.to_k(context).view(b, context.shape[1], h, d // h).transpose(1, 2)
+        v = self.to_v(context).view(b, context.shape[1], h, d // h).transpose(1, 2)
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to the text tokens, and an MLP, on (B, C, H, W) maps."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn_self = Attention(dim, dim, heads)
+        self.attn_cross = Attention(dim, text_dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        y = self.norm1(t)
+        t = t + self.attn_self(y, y)
+        t = t + self.attn_cross(self.norm2(t), text, mask)
+        t = t + self.mlp(self.norm3(t))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+class E2GANGenerator(nn.Module):
+    """(B, 3, H, W) in [-1, 1] + text tokens (B, T, text_dim) -> (B, 3, H, W) in [-1, 1]; H, W multiples of 16."""
+
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        self.cfg = cfg
+        c, n = cfg.ngf, cfg.norm
+        self.down = nn.Sequential(
+            ConvBlock(cfg.in_channels, c, 7, norm=n),  # (B, c, H, W)
+            ConvBlock(c, 2 * c, 3, stride=2, norm=n),  # (B, 2c, H/2, W/2)
+            ConvBlock(2 * c, 4 * c, 3, stride=2, norm=n),  # (B, 4c, H/4, W/4)
+        )
+        self.res = nn.ModuleList([ResBlock(4 * c, n) for _ in range(3)])  # res.0, res.1 before; res.2 after
+        self.ds = ConvBlock(4 * c, 4 * c, 3, stride=2, norm=n)  # (B, 4c, H/8, W/8)
+        self.tb = TransformerBlock(4 * c, cfg.text_dim, cfg.heads, cfg.mlp_ratio)
+        self.us = ConvBlock(4 * c, 4 * c, 3, norm=n, upsample=True)  # (B, 4c, H/4, W/4)
+        self.up = nn.Sequential(
+            ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True),  # (B, 2c, H/2, W/2)
+            ConvBlock(2 * c, c, 3, norm=n, upsample=True),  # (B, c, H, W)
+        )
+        self.out = nn.Conv2d(c, cfg.out_channels, 7, padding=3, padding_mode="reflect")
+        if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.down(x)
+        h = self.res[1](self.res[0](h))
+        h = self.tb(self.ds(h), text, mask)
+        h = self.res[2](self.us(h))
+        y = self.out(self.up(h))
+        if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
+            return torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + y)
+        return torch.tanh(y)

@@ -1,0 +1,202 @@
+"""The one GAN training loop (pix2pix objective: conditional GAN + λ·L1 [+ LPIPS]), reused by the base
+model, LoRA fine-tuning and the baselines.
+
+`gan_step` does one D and one G update and returns a loss dict; `fit` runs steps with checkpoints,
+EMA, logging and a progress bar. All randomness comes from generators seeded by (seed, step), so a
+resumed run on CPU reproduces the uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import TrainConfig
+from pipeline.errors import E2GANError
+from pipeline.io import atomic_path
+from pipeline.nets.discriminator import GAN_LOSSES, PatchDiscriminator, l1
+from pipeline.progress import bar
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(E2GANError):
+    """Training cannot go on (non-finite losses, bad data); the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class PairData:
+    """Training pairs in memory: uint8 images and, per pair, the text rows it may be conditioned on."""
+
+    inputs: torch.Tensor  # (N, 3, H, W) uint8
+    targets: torch.Tensor  # (N, 3, H, W) uint8
+    text_rows: list[list[int]]  # per pair: indices into tokens
+    tokens: torch.Tensor  # (M, T, D) text token states
+    mask: torch.Tensor  # (M, T)
+    names: list[str] = field(default_factory=list)  # per pair: concept
+
+    def __post_init__(self):
+        if len(self.inputs) == 0:
+            raise TrainingError("no training pairs: the pairs folder is empty or every pair was filtered out")
+        if self.inputs.shape != self.targets.shape:
+            raise TrainingError(f"inputs {tuple(self.inputs.shape)} and targets {tuple(self.targets.shape)} differ")
+
+    def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
+        """The batch for `step`: a pure function of (seed, step), so resuming needs no RNG state."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(self.inputs), (size,), generator=g)
+        x = self.inputs[idx].float().div(127.5).sub(1.0)
+        y = self.targets[idx].float().div(127.5).sub(1.0)
+        if flip:
+            f = torch.rand(size, generator=g) < 0.5
+            x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
+        rows = [self.text_rows[i][int(torch.randint(len(self.text_rows[i]), (1,), generator=g))] for i in idx.tolist()]
+        return x, y, self.tokens[rows], self.mask[rows]
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Models:
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: nn.Module | None = None
+
+
+def build_models(G: nn.Module, cfg: TrainConfig, params: list[nn.Parameter] | None = None) -> Models:
+    """A PatchGAN and Adam optimisers for G (`params`: only these are trained, e.g. LoRA weights)."""
+    torch.manual_seed(cfg.seed)  # D's init
+    D = PatchDiscriminator(ndf=cfg.ndf)
+    trainable = params if params is not None else [p for p in G.parameters() if p.requires_grad]
+    opt_g = torch.optim.Adam(trainable, lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema > 0 else None
+    return Models(G, D, opt_g, opt_d, ema)
+
+
+def gan_step(m: Models, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+             cfg: TrainConfig, perceptual: Callable | None = None) -> dict[str, float]:
+    """One discriminator and one generator update (pix2pix, Isola et al. 2017, eq. 4). Returns the losses."""
+    d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.gan_loss]
+    fake = m.G(x, text, mask)
+    losses: dict[str, torch.Tensor] = {}
+    # 1. discriminator: real pairs vs generated pairs
+    if cfg.lambda_gan > 0:
+        m.opt_d.zero_grad(set_to_none=True)
+        losses["d"] = d_loss_fn(m.D(x, y), m.D(x, fake.detach()))
+        losses["d"].backward()
+        m.opt_d.step()
+    # 2. generator: fool D, stay close to the teacher
+    m.opt_g.zero_grad(set_to_none=True)
+    total = torch.zeros(())
+    if cfg.lambda_gan > 0:
+        losses["g_gan"] = g_loss_fn(m.D(x, fake))
+        total = total + cfg.lambda_gan * losses["g_gan"]
+    losses["l1"] = l1(fake, y)
+    total = total + cfg.lambda_l1 * losses["l1"]
+    if cfg.lambda_lpips > 0 and perceptual is not None:
+        losses["lpips"] = perceptual(fake, y).mean()
+        total = total + cfg.lambda_lpips * losses["lpips"]
+    losses["g_total"] = total
+    total.backward()
+    m.opt_g.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _state(m: Models, step: int, history: list[dict]) -> dict:
+    return {"step": step, "G": m.G.state_dict(), "D": m.D.state_dict(), "opt_g": m.opt_g.state_dict(),
+            "opt_d": m.opt_d.state_dict(), "ema": m.ema.state_dict() if m.ema is not None else None,
+            "history": history}
+
+
+def save_checkpoint(path: Path, m: Models, step: int, history: list[dict]) -> None:
+    """Our own training state (tensors, numbers, lists): written atomically, read with weights_only=True."""
+    with atomic_path(path) as tmp:
+        torch.save(_state(m, step, history), tmp)
+
+
+def load_checkpoint(path: Path, m: Models) -> tuple[int, list[dict]]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    m.G.load_state_dict(state["G"])
+    m.D.load_state_dict(state["D"])
+    m.opt_g.load_state_dict(state["opt_g"])
+    m.opt_d.load_state_dict(state["opt_d"])
+    if m.ema is not None and state["ema"] is not None:
+        m.ema.load_state_dict(state["ema"])
+    return int(state["step"]), list(state["history"])
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def lpips_loss(net: str = "alex") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """LPIPS with the offline backbone as a training loss (frozen; gradients flow to the images)."""
+    from pipeline.metrics import lpips_model
+
+    model = lpips_model(net)
+    return lambda a, b: model(a, b)
+
+
+def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "train",
+        perceptual: Callable | None = None, on_log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train for cfg.steps, resuming from `work/last.pt` if present; returns the loss history.
+
+    A checkpoint is written every `ckpt_every` steps and at the end. A non-finite loss stops training
+    with a TrainingError; the last good checkpoint stays in place.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    if cfg.lambda_lpips > 0 and perceptual is None:
+        perceptual = lpips_loss()
+    ckpt = work / "last.pt"
+    step, history = (load_checkpoint(ckpt, m) if ckpt.is_file() else (0, []))
+    if step:
+        log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
+    m.G.train()
+    t0, window = time.perf_counter(), []
+    with bar(desc, cfg.steps, unit="it", completed=step) as b:
+        while step < cfg.steps:
+            x, y, text, mask = data.batch(step, cfg.batch_size, cfg.seed, cfg.flip)
+            losses = gan_step(m, x, y, text, mask, cfg, perceptual)
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(f"{desc}: step {step}: loss {', '.join(f'{k}={losses[k]}' for k in bad)} is not finite; "
+                                    f"the last good checkpoint is kept at {ckpt}; lower lr_g/lr_d or lambda_l1")
+            if m.ema is not None:
+                update_ema(m.ema, m.G, cfg.ema)
+            step += 1
+            window.append(losses)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
+                history.append(row)
+                window = []
+                if on_log:
+                    on_log(row)
+                b.advance(0, status=" ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
+            b.advance(1)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, m, step, history)
+    log.info("%s: %d steps in %.1f s", desc, cfg.steps, time.perf_counter() - t0)
+    return history

@@ -1,0 +1,117 @@
+"""The training loop: repeatable, resumable after kill -9, stops cleanly on NaN; bad data and checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.checkpoint import CheckpointError, load_generator, save_generator
+from pipeline.config import TrainConfig
+from pipeline.errors import E2GANError
+from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.train import PairData, TrainingError, build_models, fit, load_checkpoint
+
+from .conftest import ROOT
+from .train_worker import tiny_data, tiny_run
+
+
+def test_same_seed_same_weights_bit_for_bit(tmp_path):
+    a, b = tiny_run(tmp_path / "a", steps=6), tiny_run(tmp_path / "b", steps=6)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0"}
+    steps = "400"
+    ref = subprocess.run([sys.executable, "-m", "tests.train_worker", str(tmp_path / "ref"), str(tmp_path / "ref.st"), steps],
+                         env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    work = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tests.train_worker", str(work), str(tmp_path / "killed.st"), steps]
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (work / "last.pt").exists() and p.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert p.poll() is None, "finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    step = int(torch.load(work / "last.pt", weights_only=True)["step"])
+    assert 0 < step < int(steps)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = load_file(str(tmp_path / "ref.st")), load_file(str(tmp_path / "killed.st"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _NaNAfter(E2GANGenerator):
+    def __init__(self, after: int):
+        super().__init__(GeneratorConfig(ngf=8, heads=2))
+        self.calls, self.after = 0, after
+
+    def forward(self, x, text, mask=None):
+        self.calls += 1
+        y = super().forward(x, text, mask)
+        return y * float("nan") if self.calls > self.after else y
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=20, batch_size=2, ndf=8, ckpt_every=4, log_every=2)
+    m = build_models(_NaNAfter(after=9), cfg)
+    with pytest.raises(TrainingError, match=r"step 9: loss .*nan.* is not finite; the last good checkpoint is kept"):
+        fit(m, tiny_data(), cfg, tmp_path)
+    G2 = _NaNAfter(after=10**9)
+    step, _ = load_checkpoint(tmp_path / "last.pt", build_models(G2, cfg))
+    assert step == 8 and all(torch.isfinite(p).all() for p in G2.parameters())
+
+
+def test_empty_pairs_is_a_clear_error():
+    with pytest.raises(TrainingError, match="no training pairs"):
+        PairData(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 3, 8, 8, dtype=torch.uint8), [],
+                 torch.zeros(1, 1, 4), torch.ones(1, 1))
+
+
+def test_checkpoint_roundtrip_and_architecture_mismatch(tmp_path):
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+    save_generator(G, tmp_path / "g", {"note": "x"})
+    G2, meta = load_generator(tmp_path / "g")
+    assert meta["note"] == "x" and all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
+    cfg = json.loads((tmp_path / "g" / "generator.json").read_text())
+    cfg["config"]["ngf"] = 16  # claims another width than its weights have
+    (tmp_path / "g" / "generator.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"does not fit this architecture \(shape mismatch: down.0.conv.weight"):
+        load_generator(tmp_path / "g")
+    with pytest.raises(CheckpointError, match="run 'dvc repro train_base'"):
+        load_generator(tmp_path / "nothing")
+
+
+def test_pairs_with_missing_or_mismatched_files(tmp_path, crops128):
+    from PIL import Image
+
+    from pipeline.base import load_pair_data
+
+    folder = tmp_path / "c"
+    (folder / "input").mkdir(parents=True)
+    (folder / "edited").mkdir()
+    (folder / "prompts.json").write_text(json.dumps({"instructions": ["make it so"]}))
+    rows = []
+    for i in range(3):
+        Image.fromarray(crops128[i]).save(folder / "input" / f"{i}.png")
+        Image.fromarray(crops128[i][:64] if i == 2 else crops128[i]).save(folder / "edited" / f"{i}.png")
+        rows.append({"input_image": f"input/{i}.png", "edited_image": f"edited/{i}.png", "edit_prompt": "x",
+                     "split": "train"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(E2GANError, match=r"2.png is 128x128 but its edit is 128x64"):
+        load_pair_data({"c": folder}, "minilm")
+    os.remove(folder / "edited" / "1.png")
+    with pytest.raises(E2GANError, match=r"edited/1.png is listed in metadata.jsonl but missing"):
+        load_pair_data({"c": folder}, "minilm")
