@@ -153,5 +153,6 @@ class E2GANGenerator(nn.Module):
         h = self.res[2](self.us(h))
         y = self.out(self.up(h))
         if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
-            return torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + y)
+            xc = x.clamp(-0.999, 0.999)
+            return torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export
         return torch.tanh(y)
