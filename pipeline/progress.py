@@ -33,6 +33,10 @@ class Bar:
     def __init__(self, progress: Progress | None, task: int | None):
         self._p, self._t = progress, task
 
+    @property
+    def visible(self) -> bool:
+        return self._p is not None
+
     def advance(self, n: float = 1, status: str | None = None) -> None:
         if self._p is not None:
             self._p.update(self._t, advance=n, **({"status": status} if status is not None else {}))

@@ -175,6 +175,7 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
     if step:
         log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
     m.G.train()
+    resumed_from = step
     t0, window = time.perf_counter(), []
     with bar(desc, cfg.steps, unit="it", completed=step) as b:
         while step < cfg.steps:
@@ -194,6 +195,10 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
                 window = []
                 if on_log:
                     on_log(row)
+                if not b.visible and (len(history) % 5 == 0 or step == cfg.steps):  # plain log under dvc/CI
+                    rate = (step - resumed_from) / max(1e-9, time.perf_counter() - t0)
+                    log.info("%s: step %d/%d %s", desc, step, cfg.steps,
+                             " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step") + f" ({rate:.2f} it/s)")
                 b.advance(0, status=" ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             b.advance(1)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
