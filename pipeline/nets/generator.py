@@ -47,13 +47,18 @@ def make_norm(kind: str, ch: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Conv -> norm -> ReLU; `.conv` is the adaptable layer."""
+    """Reflect-pad -> conv -> norm -> ReLU; `.conv` is the adaptable layer.
+
+    Padding is a separate layer (as in pix2pix) rather than `padding_mode="reflect"`: peft's LoRA conv
+    zero-pads, so with a reflect-padding conv the merged and unmerged models would differ at borders.
+    """
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "instance", upsample: bool = False):
         layers: dict[str, nn.Module] = {}
         if upsample:
             layers["upsample"] = nn.Upsample(scale_factor=2, mode="nearest")
-        layers["conv"] = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, padding_mode="reflect")
+        layers["pad"] = nn.ReflectionPad2d(k // 2)
+        layers["conv"] = nn.Conv2d(cin, cout, k, stride=stride)
         layers["norm"] = make_norm(norm, cout)
         layers["act"] = nn.ReLU(inplace=True)
         super().__init__(*[])
@@ -66,13 +71,14 @@ class ResBlock(nn.Module):
 
     def __init__(self, ch: int, norm: str):
         super().__init__()
-        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect")
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv1 = nn.Conv2d(ch, ch, 3)
         self.norm1 = make_norm(norm, ch)
-        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect")
+        self.conv2 = nn.Conv2d(ch, ch, 3)
         self.norm2 = make_norm(norm, ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+        return x + self.norm2(self.conv2(self.pad(F.relu(self.norm1(self.conv1(self.pad(x)))))))
 
 
 class Attention(nn.Module):
@@ -141,7 +147,8 @@ class E2GANGenerator(nn.Module):
             ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True),  # (B, 2c, H/2, W/2)
             ConvBlock(2 * c, c, 3, norm=n, upsample=True),  # (B, c, H, W)
         )
-        self.out = nn.Conv2d(c, cfg.out_channels, 7, padding=3, padding_mode="reflect")
+        self.out_pad = nn.ReflectionPad2d(3)
+        self.out = nn.Conv2d(c, cfg.out_channels, 7)
         if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
@@ -151,7 +158,7 @@ class E2GANGenerator(nn.Module):
         h = self.res[1](self.res[0](h))
         h = self.tb(self.ds(h), text, mask)
         h = self.res[2](self.us(h))
-        y = self.out(self.up(h))
+        y = self.out(self.out_pad(self.up(h)))
         if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
             xc = x.clamp(-0.999, 0.999)
             return torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export

@@ -27,7 +27,7 @@ class ResnetGenerator(nn.Module):
             nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1), make_norm(norm, ngf),
             nn.ReLU(True),
         )
-        self.out = nn.Conv2d(ngf, 3, 7, padding=3, padding_mode="reflect")
+        self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(self.out(self.up(self.res(self.down(x)))))
