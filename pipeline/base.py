@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import ConceptConfig, ExpandPromptsConfig, GeneratePairsConfig, Params, SelectBaseConfig, TrainBaseConfig
+from pipeline.config import ConceptConfig, ExpandPromptsConfig, GeneratePairsConfig, SelectBaseConfig, TrainBaseConfig
 from pipeline.errors import E2GANError
 from pipeline.images import load_rgb
 from pipeline.io import atomic_dir, atomic_write_bytes, atomic_write_json
@@ -17,7 +17,7 @@ from pipeline.nets.text import text_encoder
 from pipeline.pairs import generate_pairs, read_pairs
 from pipeline.prompts import expand_concept
 from pipeline.teachers import build_teacher
-from pipeline.teachers.filters import FILTER_PROMPTS, FILTERS
+from pipeline.teachers.filters import FILTER_PROMPTS
 from pipeline.train import Models, PairData, build_models, fit
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import ConceptConfig, GeneratePairsConfig
 from pipeline.images import load_rgb, save_png, stable_seed
-from pipeline.io import atomic_dir, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_dir, atomic_write_text
 from pipeline.progress import bar
 from pipeline.teachers import Teacher
 
