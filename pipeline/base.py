@@ -10,11 +10,10 @@ import torch
 
 from pipeline.config import ConceptConfig, ExpandPromptsConfig, GeneratePairsConfig, SelectBaseConfig, TrainBaseConfig
 from pipeline.errors import E2GANError
-from pipeline.images import load_rgb
 from pipeline.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 from pipeline.nets.text import text_encoder
-from pipeline.pairs import generate_pairs, read_pairs
+from pipeline.pairs import generate_pairs, load_pair, read_pairs
 from pipeline.prompts import expand_concept
 from pipeline.teachers import build_teacher
 from pipeline.teachers.filters import FILTER_PROMPTS
@@ -135,7 +134,7 @@ def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train",
         if limit:
             pairs = pairs[:limit]
         for r in pairs:
-            a, b = _load_pair(r)
+            a, b = load_pair(r)
             inputs.append(a)
             targets.append(b)
             rows.append(list(range(first, first + len(instr))))
@@ -146,19 +145,6 @@ def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train",
     e = enc.encode(prompts)
     to_t = lambda arr: torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     return PairData(to_t(inputs), to_t(targets), rows, e.tokens, e.mask, names)
-
-
-def _load_pair(r: dict) -> tuple[np.ndarray, np.ndarray]:
-    from pathlib import Path as P
-
-    for key in ("input_path", "edited_path"):
-        if not P(r[key]).is_file():
-            raise E2GANError(f"pairs: {r[key]} is listed in metadata.jsonl but missing; rerun generate_pairs")
-    a, b = load_rgb(r["input_path"]), load_rgb(r["edited_path"])
-    if a.shape != b.shape:
-        raise E2GANError(f"pairs: {r['input_path']} is {a.shape[1]}x{a.shape[0]} but its edit is "
-                         f"{b.shape[1]}x{b.shape[0]}; rerun generate_pairs")
-    return a, b
 
 
 def build_generator(cfg: TrainBaseConfig, text_dim: int) -> E2GANGenerator:

@@ -42,12 +42,11 @@ def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def heldout_pairs(folder, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from pipeline.base import _load_pair
-    from pipeline.pairs import read_pairs
+    from pipeline.pairs import load_pair, read_pairs
 
     rows = read_pairs(folder, "heldout")
     rows = rows[:limit] if limit else rows
-    pairs = [_load_pair(r) for r in rows]
+    pairs = [load_pair(r) for r in rows]
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 

@@ -205,6 +205,20 @@ def read_pairs(folder: Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def load_pair(r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The (input, edited) images of one read_pairs row; clear errors for missing or mismatched files."""
+    from pipeline.errors import E2GANError
+
+    for key in ("input_path", "edited_path"):
+        if not Path(r[key]).is_file():
+            raise E2GANError(f"pairs: {r[key]} is listed in metadata.jsonl but missing; rerun generate_pairs")
+    a, b = load_rgb(r["input_path"]), load_rgb(r["edited_path"])
+    if a.shape != b.shape:
+        raise E2GANError(f"pairs: {r['input_path']} is {a.shape[1]}x{a.shape[0]} but its edit is "
+                         f"{b.shape[1]}x{b.shape[0]}; rerun generate_pairs")
+    return a, b
+
+
 def write_grid(folder: Path, out_png: Path, n: int = 8) -> None:
     """An image grid, input row over edited row, of the first `n` held-out pairs (then train)."""
     from PIL import Image

@@ -90,11 +90,3 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
         atomic_write_json(tmp / "manifest.json", {"summary": summary, "skipped": skipped, "crops": records})
     return summary
 
-
-def read_manifest(sources: Path) -> dict:
-    import json
-
-    p = Path(sources) / "manifest.json"
-    if not p.is_file():
-        raise assets.AssetError(f"{p} is missing; run 'dvc repro prepare_sources' first")
-    return json.loads(p.read_text())

@@ -72,7 +72,7 @@ def _project(tmp_path: Path, sources: Path, teacher: dict, name="proj") -> Path:
     (proj / "data").mkdir(parents=True)
     os.symlink(sources, proj / "data" / "sources")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate_pairs"]["shard_size"] = 2
+    params["generate_pairs"]["shard_size"] = 1  # many shards: the kill test always lands mid-run
     params["expand_prompts"]["n_prompts"] = 3
     params["concepts"] = {"demo": {"prompt": "make it a watercolor painting", "teacher": teacher}}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
@@ -117,7 +117,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sources):
     p = _run_stage(killed, "stages.generate_pairs", *GEN_ARGS)
     assert p.wait() == 0, p.stderr.read()
     summary = json.loads((killed / "reports" / "demo.json").read_text())
-    assert summary["resumed"] >= 4 and summary["made"] == summary["pairs"] - summary["resumed"]
+    assert summary["resumed"] >= 2 and summary["made"] == summary["pairs"] - summary["resumed"]
     for f in ("metadata.jsonl", "rejected.jsonl"):
         assert (killed / "data/pairs/demo" / f).read_text() == (ref / "data/pairs/demo" / f).read_text()
     for f in sorted((ref / "data/pairs/demo/edited").iterdir()):
