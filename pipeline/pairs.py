@@ -129,6 +129,11 @@ def generate_pairs(concept: str, ccfg: ConceptConfig, cfg: GeneratePairsConfig, 
     for stale in work_root.glob(f"{concept}-*"):
         if stale != work:
             shutil.rmtree(stale, ignore_errors=True)
+    leftovers = list(work.rglob(".*.tmp"))  # a kill -9 mid-write leaves these behind; never read them
+    for f in leftovers:
+        f.unlink(missing_ok=True)
+    if leftovers:
+        log.info("%s: removed %d partial files left by an interrupted run", concept, len(leftovers))
 
     # 2. run the shards that are not finished yet
     n_shards = (len(jobs) + cfg.shard_size - 1) // cfg.shard_size

@@ -112,10 +112,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sources):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "data" / "pairs" / "demo").exists()  # nothing half-written in the output
-    assert not list(shards.rglob("*.tmp"))
+    partial = killed / "data/.work/generate_pairs"
+    next(partial.glob("*/input")).joinpath(".x.png.abc.tmp").write_bytes(b"half")  # as a kill mid-write leaves
 
     p = _run_stage(killed, "stages.generate_pairs", *GEN_ARGS)
     assert p.wait() == 0, p.stderr.read()
+    assert not list((killed / "data").rglob("*.tmp"))
     summary = json.loads((killed / "reports" / "demo.json").read_text())
     assert summary["resumed"] >= 2 and summary["made"] == summary["pairs"] - summary["resumed"]
     for f in ("metadata.jsonl", "rejected.jsonl"):
