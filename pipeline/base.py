@@ -122,12 +122,19 @@ def generate_base_pairs(selection: dict, sources: Path, pcfg: GeneratePairsConfi
 # ----------------------------------------------------------------------------- train_base
 
 
-def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train", limit: int = 0) -> PairData:
-    """Pairs of several concepts, each conditioned on its own instructions (from its prompts.json)."""
+def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train", limit: int = 0,
+                   prompts_files: dict[str, Path] | None = None) -> PairData:
+    """Pairs of several concepts, each conditioned on its own instructions (its prompts.json: in the pairs
+    folder, or given in `prompts_files`)."""
+    from pipeline.infer import prompts_file
+
     enc = text_encoder(encoder)
     inputs, targets, rows, names, prompts = [], [], [], [], []
     for name, folder in folders.items():
-        instr = json.loads((folder / "prompts.json").read_text())["instructions"]
+        pfile = prompts_file((prompts_files or {}).get(name, folder))
+        if not pfile.is_file():
+            raise E2GANError(f"{pfile}: no prompts for concept {name!r}; run 'dvc repro expand_prompts@{name}'")
+        instr = json.loads(pfile.read_text())["instructions"]
         first = len(prompts)
         prompts += instr
         pairs = read_pairs(folder, split)

@@ -176,6 +176,51 @@ class TrainBaseConfig(TrainConfig):
     norm: Literal["instance", "group", "batch", "none"] = "instance"
 
 
+class FinetuneConfig(TrainConfig):
+    """finetune_lora@C: LoRA (peft) on the crucial layers of the frozen base, on a clustered subset."""
+
+    subset: Literal["kmeans", "random", "all"] = "kmeans"  # which training pairs to keep
+    subset_fraction: float = Field(0.5, gt=0.0, le=1.0)  # kept share of the concept's training pairs
+    subset_features: str = "lpips"  # "lpips" (offline AlexNet features) or a CLIP id/path
+    eval_limit: int = Field(0, ge=0)  # held-out pairs scored at the end (0 = all)
+
+
+class AnalyzeLayersConfig(Section):
+    """analyze_layers: which layer groups of the base are worth adapting (scored on calibration concepts)."""
+
+    probe_steps: int = Field(30, ge=1)  # scorer 'probe': LoRA on one group alone for this many steps
+    probe_batch: int = Field(4, ge=1)
+    probe_rank: int = Field(4, ge=1)
+    full_steps: int = Field(40, ge=1)  # scorer 'delta': a short full fine-tune, then |dW|/|W| per layer
+    eval_limit: int = Field(48, ge=1)  # held-out pairs per calibration concept for the probe scores
+    select_by: Literal["probe", "delta", "mean_rank"] = "probe"
+    top_k: int = Field(5, ge=1)  # this many groups become the crucial layers ...
+    min_gain: float = 0.0  # ... of those with a probe LPIPS gain above this
+    seed: int = 0
+
+
+class SearchRanksConfig(Section):
+    """search_ranks: per-layer LoRA ranks on the crucial layers (greedy, spectrum of the full fine-tune's dW)."""
+
+    ranks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)  # allowed ranks
+    budget: float = Field(0.02, gt=0.0, le=1.0)  # trainable params, as a share of the base generator's
+    energy: float = Field(0.9, gt=0.0, le=1.0)  # stop once this share of dW's spectral energy is kept
+    alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
+    uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
+    uniform_high: int = Field(4, ge=1)
+    compare_steps: int = Field(40, ge=1)  # short fine-tune per comparison row and calibration concept
+    compare_batch: int = Field(4, ge=1)
+    eval_limit: int = Field(48, ge=1)
+    seed: int = 0
+
+    @field_validator("ranks")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if any(r < 1 for r in v):
+            raise ValueError("ranks must be positive integers, e.g. [1, 2, 4, 8]")
+        return sorted(set(v))
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -185,6 +230,9 @@ class Params(Section):
     select_base: SelectBaseConfig
     generate_base_pairs: GenerateBasePairsConfig
     train_base: TrainBaseConfig
+    analyze_layers: AnalyzeLayersConfig
+    search_ranks: SearchRanksConfig
+    finetune_lora: FinetuneConfig
     concepts: dict[str, ConceptConfig] = Field(min_length=1)
 
     def concept(self, name: str) -> ConceptConfig:

@@ -29,14 +29,23 @@ def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict
             "n": len(outputs)}
 
 
-def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text condition of a concept at inference: its prompt (first instruction), tokens (1, T, D) + mask."""
-    import json
+def prompts_file(where) -> "Path":
+    """A concept's prompts.json: `where` itself if it is a file, else `where/prompts.json`."""
     from pathlib import Path
+
+    p = Path(where)
+    return p if p.is_file() else p / "prompts.json"
+
+
+def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text condition of a concept at inference: its prompt (first instruction), tokens (1, T, D) + mask.
+
+    `folder` holds a prompts.json (base pairs) or is the prompts.json itself (data/prompts/<concept>/)."""
+    import json
 
     from pipeline.nets.text import text_encoder
 
-    prompt = json.loads((Path(folder) / "prompts.json").read_text())["instructions"][0]
+    prompt = json.loads(prompts_file(folder).read_text())["instructions"][0]
     e = text_encoder(encoder).encode([prompt])
     return e.tokens, e.mask
 
@@ -50,20 +59,28 @@ def heldout_pairs(folder, limit: int = 0) -> tuple[list[np.ndarray], list[np.nda
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
+def evaluate_concept(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> dict:
+    """One concept on held-out pairs: the student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher."""
+    inputs, teacher = heldout_pairs(folder, limit)
+    tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
+    student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
+    identity = paired_quality(inputs, teacher)
+    return {"student": student, "identity": identity, "lpips_gain_vs_identity": identity["lpips"] - student["lpips"]}
+
+
+def heldout_lpips(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> float:
+    """Mean held-out LPIPS (alex) of G's outputs against the teacher: the score layer analysis and rank search use."""
+    inputs, teacher = heldout_pairs(folder, limit)
+    tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
+    return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
+
+
 def evaluate_concepts(G: nn.Module, folders: dict, encoder: str, limit: int = 0) -> dict[str, dict]:
-    """Per concept on held-out pairs: the student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher."""
-    out = {}
-    for name, folder in folders.items():
-        inputs, teacher = heldout_pairs(folder, limit)
-        tokens, mask = concept_condition(folder, encoder)
-        student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
-        identity = paired_quality(inputs, teacher)
-        out[name] = {"student": student, "identity": identity,
-                     "lpips_gain_vs_identity": identity["lpips"] - student["lpips"]}
-    return out
+    """evaluate_concept for each of several concepts (folders with their own prompts.json)."""
+    return {name: evaluate_concept(G, folder, encoder, limit) for name, folder in folders.items()}
 
 
-def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6) -> None:
+def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6, prompts: dict | None = None) -> None:
     """Per concept, three rows: input | teacher | student on the first held-out photos."""
     from pipeline.images import save_png
     from pipeline.plots import grid
@@ -73,7 +90,7 @@ def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6) ->
         inputs, teacher = heldout_pairs(folder)
         idx = list(range(0, len(inputs), max(1, len(inputs) // n)))[:n]
         inputs, teacher = [inputs[i] for i in idx], [teacher[i] for i in idx]
-        tokens, mask = concept_condition(folder, encoder)
+        tokens, mask = concept_condition((prompts or {}).get(name, folder), encoder)
         rows += [inputs, teacher, run_generator(G, inputs, tokens, mask)]
         labels += [f"{name}: input", "teacher", "student"]
     save_png(grid(rows, labels), png)

@@ -176,6 +176,15 @@ class ClipScorer:
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     @torch.no_grad()
+    def image_embeddings(self, images: Sequence[np.ndarray], batch: int = 32) -> np.ndarray:
+        """Unit-normalised CLIP image embeddings (N, D)."""
+        out = []
+        for i in range(0, len(images), batch):
+            img = self.processor(images=list(images[i : i + batch]), return_tensors="pt")
+            out.append(nn.functional.normalize(self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1))
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
     def directional(self, inputs: Sequence[np.ndarray], edited: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
         img = self.processor(images=[*inputs, *edited], return_tensors="pt")
         e = nn.functional.normalize(self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1)

@@ -52,6 +52,12 @@ class PairData:
         if self.inputs.shape != self.targets.shape:
             raise TrainingError(f"inputs {tuple(self.inputs.shape)} and targets {tuple(self.targets.shape)} differ")
 
+    def subset(self, idx: list[int]) -> "PairData":
+        """The pairs at `idx` (e.g. a clustered subset), sharing the text tokens."""
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return PairData(self.inputs[t], self.targets[t], [self.text_rows[i] for i in idx], self.tokens, self.mask,
+                        [self.names[i] for i in idx] if self.names else [])
+
     def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
         """The batch for `step`: a pure function of (seed, step), so resuming needs no RNG state."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.errors import E2GANError
-from pipeline.lora import adaptable_layers, add_lora, load_adapter, save_adapter, trainable_parameters
+from pipeline.lora import (adaptable_layers, add_lora, add_lora_spec, load_adapter, lora_parameters, lora_spec,
+                           save_adapter, spec_ranks, trainable_parameters)
 from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 
 TARGETS = ["down.0.conv", "ds.conv", "tb.attn_cross.to_q", "tb.attn_cross.to_v", "us.conv", "up.1.conv"]
@@ -66,7 +67,52 @@ def test_save_load_roundtrip(tmp_path):
         want = model(x, t)
         got = load_adapter(_base(), tmp_path / "a")(x, t)
         merged = load_adapter(_base(), tmp_path / "a", merge=True)(x, t)
-    assert torch.allclose(want, got, atol=1e-6) and torch.allclose(want, merged, atol=1e-5)
+    assert torch.equal(want, got) and torch.allclose(want, merged, atol=1e-5)
+
+
+SPECS = [  # (name, per-layer ranks): a uniform spec, mixed ranks, one layer of each kind
+    ("uniform", {"ds.conv": 2, "us.conv": 2, "tb.mlp.fc1": 2}),
+    ("mixed", {"down.0.conv": 1, "ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "up.1.conv": 2}),
+    ("single", {"out": 3}),
+]
+
+
+@pytest.mark.parametrize("name,ranks", SPECS, ids=[s[0] for s in SPECS])
+def test_spec_round_trips_through_peft(tmp_path, name, ranks):
+    import json
+
+    from peft import LoraConfig
+
+    spec = lora_spec(ranks, alpha_scale=2.0)
+    assert spec_ranks(spec) == ranks
+    LoraConfig(**spec)  # exactly what peft takes
+    base = _base()
+    model = add_lora_spec(base, spec)
+    mods = dict(model.named_modules())
+    for layer, r in ranks.items():
+        m = mods[f"base_model.model.{layer}"]
+        assert m.r["default"] == r and m.scaling["default"] == pytest.approx(2.0)  # alpha = 2 r
+    assert trainable_parameters(model) == sum(lora_parameters(dict(_base().named_modules())[n], r) for n, r in ranks.items())
+    save_adapter(model, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
+    assert sorted(saved["target_modules"]) == sorted(ranks)
+
+
+def test_training_steps_change_only_lora_weights():
+    from pipeline.config import TrainConfig
+    from pipeline.train import build_models, gan_step
+
+    model = add_lora_spec(_base().train(), lora_spec({"ds.conv": 2, "tb.attn_cross.to_q": 2, "up.1.conv": 4}))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(lr_g=1e-2, ndf=8, lambda_lpips=0.0)
+    x, t = _inputs()
+    m = build_models(model, cfg)
+    for _ in range(2):  # B starts at zero, so A first moves in the second step
+        gan_step(m, x, x.flip(-1), t, torch.ones(2, 5), cfg)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
 
 
 def test_bad_targets_and_missing_adapter(tmp_path):

@@ -1,0 +1,185 @@
+"""Rank search: per-layer LoRA ranks for the crucial layers, and the paper's comparison rows.
+
+The search is greedy on the spectra of the weight changes dW that analyze_layers' short full
+fine-tunes produced on the calibration concepts. A rank-r LoRA on a layer can express at best the
+top r singular directions of dW, so the share of dW's spectral energy that rank r keeps,
+
+    E_l(r) = mean over concepts c of  sum_{i<r} s_i(dW_l,c)^2 / sum_l' |dW_l',c|_F^2,
+
+is the gain and lora_parameters(l, r) the cost. Every crucial layer starts at the smallest allowed
+rank; each step raises, by one allowed rank, the layer whose next rank adds the most energy per added
+parameter and still fits the parameter budget; it stops when the kept energy reaches `energy` or
+nothing fits. The result is exactly what peft takes (target_modules, r, lora_alpha, rank_pattern,
+alpha_pattern). It is then checked the way the paper does: short fine-tunes on the calibration
+concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
+ranks on a random subset and on all the data).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import FinetuneConfig, SearchRanksConfig
+from pipeline.errors import E2GANError
+from pipeline.io import atomic_write_json
+from pipeline.lora import finetune, lora_parameters, lora_spec
+
+log = logging.getLogger(__name__)
+
+
+def spectra(deltas: dict[str, torch.Tensor], layers: list[str], concepts: list[str]) -> dict[str, np.ndarray]:
+    """Per layer, the concept-averaged normalised cumulative energy E_l(r) for r = 0..rank_max."""
+    out: dict[str, np.ndarray] = {}
+    for c in concepts:
+        missing = [n for n in layers if f"{c}/{n}" not in deltas]
+        if missing:
+            raise E2GANError(f"no weight change for {missing[:3]} of {c!r} in the analysis; rerun analyze_layers")
+        sv = {n: torch.linalg.svdvals(deltas[f"{c}/{n}"].flatten(1).double()).numpy() ** 2 for n in layers}
+        total = sum(float(s.sum()) for s in sv.values()) or 1.0
+        for n, s in sv.items():
+            cum = np.concatenate([[0.0], np.cumsum(s) / total])
+            out[n] = out.get(n, 0) + cum / len(concepts)
+    return out
+
+
+def greedy_ranks(modules: dict[str, nn.Module], energy: dict[str, np.ndarray], cfg: SearchRanksConfig,
+                 budget: int) -> tuple[dict[str, int], list[dict]]:
+    """The greedy search described above; returns (ranks, the trace of accepted steps)."""
+    allowed = {n: [r for r in cfg.ranks if r <= len(energy[n]) - 1] or [1] for n in modules}
+    ranks = {n: allowed[n][0] for n in modules}
+    params = sum(lora_parameters(modules[n], r) for n, r in ranks.items())
+    if params > budget:
+        raise E2GANError(f"search_ranks: the smallest ranks already need {params} parameters, over the budget of "
+                         f"{budget}; raise search_ranks.budget or lower analyze_layers.top_k")
+    kept = lambda: sum(float(energy[n][r]) for n, r in ranks.items())  # noqa: E731
+    trace = [{"step": 0, "layer": None, "rank": None, "params": params, "energy": kept()}]
+    while kept() < cfg.energy:
+        best, best_ratio = None, -1.0
+        for n, r in ranks.items():
+            nxt = [a for a in allowed[n] if a > r]
+            if not nxt:
+                continue
+            cost = lora_parameters(modules[n], nxt[0]) - lora_parameters(modules[n], r)
+            if params + cost > budget:
+                continue
+            ratio = (float(energy[n][nxt[0]]) - float(energy[n][r])) / cost
+            if ratio > best_ratio:
+                best, best_ratio = (n, nxt[0], cost), ratio
+        if best is None:
+            break
+        n, r, cost = best
+        ranks[n], params = r, params + cost
+        trace.append({"step": len(trace), "layer": n, "rank": r, "params": params, "energy": kept()})
+    return ranks, trace
+
+
+def random_ranks(modules: dict[str, nn.Module], target_params: int, choices: list[int], seed: int) -> dict[str, int]:
+    """Ranks drawn at random from `choices`; of 500 draws, the one whose parameter count is nearest the target."""
+    rng = np.random.default_rng(seed)
+    best, best_gap = None, None
+    for _ in range(500):
+        draw = {n: int(rng.choice(choices)) for n in modules}
+        gap = abs(sum(lora_parameters(modules[n], r) for n, r in draw.items()) - target_params)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = draw, gap
+    return best
+
+
+def count(modules: dict[str, nn.Module], ranks: dict[str, int]) -> int:
+    return sum(lora_parameters(modules[n], r) for n, r in ranks.items())
+
+
+def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Tensor], calib: dict,
+                 cfg: SearchRanksConfig, fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
+    """Returns (the LoRA spec for peft, the report with the search trace and the comparison rows)."""
+    from pipeline.importance import probe_config
+    from pipeline.progress import bar
+    from pipeline.subset import choose_subset
+    from pipeline.train import lpips_loss
+
+    mods = dict(base.named_modules())
+    modules = {n: mods[n] for n in crucial}
+    n_base = sum(p.numel() for p in base.parameters())
+    budget = int(cfg.budget * n_base)
+    energy = spectra(deltas, crucial, list(calib))
+    ranks, trace = greedy_ranks(modules, energy, cfg, budget)
+    spec = lora_spec(ranks, cfg.alpha_scale)
+
+    rows_def = {  # name -> (ranks, subset strategy)
+        "searched": (ranks, fcfg.subset),
+        f"uniform {cfg.uniform_low}x": ({n: cfg.uniform_low for n in crucial}, fcfg.subset),
+        f"uniform {cfg.uniform_high}x": ({n: cfg.uniform_high for n in crucial}, fcfg.subset),
+        "random ranks": (random_ranks(modules, count(modules, ranks), cfg.ranks, cfg.seed), fcfg.subset),
+        "searched, random subset": (ranks, "random"),
+        "searched, all data": (ranks, "all"),
+    }
+    if fcfg.subset != "kmeans":
+        rows_def["searched, kmeans subset"] = (ranks, "kmeans")
+    pcfg = probe_config(fcfg, cfg.compare_steps, cfg.compare_batch, cfg.seed)
+    perceptual = lpips_loss()
+    subsets = {}
+    for c, d in calib.items():
+        for strategy in {s for _, s in rows_def.values()}:
+            subsets[(c, strategy)] = choose_subset(d.pairs.inputs, strategy, fcfg.subset_fraction,
+                                                   fcfg.subset_features, fcfg.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    done_file = work / "rows.json"
+    done: dict = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    base_lpips = {c: d.heldout_lpips(base, cfg.eval_limit) for c, d in calib.items()}
+    jobs = [(name, c) for name in rows_def for c in calib]
+    with bar("search_ranks: comparison", len(jobs), unit="run", completed=sum(f"{n}/{c}" in done for n, c in jobs)) as b:
+        for name, c in jobs:
+            key = f"{name}/{c}"
+            if key in done:
+                continue
+            r, strategy = rows_def[name]
+            data = calib[c].pairs.subset(subsets[(c, strategy)])
+            model, _, seconds = finetune(base, lora_spec(r, cfg.alpha_scale), data, pcfg,
+                                         work / "runs" / name.replace(" ", "_").replace(",", "") / c, key, perceptual)
+            done[key] = {"lpips": calib[c].heldout_lpips(model, cfg.eval_limit), "seconds": round(seconds, 2)}
+            atomic_write_json(done_file, done)
+            b.advance(1)
+    rows = []
+    for name, (r, strategy) in rows_def.items():
+        lp = {c: done[f"{name}/{c}"]["lpips"] for c in calib}
+        rows.append({"row": name, "params": count(modules, r), "params_share": count(modules, r) / n_base,
+                     "subset": strategy, "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
+                     "lpips": float(np.mean(list(lp.values()))), "lpips_per_concept": lp,
+                     "gain_vs_base": float(np.mean([base_lpips[c] - lp[c] for c in calib])),
+                     "seconds": float(np.mean([done[f"{name}/{c}"]["seconds"] for c in calib])),
+                     "ranks": r})
+    report = {"budget_params": budget, "base_params": n_base, "ranks": ranks, "params": count(modules, ranks),
+              "energy_kept": trace[-1]["energy"], "trace": trace, "base_lpips": base_lpips,
+              "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])} for n in crucial},
+              "comparison": rows, "settings": cfg.model_dump(), "calibration": list(calib)}
+    return spec, report
+
+
+def plot_ranks(report: dict, out_png: Path) -> None:
+    """Left: the searched rank per layer. Right: held-out LPIPS vs trainable params of each comparison row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.base import _save_fig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    names = list(report["ranks"])
+    axes[0].barh(names, [report["ranks"][n] for n in names], color="C0")
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("searched LoRA rank")
+    for i, row in enumerate(report["comparison"]):
+        axes[1].scatter(row["params"] / 1000, row["lpips"], s=60, color=f"C{i}", label=row["row"])
+    axes[1].set_xlabel("trainable params (thousands)")
+    axes[1].set_ylabel("held-out LPIPS vs teacher (lower is better)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"search_ranks: {report['params']} params (budget {report['budget_params']}), "
+                 f"{report['energy_kept']:.0%} of dW energy kept")
+    fig.tight_layout()
+    _save_fig(fig, out_png)
