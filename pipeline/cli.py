@@ -74,5 +74,84 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"), help="The para
     console.print(f"{path}: ok ({len(p.concepts)} concepts: {', '.join(p.concepts)})")
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@app.command("apply")
+@exit_on_user_error
+def apply(
+    inputs: list[Path] = typer.Argument(..., help="Images, or folders of images."),
+    concept: str = typer.Option(..., "--concept", "-c", help="A concept with an exported model (models/onnx/<concept>)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (one input image) or folder."),
+    models: Path = typer.Option(Path("models/onnx"), help="Where export_onnx wrote the concept folders."),
+    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    fit: str = typer.Option("resize", help="Images of another size: 'resize' (to the model's size and back) "
+                                            "or 'refuse'."),
+    threads: int = typer.Option(0, help="onnxruntime threads (0 = all cores)."),
+) -> None:
+    """Run a concept's exported ONNX model on images with onnxruntime (no torch needed at run time)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import SLUG
+    from pipeline.errors import E2GANError
+    from pipeline.export import check_onnx, ort_session
+    from pipeline.images import ImageLoadError, load_rgb
+    from pipeline.io import atomic_path
+    from pipeline.progress import bar
+
+    if not SLUG.match(concept):
+        raise E2GANError(f"{concept!r} is not a concept slug (a-z, 0-9, '_')")
+    if fit not in ("resize", "refuse"):
+        raise E2GANError(f"--fit {fit!r}: use 'resize' or 'refuse'")
+    name = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}.get(variant)
+    if name is None:
+        raise E2GANError(f"--variant {variant!r}: use fp32, fp16 or int8")
+    model = models / concept / name
+    if not model.is_file():
+        known = sorted(p.name for p in models.iterdir() if (p / "model.onnx").is_file()) if models.is_dir() else []
+        raise E2GANError(f"{model}: no exported model for concept {concept!r}; run 'dvc repro export_onnx@{concept}'"
+                         + (f" (exported: {', '.join(known)})" if known else ""))
+    check_onnx(model)
+    files = [f for p in inputs for f in (sorted(x for x in p.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES)
+                                         if p.is_dir() else [p])]
+    if not files:
+        raise E2GANError(f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    single = len(files) == 1 and not any(p.is_dir() for p in inputs) and out.suffix.lower() in IMAGE_SUFFIXES
+    sess = ort_session(model, threads)
+    size = sess.get_inputs()[0].shape[-1]
+    done, skipped = 0, []
+    with bar(f"apply {concept}", len(files), unit="img") as b:
+        for f in files:
+            try:
+                im = load_rgb(f)
+            except ImageLoadError as e:
+                skipped.append(f"{f}: {e}")
+                b.advance(1)
+                continue
+            h, w = im.shape[:2]
+            if (h, w) != (size, size) and fit == "refuse":
+                skipped.append(f"{f}: {w}x{h}, the model takes {size}x{size} (use --fit resize)")
+                b.advance(1)
+                continue
+            x = np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) if (h, w) != (size, size) else im
+            y = sess.run(None, {"image": (x.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]})[0][0]
+            y = ((np.clip(y, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
+            img = Image.fromarray(y)
+            if (h, w) != (size, size):
+                img = img.resize((w, h), Image.BICUBIC)
+            root = next((p for p in inputs if p.is_dir() and p in f.parents), None)
+            dest = out if single else out / (f.relative_to(root) if root else Path(f.name)).with_suffix(".png")
+            with atomic_path(dest) as tmp:
+                img.save(tmp, format="PNG")
+            done += 1
+            b.advance(1)
+    console.print(f"{done} image(s) written to {out}" + (f"; {len(skipped)} skipped:" if skipped else ""))
+    for line in skipped:
+        console.print(f"  [yellow]skipped[/]: {line}")
+    if not done:
+        raise typer.Exit(2)
+
+
 if __name__ == "__main__":
     app()

@@ -188,11 +188,11 @@ class FinetuneConfig(TrainConfig):
 class AnalyzeLayersConfig(Section):
     """analyze_layers: which layer groups of the base are worth adapting (scored on calibration concepts)."""
 
-    probe_steps: int = Field(30, ge=1)  # scorer 'probe': LoRA on one group alone for this many steps
+    probe_steps: int = Field(20, ge=1)  # scorer 'probe': LoRA on one group alone for this many steps
     probe_batch: int = Field(4, ge=1)
     probe_rank: int = Field(4, ge=1)
     full_steps: int = Field(40, ge=1)  # scorer 'delta': a short full fine-tune, then |dW|/|W| per layer
-    eval_limit: int = Field(48, ge=1)  # held-out pairs per calibration concept for the probe scores
+    eval_limit: int = Field(32, ge=1)  # held-out pairs per calibration concept for the probe scores
     select_by: Literal["probe", "delta", "mean_rank"] = "probe"
     top_k: int = Field(5, ge=1)  # this many groups become the crucial layers ...
     min_gain: float = 0.0  # ... of those with a probe LPIPS gain above this
@@ -208,9 +208,9 @@ class SearchRanksConfig(Section):
     alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
     uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
     uniform_high: int = Field(4, ge=1)
-    compare_steps: int = Field(40, ge=1)  # short fine-tune per comparison row and calibration concept
+    compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
     compare_batch: int = Field(4, ge=1)
-    eval_limit: int = Field(48, ge=1)
+    eval_limit: int = Field(32, ge=1)
     seed: int = 0
 
     @field_validator("ranks")
@@ -219,6 +219,26 @@ class SearchRanksConfig(Section):
         if any(r < 1 for r in v):
             raise ValueError("ranks must be positive integers, e.g. [1, 2, 4, 8]")
         return sorted(set(v))
+
+
+class ExportOnnxConfig(Section):
+    """export_onnx@C: the merged concept model as ONNX (fixed 1x3xSxS and dynamic batch), fp16 and int8."""
+
+    size: int = Field(256, ge=16, le=2048)  # the fixed input side; 256 as in the paper
+    opset: int = Field(17, ge=13, le=21)
+    parity_tol: float = Field(1e-3, gt=0)  # max |onnxruntime - torch| on held-out photos (fp32)
+    parity_images: int = Field(16, ge=1)
+    quantize: bool = True  # also write fp16 and int8 (static, calibrated) variants
+    calibration_images: int = Field(32, ge=1)
+    latency_runs: int = Field(10, ge=1)
+    max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"must be a multiple of 16 (the generator downsamples 16x); try {round(v / 16) * 16}")
+        return v
 
 
 class Params(Section):
@@ -233,6 +253,7 @@ class Params(Section):
     analyze_layers: AnalyzeLayersConfig
     search_ranks: SearchRanksConfig
     finetune_lora: FinetuneConfig
+    export_onnx: ExportOnnxConfig
     concepts: dict[str, ConceptConfig] = Field(min_length=1)
 
     def concept(self, name: str) -> ConceptConfig:

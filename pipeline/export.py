@@ -1,6 +1,7 @@
 """ONNX export of generators (the text condition folded in as a constant) and onnxruntime latency."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
 import warnings
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import E2GANError
 from pipeline.io import atomic_path
 
 
@@ -26,22 +28,178 @@ class ImageOnly(nn.Module):
         return self.G(image, self.tokens.expand(image.shape[0], -1, -1), self.mask.expand(image.shape[0], -1))
 
 
-def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 17, dynamic_batch: bool = False) -> Path:
-    """Export an image-only model with input `image` (N, 3, size, size) in [-1, 1] and output `edited`."""
+class ExportError(E2GANError):
+    """An ONNX model or adapter artifact is missing, corrupt or does not fit its base."""
+
+
+def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 17, dynamic_batch: bool = False,
+                fold: bool = True) -> Path:
+    """Export an image-only model with input `image` (N, 3, size, size) in [-1, 1] and output `edited`.
+
+    Without `fold`, every weight stays an initializer named after its parameter (`G.ds.conv.weight`,
+    `tokens`), which is what adapter artifacts patch; onnxruntime folds constants when it loads the model.
+    """
     model = model.eval()
     dummy = torch.zeros(1, 3, size, size)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["edited"],
-                          opset_version=opset, dynamo=False, do_constant_folding=True,
+                          opset_version=opset, dynamo=False, do_constant_folding=fold,
                           dynamic_axes={"image": {0: "batch"}, "edited": {0: "batch"}} if dynamic_batch else None)
-    import onnx
-
-    onnx.checker.check_model(str(path))
+        check_onnx(tmp)
     return path
 
 
-def ort_session(path: Path, threads: int):
+def check_onnx(path: Path) -> None:
+    """onnx.checker on a file, as an ExportError naming the file and the fix."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: no ONNX model; run 'dvc repro export_onnx' for this concept")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # onnx raises ValidationError, DecodeError, ... for broken files
+        raise ExportError(f"{path}: not a valid ONNX model ({str(e).strip().splitlines()[0][:200]}); "
+                          "delete it and rerun 'dvc repro export_onnx'") from None
+
+
+def run_onnx(path: Path, images: list[np.ndarray], threads: int = 0) -> list[np.ndarray]:
+    """RGB uint8 images (all of the model's input size) -> uint8 outputs, one image per run."""
+    sess = ort_session(path, threads)
+    out = []
+    for im in images:
+        x = (im.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+        y = sess.run(None, {"image": x})[0][0]
+        out.append(((np.clip(y, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0))
+    return out
+
+
+def onnx_outputs(path: Path, x: np.ndarray, threads: int = 0) -> np.ndarray:
+    return ort_session(path, threads).run(None, {"image": x.astype(np.float32)})[0]
+
+
+# ----------------------------------------------------------------------------- lower precision
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations inside, fp32 input and output (onnxruntime's float16 converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
+
+
+def to_int8(src: Path, dst: Path, calibration: list[np.ndarray]) -> Path:
+    """Static int8 (QDQ, per-channel weights) calibrated on real inputs (onnxruntime.quantization)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": (im.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]}
+                               for im in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with atomic_path(dst.with_suffix(".pre.onnx")) as pre:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        with atomic_path(dst) as tmp:
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    dst.with_suffix(".pre.onnx").unlink(missing_ok=True)
+    return dst
+
+
+# ----------------------------------------------------------------------------- adapter artifacts
+
+PREFIX = "G."  # ImageOnly's name for the generator in exported initializer names
+
+
+def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
+    factors and scale (alpha / r), plus the concept's text tokens and mask."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+        weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    except FileNotFoundError as e:
+        raise ExportError(f"{adapter_dir}: no adapter ({Path(e.filename).name} missing); "
+                          "run 'dvc repro finetune_lora' for this concept") from None
+    except Exception as e:  # safetensors raises its own errors for corrupt files
+        raise ExportError(f"{adapter_dir}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
+                          "delete the folder and rerun 'dvc repro finetune_lora'") from None
+    ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
+    alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
+    out: dict[str, torch.Tensor] = {"tokens": tokens.contiguous(), "mask": mask.contiguous()}
+    for layer in cfg["target_modules"]:
+        a = weights.get(f"base_model.model.{layer}.lora_A.weight")
+        b = weights.get(f"base_model.model.{layer}.lora_B.weight")
+        if a is None or b is None:
+            raise ExportError(f"{adapter_dir}: no LoRA weights for {layer!r}; the adapter is incomplete")
+        r = ranks.get(layer, cfg["r"])
+        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
+        out[f"{layer}.scale"] = torch.tensor([alphas.get(layer, cfg["lora_alpha"]) / r], dtype=torch.float32)
+    return out
+
+
+def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text tokens padded (masked out) to a fixed length: one base ONNX graph fits every concept's prompt."""
+    t = tokens.shape[1]
+    if t > length:
+        raise ExportError(f"the prompt has {t} text tokens, more than export_onnx.max_tokens={length}; raise it")
+    pt = torch.zeros(tokens.shape[0], length, tokens.shape[2], dtype=tokens.dtype)
+    pm = torch.zeros(mask.shape[0], length, dtype=mask.dtype)
+    pt[:, :t], pm[:, :t] = tokens, mask
+    return pt, pm
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The merged weight change of one LoRA layer: scale * B @ A, in the layer's weight shape."""
+    return (scale * (b.flatten(1).double() @ a.flatten(1).double())).reshape(shape)
+
+
+def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
+    """Patch the base ONNX model's initializers with a concept's LoRA deltas and text tokens -> `out`."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.torch import load_file
+
+    check_onnx(base_onnx)
+    try:
+        t = load_file(str(artifact))
+    except Exception as e:
+        raise ExportError(f"{artifact}: not a readable adapter artifact ({str(e).splitlines()[0][:200]}); "
+                          "rerun 'dvc repro export_onnx' for this concept") from None
+    model = onnx.load(str(base_onnx))
+    inits = {i.name: i for i in model.graph.initializer}
+    missing = [n for n in ("tokens", "mask") if n not in inits]
+    if missing:
+        raise ExportError(f"{base_onnx}: no {missing} initializers; the base model must be exported with fold=False")
+    layers = sorted({k.rsplit(".", 1)[0] for k in t if k.endswith(".lora_A")})
+    for layer in layers:
+        name = f"{PREFIX}{layer}.weight"
+        if name not in inits:
+            raise ExportError(f"{artifact}: layer {layer!r} is not in {base_onnx}; the artifact is for another base")
+        w = numpy_helper.to_array(inits[name]).copy()
+        d = lora_delta(t[f"{layer}.lora_A"], t[f"{layer}.lora_B"], float(t[f"{layer}.scale"]), w.shape)
+        inits[name].CopyFrom(numpy_helper.from_array((torch.from_numpy(w).double() + d).float().numpy(), name))
+    length = inits["tokens"].dims[1]
+    tokens, mask = pad_tokens(t["tokens"], t["mask"].to(t["tokens"].dtype), length)
+    for n, v in (("tokens", tokens), ("mask", mask.to(torch.float32))):
+        inits[n].CopyFrom(numpy_helper.from_array(v.numpy(), n))
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return out
+
+
+def ort_session(path: Path, threads: int = 0):
+    """A CPU onnxruntime session (threads 0 = onnxruntime's default, all cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -64,3 +222,21 @@ def ort_latency(path: Path, size: int, threads: int, runs: int = 20, warmup: int
         times.append(1000 * (time.perf_counter() - t0))
     return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2),
             "runs": runs, "threads": threads}
+
+
+# ----------------------------------------------------------------------------- a concept's model
+
+
+def concept_model(base_dir: Path, adapter_dir: Path | None, prompts: Path) -> tuple[ImageOnly, dict]:
+    """The base generator with the concept's LoRA merged in (merge_and_unload) and its prompt folded in."""
+    from pipeline.checkpoint import load_generator
+    from pipeline.infer import concept_condition
+    from pipeline.lora import load_adapter
+
+    G, meta = load_generator(base_dir)
+    if adapter_dir is not None:
+        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise ExportError(f"{adapter_dir}: no adapter for this concept; run 'dvc repro finetune_lora' first")
+        G = load_adapter(G, adapter_dir, merge=True)
+    tokens, mask = concept_condition(prompts, meta["text_encoder"])
+    return ImageOnly(G.eval(), tokens, mask).eval(), meta

@@ -1,6 +1,8 @@
 """Running a generator on images, and its quality against the teacher (LPIPS, PSNR, SSIM)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,10 +31,8 @@ def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict
             "n": len(outputs)}
 
 
-def prompts_file(where) -> "Path":
+def prompts_file(where) -> Path:
     """A concept's prompts.json: `where` itself if it is a file, else `where/prompts.json`."""
-    from pathlib import Path
-
     p = Path(where)
     return p if p.is_file() else p / "prompts.json"
 

@@ -41,6 +41,7 @@ def repo(tmp_path_factory) -> Path:
     params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
     params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
     params["finetune_lora"].update(steps=2, batch_size=2, ckpt_every=2, log_every=1)
+    params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1)
     params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
                           "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -64,7 +65,7 @@ def test_new_concept_makes_only_its_stages_stale(repo):
     original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
         "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}))
     try:
-        assert _stale(repo) == {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night"}
+        assert _stale(repo) == {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night", "export_onnx@night"}
     finally:
         (repo / "params.yaml").write_text(original)
 
@@ -73,10 +74,10 @@ def test_new_concept_makes_only_its_stages_stale(repo):
 def test_changed_prompt_reruns_only_its_concept(repo):
     original = _edit_params(repo, lambda p: p["concepts"]["ink"].__setitem__("prompt", "make it a pen drawing"))
     try:
-        assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink"}
+        assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "export_onnx@ink"}
         out = _run([sys.executable, "-m", "dvc", "repro"], repo)
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
-        assert ran == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink"}, out
+        assert ran == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "export_onnx@ink"}, out
     finally:
         (repo / "params.yaml").write_text(original)
         _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)  # back to a clean state for the other tests
