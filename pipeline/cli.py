@@ -74,6 +74,91 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"), help="The para
     console.print(f"{path}: ok ({len(p.concepts)} concepts: {', '.join(p.concepts)})")
 
 
+@app.command("flow")
+@exit_on_user_error
+def flow_run(
+    concept: str = typer.Option(None, "--concept", "-c", help="One concept; leave out for every concept."),
+    root: Path = typer.Option(Path("."), help="The project folder (with dvc.yaml and params.yaml)."),
+) -> None:
+    """Run the Prefect flow for a concept (or all concepts) here; prints the DVC stages that ran."""
+    from pipeline.flows import all_concepts_flow, concept_flow
+
+    ran = concept_flow(concept, str(root)) if concept else all_concepts_flow(str(root))
+    print(json.dumps({"ran": ran}))
+
+
+ci_app = typer.Typer(help="Continuous-integration commands.", no_args_is_help=True)
+app.add_typer(ci_app, name="ci")
+
+
+@ci_app.command("retrain")
+@exit_on_user_error
+def ci_retrain(
+    concept: str = typer.Option(None, "--concept", "-c", help="Only this concept's chain (and stale shared stages)."),
+    push: bool = typer.Option(True, help="dvc push afterwards (skipped with a note when no remote is set)."),
+    baseline: str = typer.Option("HEAD~1", help="The git revision the params and metrics diffs compare against."),
+) -> None:
+    """`dvc repro --pull --allow-missing` (only what changed runs), `dvc push`, and the params/metrics diffs
+    as Markdown in $GITHUB_STEP_SUMMARY (or on stdout)."""
+    import subprocess
+
+    from pipeline import dvc
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run(dvc.dvc_cmd(*args), env=dvc._env(), capture_output=True, text=True)
+        if check and res.returncode:
+            raise dvc.DvcError(f"dvc {' '.join(args)} failed:\n{(res.stdout + res.stderr).strip()[-1500:]}")
+        return res
+
+    remote = bool(run("remote", "list", check=False).stdout.strip())
+    pull = ["--pull", "--allow-missing"] if remote else []
+    targets = [f"{s}@{concept}" for s in dvc.PER_CONCEPT] if concept else []
+    if concept:
+        from pipeline.config import load_params
+
+        load_params().concept(concept)
+    res = run("--wait-for-lock", "repro", *pull, *targets)
+    ran = [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage '")]
+    notes = []
+    if push and remote:
+        run("push")
+    elif push:
+        notes.append("no DVC remote is configured: nothing pushed (see README, 'DVC remotes')")
+    params_diff = run("params", "diff", baseline, "--md", check=False).stdout.strip()
+    metrics_diff = run("metrics", "diff", baseline, "--md", check=False).stdout.strip()
+    md = ["## e2gan retrain", "", f"Stages that ran: {', '.join(ran) if ran else 'none (up to date)'}", "",
+          *[f"> {n}" for n in notes], "", f"### params diff vs {baseline}", "", params_diff or "no changes", "",
+          f"### metrics diff vs {baseline}", "", metrics_diff or "no changes", ""]
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write("\n".join(md))
+    print("\n".join(md))
+    print(json.dumps({"ran": ran}))
+
+
+@app.command("ui")
+def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+    """Start a local Prefect server and UI on 127.0.0.1 (Ctrl-C stops it)."""
+    import subprocess
+    import sys
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)]))
+
+
+@app.command("serve")
+def serve(root: Path = typer.Option(Path("."), help="The project folder the flows run in.")) -> None:
+    """Register the deployments 'e2gan-concept/concept' (parameter: concept) and 'e2gan-all-concepts/all'
+    with the Prefect server in PREFECT_API_URL and run them when started from the UI."""
+    from prefect import serve as prefect_serve
+
+    from pipeline.flows import all_concepts_flow, concept_flow
+
+    prefect_serve(concept_flow.to_deployment(name="concept", parameters={"root": str(root.resolve())}),
+                  all_concepts_flow.to_deployment(name="all", parameters={"root": str(root.resolve())}))
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 

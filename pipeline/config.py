@@ -203,7 +203,7 @@ class SearchRanksConfig(Section):
     """search_ranks: per-layer LoRA ranks on the crucial layers (greedy, spectrum of the full fine-tune's dW)."""
 
     ranks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)  # allowed ranks
-    budget: float = Field(0.02, gt=0.0, le=1.0)  # trainable params, as a share of the base generator's
+    budget: float = Field(0.016, gt=0.0, le=1.0)  # trainable params, as a share of the base generator's
     energy: float = Field(0.9, gt=0.0, le=1.0)  # stop once this share of dW's spectral energy is kept
     alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
     uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
@@ -219,6 +219,15 @@ class SearchRanksConfig(Section):
         if any(r < 1 for r in v):
             raise ValueError("ranks must be positive integers, e.g. [1, 2, 4, 8]")
         return sorted(set(v))
+
+
+class EvaluateConfig(Section):
+    """evaluate@C: held-out quality of the student against the teacher."""
+
+    bootstrap: int = Field(20, ge=1)  # resamples of the held-out set for the spread of every metric
+    clip_model: str | None = None  # CLIP id/path for the directional CLIP score (none ships offline)
+    grid: int = Field(6, ge=1)  # photos in the input | teacher | base | student grid
+    seed: int = 0
 
 
 class ExportOnnxConfig(Section):
@@ -253,6 +262,7 @@ class Params(Section):
     analyze_layers: AnalyzeLayersConfig
     search_ranks: SearchRanksConfig
     finetune_lora: FinetuneConfig
+    evaluate: EvaluateConfig
     export_onnx: ExportOnnxConfig
     concepts: dict[str, ConceptConfig] = Field(min_length=1)
 

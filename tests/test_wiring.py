@@ -24,3 +24,23 @@ def test_params_sections_are_stage_names_or_shared():
     sections = set(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert sections == set(Params.model_fields)
     assert sections - SHARED_SECTIONS <= stages, sections - SHARED_SECTIONS - stages
+
+
+def test_flows_know_every_stage():
+    from pipeline import dvc
+
+    stages = dvc.stage_names(ROOT)
+    listed = dvc.SHARED + dvc.PER_CONCEPT + dvc.AFTER_ALL
+    assert sorted(listed) == sorted(stages) and len(set(listed)) == len(listed)
+    assert {s for s in stages if stages[s]} == set(dvc.PER_CONCEPT)  # matrix stages are exactly the per-concept ones
+
+
+def test_shared_stage_order_follows_the_dag():
+    from pipeline import dvc
+
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {name: [o if isinstance(o, str) else next(iter(o)) for o in body.get("outs", [])] for name, body in doc.items()}
+    for i, stage in enumerate(dvc.SHARED):  # every shared stage's deps are made by stages listed before it
+        for dep in doc[stage]["deps"]:
+            makers = [s for s, o in outs.items() if any(dep == x or dep.startswith(x + "/") for x in o)]
+            assert all(dvc.SHARED.index(m) < i for m in makers if m in dvc.SHARED), (stage, dep, makers)
