@@ -4,8 +4,8 @@ one for all concepts.
 Each task runs `dvc --wait-for-lock repro -s <stage>` (cache_policy NO_CACHE: dvc.lock is the only
 cache). Shared stages go first, one flow at a time (a Prefect global concurrency limit of 1, checked
 with `dvc status` first so an up-to-date pipeline costs one status call); then the concept's own chain.
-Parallel concept flows in one workspace are safe: per-concept stages write disjoint outputs and
-`--wait-for-lock` queues their short lock windows.
+Per-concept stages write disjoint outputs and `--wait-for-lock` queues DVC's lock windows (several
+concept flows at once in one workspace are not load-tested yet).
 """
 from __future__ import annotations
 

@@ -57,7 +57,8 @@ def main() -> None:
     prompt = json.loads(prompts.read_text())["instructions"][0]
     tf = inception_features(teacher)
     result = {"concept": c, "prompt": prompt, "heldout_pairs": len(inputs), "bootstrap": cfg.bootstrap,
-              "student": compare_sets(student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip),
+              "student": compare_sets(student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip,
+                                     cfg.fid_bootstrap),
               "base_without_adapter": compare_sets(base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip),
               "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip)}
     atomic_write_json(out, result)

@@ -41,7 +41,7 @@ def repo(tmp_path_factory) -> Path:
     params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
     params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
     params["finetune_lora"].update(steps=2, batch_size=2, ckpt_every=2, log_every=1)
-    params["evaluate"].update(bootstrap=2, grid=2)
+    params["evaluate"].update(bootstrap=2, fid_bootstrap=1, grid=2)
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1)
     params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
                           "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}}}
