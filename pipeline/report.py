@@ -20,7 +20,11 @@ def _img(p: Path, alt: str) -> str:
 
 
 def _f(v, nd=4) -> str:
-    return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.2e}" if 0 < abs(v) < 10 ** -nd else f"{v:.{nd}f}"
+    return str(v)
 
 
 def concept_rows(root: Path, concepts: list[str]) -> list[dict]:
