@@ -19,13 +19,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
     path = Path(path)
