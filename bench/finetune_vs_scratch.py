@@ -51,6 +51,10 @@ def train_with_evals(G, data, cfg, steps: int, eval_every: int, evaluate) -> lis
     return curve
 
 
+def p_curve_sorted(result: dict) -> list[dict]:
+    return sorted(result["pix2pix"]["curve"], key=lambda r: r["step"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="watercolor")
@@ -106,7 +110,10 @@ def main() -> None:
                        "kid": kid(model), "pairs_used": len(kept), "trainable_params": trainable_parameters(model),
                        "stored_bytes_fp32": 4 * trainable_parameters(model)}
     e, p = result["e2gan"], result["pix2pix"]
+    cross = next((r for r in p_curve_sorted(result) if r["lpips"] <= e["final_lpips"]), None)
+    result["pix2pix"]["seconds_to_e2gan_final"] = cross["train_seconds"] if cross else None
     result["ratios"] = {
+        "time_to_e2gan_final_quality": (e["seconds"] / cross["train_seconds"]) if cross else None,
         "time_to_pix2pix_best": (e["seconds_to_pix2pix_best"] / p["seconds_to_best"]) if reach else None,
         "full_run_time_vs_pix2pix_to_best": e["seconds"] / p["seconds_to_best"],
         "lpips_e2gan_minus_pix2pix_best": e["final_lpips"] - p["best_lpips"],
