@@ -19,3 +19,29 @@ def concept_arg(value: str) -> str:
     if not SLUG.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a concept slug (a-z, 0-9, '_')")
     return value
+
+
+def concept_parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
+    """The arguments of a per-concept stage: --concept, --base, and path options (--pairs, --prompts and
+    `paths`, name -> default with '{c}' for the concept) that default to the DVC layout."""
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--concept", type=concept_arg, required=True)
+    ap.add_argument("--base", type=Path, default=Path("models/base"))
+    paths = {"pairs": "data/pairs/{c}", "prompts": "data/prompts/{c}/prompts.json", **paths}
+    for name, fmt in paths.items():
+        ap.add_argument(f"--{name}", type=Path, help=f"default: {fmt.format(c='<concept>')}")
+    ap.set_defaults(concept_paths=paths)
+    return ap
+
+
+def parse_concept_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """parse_args, then every unset path option from its default for this concept."""
+    from pathlib import Path
+
+    args = ap.parse_args()
+    for name, fmt in args.concept_paths.items():
+        if getattr(args, name) is None:
+            setattr(args, name, Path(fmt.format(c=args.concept)))
+    return args

@@ -2,9 +2,7 @@
 -> reports/evaluate/<concept>.json (metrics) + reports/evaluate/<concept>.png (input | teacher | base | student)."""
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 from pipeline.checkpoint import load_generator
 from pipeline.config import load_params
@@ -16,28 +14,17 @@ from pipeline.io import atomic_write_json
 from pipeline.lora import load_adapter
 from pipeline.metrics import inception_features
 from pipeline.plots import grid
-from stages import concept_arg, setup
+from stages import concept_parser, parse_concept_args, setup
 
 
 @exit_on_user_error
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--concept", type=concept_arg, required=True)
-    ap.add_argument("--base", type=Path, default=Path("models/base"))
-    ap.add_argument("--adapter", type=Path, help="default: models/lora/<concept>")
-    ap.add_argument("--pairs", type=Path, help="default: data/pairs/<concept>")
-    ap.add_argument("--prompts", type=Path, help="default: data/prompts/<concept>/prompts.json")
-    ap.add_argument("--out", type=Path, help="default: reports/evaluate/<concept>.json (+ .png)")
-    args = ap.parse_args()
+    args = parse_concept_args(concept_parser(__doc__, adapter="models/lora/{c}", out="reports/evaluate/{c}.json"))
     setup()
-    c = args.concept
+    c, adapter, pairs, prompts, out = args.concept, args.adapter, args.pairs, args.prompts, args.out
     params = load_params()
     params.concept(c)
     cfg = params.evaluate
-    adapter = args.adapter or Path("models/lora") / c
-    pairs = args.pairs or Path("data/pairs") / c
-    prompts = args.prompts or Path("data/prompts") / c / "prompts.json"
-    out = args.out or Path("reports/evaluate") / f"{c}.json"
     if not (adapter / "adapter_config.json").is_file():
         raise E2GANError(f"{adapter}: no adapter; run 'dvc repro finetune_lora@{c}' first")
     inputs, teacher = heldout_pairs(pairs)

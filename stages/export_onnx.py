@@ -3,7 +3,6 @@
 card.json) + reports/export_onnx/<concept>.json (parity, latency, sizes, quantisation quality)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -20,7 +19,7 @@ from pipeline.infer import heldout_pairs
 from pipeline.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.metrics import lpips_distance
 from pipeline.nets.pix2pix import ResnetGenerator
-from stages import concept_arg, setup
+from stages import concept_parser, parse_concept_args, setup
 
 
 def _resize(images: list[np.ndarray], size: int) -> list[np.ndarray]:
@@ -32,28 +31,17 @@ def _resize(images: list[np.ndarray], size: int) -> list[np.ndarray]:
 
 @exit_on_user_error
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--concept", type=concept_arg, required=True)
-    ap.add_argument("--base", type=Path, default=Path("models/base"))
+    ap = concept_parser(__doc__, adapter="models/lora/{c}", out="models/onnx/{c}", metrics="reports/export_onnx/{c}.json")
     ap.add_argument("--base-onnx", type=Path, default=Path("models/onnx/base/model.onnx"))
-    ap.add_argument("--adapter", type=Path, help="default: models/lora/<concept>")
-    ap.add_argument("--pairs", type=Path, help="default: data/pairs/<concept>")
-    ap.add_argument("--prompts", type=Path, help="default: data/prompts/<concept>/prompts.json")
-    ap.add_argument("--out", type=Path, help="default: models/onnx/<concept>")
-    ap.add_argument("--metrics", type=Path, help="default: reports/export_onnx/<concept>.json")
-    args = ap.parse_args()
+    args = parse_concept_args(ap)
     setup()
     from safetensors.torch import save_file
 
-    c = args.concept
+    c, adapter, pairs, prompts, out, metrics_path = (args.concept, args.adapter, args.pairs, args.prompts, args.out,
+                                                     args.metrics)
     params = load_params()
     params.concept(c)
     cfg = params.export_onnx
-    adapter = args.adapter or Path("models/lora") / c
-    pairs = args.pairs or Path("data/pairs") / c
-    prompts = args.prompts or Path("data/prompts") / c / "prompts.json"
-    out = args.out or Path("models/onnx") / c
-    metrics_path = args.metrics or Path("reports/export_onnx") / f"{c}.json"
     model, meta = concept_model(args.base, adapter, prompts)
     inputs, _ = heldout_pairs(pairs)
     if not inputs:

@@ -3,7 +3,6 @@
 + reports/finetune_lora/<concept>/ (metrics.json, losses.csv, curves.png, samples.png)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,27 +15,17 @@ from pipeline.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.lora import finetune_concept, save_adapter, spec_ranks
 from pipeline.pairs import fingerprint
 from pipeline.plots import write_history
-from stages import concept_arg, setup
+from stages import concept_parser, parse_concept_args, setup
 
 
 @exit_on_user_error
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--concept", type=concept_arg, required=True)
-    ap.add_argument("--base", type=Path, default=Path("models/base"))
+    ap = concept_parser(__doc__, out="models/lora/{c}", reports="reports/finetune_lora/{c}")
     ap.add_argument("--ranks", type=Path, default=Path("models/ranks/lora.json"))
-    ap.add_argument("--pairs", type=Path, help="default: data/pairs/<concept>")
-    ap.add_argument("--prompts", type=Path, help="default: data/prompts/<concept>/prompts.json")
-    ap.add_argument("--out", type=Path, help="default: models/lora/<concept>")
-    ap.add_argument("--reports", type=Path, help="default: reports/finetune_lora/<concept>")
     ap.add_argument("--work", type=Path, default=Path("data/.work/finetune_lora"))
-    args = ap.parse_args()
+    args = parse_concept_args(ap)
     setup()
-    c = args.concept
-    pairs = args.pairs or Path("data/pairs") / c
-    prompts = args.prompts or Path("data/prompts") / c / "prompts.json"
-    out = args.out or Path("models/lora") / c
-    reports = args.reports or Path("reports/finetune_lora") / c
+    c, pairs, prompts, out, reports = args.concept, args.pairs, args.prompts, args.out, args.reports
     params = load_params()
     params.concept(c)
     cfg = params.finetune_lora
