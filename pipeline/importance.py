@@ -94,10 +94,27 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else 1.0
 
 
+def run_recorded(jobs: list[tuple[str, str]], done_file: Path, desc: str, unit: str, run) -> dict:
+    """`run(a, c) -> dict` for every job (a, c) not yet in `done_file`, each result recorded there as soon as
+    it finishes, so a killed run resumes at the next job. Returns {"a/c": result} for all jobs."""
+    from pipeline.progress import bar
+
+    done: dict = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    keys = [f"{a}/{c}" for a, c in jobs]
+    with bar(desc, len(jobs), unit=unit, completed=sum(k in done for k in keys)) as b:
+        for (a, c), key in zip(jobs, keys):
+            if key in done:
+                continue
+            done[key] = run(a, c)
+            done_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(done_file, done)
+            b.advance(1)
+    return done
+
+
 def analyze_layers(base: nn.Module, calib: dict[str, ConceptData], cfg: AnalyzeLayersConfig, fcfg: FinetuneConfig,
                    work: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Score every layer group; returns (the table as JSON-able dict, {"<concept>/<layer>": dW})."""
-    from pipeline.progress import bar
     from pipeline.train import lpips_loss
 
     if not calib:
@@ -107,24 +124,17 @@ def analyze_layers(base: nn.Module, calib: dict[str, ConceptData], cfg: AnalyzeL
     layers = [n for g in groups.values() for n in g]
     data = calib
     perceptual = lpips_loss()
-    work.mkdir(parents=True, exist_ok=True)
-    done_file = work / "probes.json"
-    done: dict = json.loads(done_file.read_text()) if done_file.is_file() else {}
-
     base_lpips = {c: data[c].heldout_lpips(base, cfg.eval_limit) for c in data}
     pcfg = probe_config(fcfg, cfg.probe_steps, cfg.probe_batch, cfg.seed)
-    jobs = [(g, c) for g in groups for c in data]
-    with bar("analyze_layers: probes", len(jobs), unit="probe", completed=sum(f"{g}/{c}" in done for g, c in jobs)) as b:
-        for g, c in jobs:
-            key = f"{g}/{c}"
-            if key in done:
-                continue
-            spec = lora_spec({n: cfg.probe_rank for n in groups[g]})
-            model, _, seconds = finetune(base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {key}",
-                                         perceptual)
-            done[key] = {"lpips": data[c].heldout_lpips(model, cfg.eval_limit), "seconds": round(seconds, 2)}
-            atomic_write_json(done_file, done)
-            b.advance(1)
+
+    def probe(g: str, c: str) -> dict:
+        spec = lora_spec({n: cfg.probe_rank for n in groups[g]})
+        model, _, seconds = finetune(base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {g}/{c}",
+                                     perceptual)
+        return {"lpips": data[c].heldout_lpips(model, cfg.eval_limit), "seconds": round(seconds, 2)}
+
+    done = run_recorded([(g, c) for g in groups for c in data], work / "probes.json", "analyze_layers: probes",
+                        "probe", probe)
 
     # scorer 'delta': short full fine-tunes
     fullcfg = probe_config(fcfg, cfg.full_steps, cfg.probe_batch, cfg.seed)

@@ -16,7 +16,6 @@ ranks on a random subset and on all the data).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from torch import nn
 
 from pipeline.config import FinetuneConfig, SearchRanksConfig
 from pipeline.errors import E2GANError
-from pipeline.io import atomic_write_json
 from pipeline.lora import finetune, lora_parameters, lora_spec
 
 log = logging.getLogger(__name__)
@@ -97,8 +95,7 @@ def count(modules: dict[str, nn.Module], ranks: dict[str, int]) -> int:
 def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Tensor], calib: dict,
                  cfg: SearchRanksConfig, fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
     """Returns (the LoRA spec for peft, the report with the search trace and the comparison rows)."""
-    from pipeline.importance import probe_config
-    from pipeline.progress import bar
+    from pipeline.importance import probe_config, run_recorded
     from pipeline.subset import choose_subset
     from pipeline.train import lpips_loss
 
@@ -127,23 +124,17 @@ def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Te
         for strategy in {s for _, s in rows_def.values()}:
             subsets[(c, strategy)] = choose_subset(d.pairs.inputs, strategy, fcfg.subset_fraction,
                                                    fcfg.subset_features, fcfg.seed)
-    work.mkdir(parents=True, exist_ok=True)
-    done_file = work / "rows.json"
-    done: dict = json.loads(done_file.read_text()) if done_file.is_file() else {}
     base_lpips = {c: d.heldout_lpips(base, cfg.eval_limit) for c, d in calib.items()}
-    jobs = [(name, c) for name in rows_def for c in calib]
-    with bar("search_ranks: comparison", len(jobs), unit="run", completed=sum(f"{n}/{c}" in done for n, c in jobs)) as b:
-        for name, c in jobs:
-            key = f"{name}/{c}"
-            if key in done:
-                continue
-            r, strategy = rows_def[name]
-            data = calib[c].pairs.subset(subsets[(c, strategy)])
-            model, _, seconds = finetune(base, lora_spec(r, cfg.alpha_scale), data, pcfg,
-                                         work / "runs" / name.replace(" ", "_").replace(",", "") / c, key, perceptual)
-            done[key] = {"lpips": calib[c].heldout_lpips(model, cfg.eval_limit), "seconds": round(seconds, 2)}
-            atomic_write_json(done_file, done)
-            b.advance(1)
+
+    def compare(name: str, c: str) -> dict:
+        r, strategy = rows_def[name]
+        data = calib[c].pairs.subset(subsets[(c, strategy)])
+        model, _, seconds = finetune(base, lora_spec(r, cfg.alpha_scale), data, pcfg,
+                                     work / "runs" / name.replace(" ", "_").replace(",", "") / c, f"{name}/{c}", perceptual)
+        return {"lpips": calib[c].heldout_lpips(model, cfg.eval_limit), "seconds": round(seconds, 2)}
+
+    done = run_recorded([(name, c) for name in rows_def for c in calib], work / "rows.json",
+                        "search_ranks: comparison", "run", compare)
     rows = []
     for name, (r, strategy) in rows_def.items():
         lp = {c: done[f"{name}/{c}"]["lpips"] for c in calib}
