@@ -10,12 +10,15 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install assets repro clean-venv
+DEMO_STAMP := demo/node_modules/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: run test install assets repro demo demo-deps browser clean-venv
 
 run: assets  ## venv, install, offline assets, then `dvc repro` (a no-op when nothing changed)
 	dvc repro
 
-test: assets  ## venv, install, offline assets, then the whole test suite (slow tests included)
+test: assets demo-deps browser  ## venv, install, offline assets, demo packages, chromium, then every test
 	pytest -q
 
 install: $(STAMP)
@@ -30,6 +33,19 @@ assets: $(STAMP)  ## fetch + verify photos and weights into $$E2GAN_CACHE (defau
 
 repro: $(STAMP)
 	dvc repro
+
+demo: assets demo-deps  ## the browser demo on http://127.0.0.1:8765/ (after `make run`)
+	e2gan demo
+
+demo-deps: $(DEMO_STAMP)  ## the demo's pinned front-end packages (npm registry, package-lock.json)
+
+$(DEMO_STAMP): demo/package.json demo/package-lock.json
+	cd demo && npm ci --no-audit --no-fund --loglevel=error
+	touch $(DEMO_STAMP)
+
+browser:  ## Debian's chromium for the browser tests (skipped when it is there)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 clean-venv:
 	rm -rf $(VENV)

@@ -79,11 +79,15 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"), help="The para
 def flow_run(
     concept: str = typer.Option(None, "--concept", "-c", help="One concept; leave out for every concept."),
     root: Path = typer.Option(Path("."), help="The project folder (with dvc.yaml and params.yaml)."),
+    workers: int = typer.Option(1, min=1, help="All concepts: run this many concept chains at once (>1: a local "
+                                "Dask cluster of that many processes)."),
+    dask_address: str = typer.Option(None, help="All concepts: fan the concept chains out to this Dask scheduler "
+                                     "(tcp://host:8786); its workers need the project folder or a DVC remote."),
 ) -> None:
     """Run the Prefect flow for a concept (or all concepts) here; prints the DVC stages that ran."""
-    from pipeline.flows import all_concepts_flow, concept_flow
+    from pipeline.flows import concept_flow, with_runner
 
-    ran = concept_flow(concept, str(root)) if concept else all_concepts_flow(str(root))
+    ran = concept_flow(concept, str(root)) if concept else with_runner(workers, dask_address)(str(root))
     print(json.dumps({"ran": ran}))
 
 
@@ -157,6 +161,31 @@ def serve(root: Path = typer.Option(Path("."), help="The project folder the flow
 
     prefect_serve(concept_flow.to_deployment(name="concept", parameters={"root": str(root.resolve())}),
                   all_concepts_flow.to_deployment(name="all", parameters={"root": str(root.resolve())}))
+
+
+@app.command("demo")
+@exit_on_user_error
+def demo(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free port)."),
+    root: Path = typer.Option(Path("."), help="The project folder (params.yaml: the concept list)."),
+    models: Path = typer.Option(None, help="The exported models (default: <root>/models/onnx)."),
+) -> None:
+    """Serve the browser demo on http://127.0.0.1:PORT/: the exported concepts run in the page with
+    onnxruntime-web, on a photo or the camera (Ctrl-C stops it). Needs `make demo-deps` once."""
+    from pipeline.demo import make_server
+    from pipeline.errors import E2GANError
+
+    try:
+        server = make_server(root, models, port)
+    except OSError as e:
+        raise E2GANError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); pick another --port") from None
+    print(f"e2gan demo: http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

@@ -43,9 +43,11 @@ class Bar:
 
 
 @contextlib.contextmanager
-def bar(description: str, total: float | None, unit: str = "it", completed: float = 0) -> Iterator[Bar]:
-    """A rich bar with count, rate (`unit`/s), elapsed, eta and a free status text."""
-    if not _enabled():
+def bar(description: str, total: float | None, unit: str = "it", completed: float = 0,
+        visible: bool | None = None) -> Iterator[Bar]:
+    """A rich bar with count, rate (`unit`/s), elapsed, eta and a free status text (`visible=False`: none,
+    e.g. on every rank but the first of a distributed run)."""
+    if visible is False or not _enabled():
         yield Bar(None, None)
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),

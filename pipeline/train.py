@@ -4,12 +4,18 @@ model, LoRA fine-tuning and the baselines.
 `gan_step` does one D and one G update and returns a loss dict; `fit` runs steps with checkpoints,
 EMA, logging and a progress bar. All randomness comes from generators seeded by (seed, step), so a
 resumed run on CPU reproduces the uninterrupted one bit for bit.
+
+Under `torchrun` (see `init_distributed`) `fit` trains data-parallel with torch's
+DistributedDataParallel: every rank draws the same global batch, keeps its slice `rank::world`, and DDP
+averages the gradients, so N processes follow the one-process run up to float summation order (gloo
+on CPU, NCCL on GPUs). Rank 0 logs and writes checkpoints.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +161,49 @@ def load_checkpoint(path: Path, m: Models) -> tuple[int, list[dict]]:
     return int(state["step"]), list(state["history"])
 
 
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when started by `torchrun` (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU.
+    Returns (rank, world_size); (0, 1) for an ordinary run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the current process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_ranks(losses: dict[str, float], world: int) -> dict[str, float]:
+    import torch.distributed as dist
+
+    keys = sorted(losses)
+    t = torch.tensor([losses[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -177,16 +226,29 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
     if cfg.lambda_lpips > 0 and perceptual is None:
         perceptual = lpips_loss()
     ckpt = work / "last.pt"
+    rank, world = dist_info()
+    if cfg.batch_size % world:
+        raise TrainingError(f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes; "
+                            f"use a multiple of {world}")
     step, history = (load_checkpoint(ckpt, m) if ckpt.is_file() else (0, []))
-    if step:
+    if step and rank == 0:
         log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
     m.G.train()
+    stepper = m
+    if world > 1:  # the same optimisers over DDP wrappers; checkpoints keep the plain modules
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        stepper = Models(DDP(m.G), DDP(m.D), m.opt_g, m.opt_d, m.ema)
     resumed_from = step
     t0, window = time.perf_counter(), []
-    with bar(desc, cfg.steps, unit="it", completed=step) as b:
+    with bar(desc, cfg.steps, unit="it", completed=step, visible=None if rank == 0 else False) as b:
         while step < cfg.steps:
             x, y, text, mask = data.batch(step, cfg.batch_size, cfg.seed, cfg.flip)
-            losses = gan_step(m, x, y, text, mask, cfg, perceptual)
+            if world > 1:
+                x, y, text, mask = (t[rank::world] for t in (x, y, text, mask))
+            losses = gan_step(stepper, x, y, text, mask, cfg, perceptual)
+            if world > 1:
+                losses = _mean_over_ranks(losses, world)
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad:
                 raise TrainingError(f"{desc}: step {step}: loss {', '.join(f'{k}={losses[k]}' for k in bad)} is not finite; "
@@ -199,15 +261,18 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
                 row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
                 history.append(row)
                 window = []
-                if on_log:
+                if on_log and rank == 0:
                     on_log(row)
-                if not b.visible and (len(history) % 5 == 0 or step == cfg.steps):  # plain log under dvc/CI
+                if rank == 0 and not b.visible and (len(history) % 5 == 0 or step == cfg.steps):  # plain log
                     rate = (step - resumed_from) / max(1e-9, time.perf_counter() - t0)
                     log.info("%s: step %d/%d %s", desc, step, cfg.steps,
                              " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step") + f" ({rate:.2f} it/s)")
                 b.advance(0, status=" ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
             b.advance(1)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt, m, step, history)
-    log.info("%s: %d steps in %.1f s", desc, cfg.steps, time.perf_counter() - t0)
+                if rank == 0:
+                    save_checkpoint(ckpt, m, step, history)
+                _barrier(world)
+    if rank == 0:
+        log.info("%s: %d steps in %.1f s", desc, cfg.steps, time.perf_counter() - t0)
     return history

@@ -5,20 +5,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import no_egress
+from pipeline.dvc import PER_CONCEPT
+
 from .conftest import ROOT
 
 
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "E2GAN_PROGRESS": "0", **extra}
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "E2GAN_PROGRESS": "0"}
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
     return res.stdout
 
@@ -49,9 +58,28 @@ def repo(tmp_path_factory) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
+    if no_egress.available():  # the full run under strace: every connection any process opens is recorded
+        res, destinations = no_egress.traced_run([sys.executable, "-m", "dvc", "repro", "-q"], repo, _env())
+        assert res.returncode == 0, res.stdout + res.stderr
+        (repo / "destinations.json").write_text(json.dumps(destinations))
+    else:
+        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
     assert _stale(repo) == set()
     return repo
+
+
+@pytest.mark.slow
+def test_a_full_run_opens_no_connection_off_the_machine(repo):
+    """Offline by construction: the whole DAG (every stage, every child process) under strace reaches no
+    address but loopback: no model hub, no analytics, no DNS lookup."""
+    if not no_egress.available():
+        pytest.skip("strace is not installed (apt-get install strace)")
+    destinations = json.loads((repo / "destinations.json").read_text())
+    assert [d for d in destinations if not d["loopback"]] == []
+    # the check itself sees connections: strace on a process that does connect reports it
+    res, seen = no_egress.traced_run([sys.executable, "-c", (
+        "import socket; s = socket.socket(); s.settimeout(0.2)\ntry: s.connect(('192.0.2.1', 9))\nexcept OSError: pass")], repo, _env())
+    assert res.returncode == 0 and [d["address"] for d in seen] == ["192.0.2.1"]
 
 
 def _edit_params(repo: Path, fn) -> str:
@@ -96,21 +124,133 @@ def test_shared_section_change_makes_every_concept_stale(repo):
         (repo / "params.yaml").write_text(original)
 
 
-@pytest.mark.slow
-def test_concept_flow_runs_only_the_new_concepts_stages(repo):
-    """The Prefect flow for a new concept (against a real temporary Prefect server) runs exactly its chain."""
-    from prefect.testing.utilities import prefect_test_harness
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
-        "dusk", {"prompt": "make it dusk", "teacher": {"kind": "filters", "op": "night"}}))
+
+def _listeners(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(addr)
+    return found
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`e2gan ui`: a real Prefect server (its own database) on 127.0.0.1; yields (api_url, env for clients)."""
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], env=_env(
+        PREFECT_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with prefect_test_harness(server_startup_timeout=90):
-            from pipeline.flows import concept_flow
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url, env, port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
-            ran = concept_flow("dusk", str(repo))
-            again = concept_flow("dusk", str(repo))
-        assert set(ran) == {"expand_prompts@dusk", "generate_pairs@dusk", "finetune_lora@dusk", "evaluate@dusk", "export_onnx@dusk"}
-        assert again == [] and _stale(repo) == {"report"}  # the cross-concept report is all_concepts_flow's
+
+def _ran(stdout: str) -> list[str]:
+    """The stage list `e2gan flow` prints as its last JSON line."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"ran"')))["ran"]
+
+
+FOUR = {"dusk": "night", "pop": "pop_art", "plan": "blueprint", "flip": "negative"}
+
+
+@pytest.mark.slow
+def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_server):
+    """Four new concepts, four `e2gan flow` processes started together against the served UI: each runs
+    exactly its own chain, no lock errors, dvc.lock ends consistent; the runs and their metrics artifacts
+    read back through the server's REST API on 127.0.0.1."""
+    import httpx
+
+    url, env, port = prefect_server
+    assert _listeners(port) == {"0100007F"}  # 127.0.0.1 only
+    original = _edit_params(repo, lambda p: p["concepts"].update(
+        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in FOUR.items()}))
+    try:
+        procs = {c: subprocess.Popen([sys.executable, "-m", "pipeline.cli", "flow", "--concept", c, "--root", str(repo)],
+                                     cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in FOUR}
+        outs = {c: p.communicate(timeout=1200) for c, p in procs.items()}
+        for c, p in procs.items():
+            out, err = outs[c]
+            assert p.returncode == 0, (out + err)[-3000:]
+            assert "is busy" not in out + err and "LockError" not in out + err
+            ran = _ran(out)
+            assert sorted(ran) == sorted(f"{s}@{c}" for s in PER_CONCEPT), (c, ran)
+        assert _stale(repo) == {"report"}  # dvc.lock holds every concept's stages, nothing half-written
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        for c in FOUR:
+            for s in PER_CONCEPT:
+                assert lock[f"{s}@{c}"]["outs"], (s, c)
+        # a second flow for an up-to-date concept runs nothing
+        again = subprocess.run([sys.executable, "-m", "pipeline.cli", "flow", "--concept", "pop", "--root", str(repo)],
+                               cwd=repo, env=env, capture_output=True, text=True)
+        assert again.returncode == 0 and _ran(again.stdout) == []
+
+        runs = httpx.post(f"{url}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [f"concept {c}" for c in FOUR]}}},
+                          timeout=30).json()
+        assert len(runs) == 5 and {r["state_type"] for r in runs} == {"COMPLETED"}
+        assert {r["name"] for r in runs} == {f"concept {c}" for c in FOUR}
+        assert all(r["parameters"]["concept"] in FOUR for r in runs)
+        arts = httpx.post(f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [f"metrics-{c}" for c in FOUR]}}},
+                          timeout=30).json()
+        assert {a["key"] for a in arts} == {f"metrics-{c}" for c in FOUR} and {a["type"] for a in arts} == {"table"}
+        table = json.loads(next(a for a in arts if a["key"] == "metrics-dusk")["data"])
+        values = {(row["stage"], row["metric"]): row["value"] for row in table}
+        metrics = json.loads((repo / "reports/finetune_lora/dusk/metrics.json").read_text())
+        assert values[("finetune_lora", "trainable_params")] == metrics["trainable_params"]
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_all_concepts_fan_out_on_a_local_dask_cluster(repo, prefect_server):
+    """`e2gan flow --workers 2`: the concept chains run on a Dask cluster of two processes; only the new
+    concepts' stages (and the report) run, the up-to-date ones are checked and left alone."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.flows import with_runner
+
+    url, _, _ = prefect_server
+    new = {"amber": "sepia", "frost": "winter"}
+    original = _edit_params(repo, lambda p: p["concepts"].update(
+        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in new.items()}))
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            flow = with_runner(workers=2)
+            assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+            out = flow(str(repo))
+        for c in new:
+            assert sorted(out[c]) == sorted(f"{s}@{c}" for s in PER_CONCEPT), out
+        assert out["sepia"] == [] and out["ink"] == [] and out["shared"] == [] and out["report"] == ["report"]
+        assert _stale(repo) == set()
     finally:
         (repo / "params.yaml").write_text(original)
 

@@ -1,6 +1,9 @@
-"""A tiny training run in its own process (for the kill-and-resume test): python -m tests.train_worker WORK OUT."""
+"""A tiny training run in its own process (for the kill-and-resume and DDP tests):
+python -m tests.train_worker WORK OUT [STEPS], or under torchrun --nproc_per_node 2 -m tests.train_worker ...
+Rank 0 writes the weights to OUT and the loss history to OUT.json."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,7 +12,7 @@ from safetensors.torch import save_file
 
 from pipeline.config import TrainConfig
 from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
-from pipeline.train import PairData, build_models, fit
+from pipeline.train import PairData, build_models, fit, init_distributed
 
 
 def tiny_data(n: int = 16, size: int = 32) -> PairData:
@@ -20,14 +23,20 @@ def tiny_data(n: int = 16, size: int = 32) -> PairData:
     return PairData(x, y, [[0, 1]] * n, tokens, torch.ones(2, 5))
 
 
-def tiny_run(work: Path, steps: int = 40, **kw) -> torch.nn.Module:
+def tiny_run(work: Path, steps: int = 40, history: list | None = None, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
     cfg = TrainConfig(steps=steps, batch_size=4, ndf=8, ckpt_every=2, log_every=2, **kw)
-    fit(build_models(G, cfg), tiny_data(), cfg, work)
+    rows = fit(build_models(G, cfg), tiny_data(), cfg, work)
+    if history is not None:
+        history.extend(rows)
     return G
 
 
 if __name__ == "__main__":
-    G = tiny_run(Path(sys.argv[1]), steps=int(sys.argv[3]) if len(sys.argv) > 3 else 40)
-    save_file(G.state_dict(), sys.argv[2])
+    rank, _ = init_distributed()
+    rows: list = []
+    G = tiny_run(Path(sys.argv[1]), steps=int(sys.argv[3]) if len(sys.argv) > 3 else 40, history=rows)
+    if rank == 0:
+        save_file(G.state_dict(), sys.argv[2])
+        Path(sys.argv[2] + ".json").write_text(json.dumps(rows))

@@ -1,0 +1,162 @@
+"""The browser demo end to end in real headless Chromium: a concept's adapter applied to the base model
+in the page (onnxruntime-web, WebAssembly), its output compared with Python onnxruntime on the directly
+exported model, frames/s at 256² next to Python onnxruntime's latency, and the messages for bad input.
+
+    python -m bench.demo_e2e                    # the exported default models (models/onnx, after make run)
+    python -m bench.demo_e2e --synthetic        # a default-size generator with random weights and adapter
+
+Writes bench/results/demo_e2e.json and bench/results/demo.png (a screenshot of the page). Needs
+`make demo-deps` (npm ci in demo/) and Debian's chromium. tests/test_demo.py runs the same on the
+synthetic models.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.demo import ROOT, make_server
+
+RESULTS = ROOT / "bench" / "results"
+SIZE = 256
+
+
+def synthetic_models(out: Path, concept: str = "winter") -> Path:
+    """models/onnx-shaped folder: base/ (fold=False, 32 text tokens) and <concept>/ (adapter artifact,
+    direct export, card) from a default-size generator with random weights and a random LoRA adapter."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.export import ImageOnly, adapter_artifact, export_onnx, pad_tokens
+    from pipeline.lora import add_lora_spec, lora_spec, save_adapter
+    from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
+
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4)).eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ranks = {"ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "us.conv": 4, "up.1.conv": 6, "out": 2}
+    adapted = add_lora_spec(copy.deepcopy(G), lora_spec(ranks, alpha_scale=2.0))  # peft wraps in place
+    with torch.no_grad():
+        for n, p in adapted.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    adapter = out / "_adapter"
+    save_adapter(adapted, adapter)
+    base_tokens, tokens = torch.randn(1, 6, 384), torch.randn(1, 11, 384)
+    (out / "base").mkdir(parents=True, exist_ok=True)
+    export_onnx(ImageOnly(G, *pad_tokens(base_tokens, torch.ones(1, 6), 32)), out / "base" / "model.onnx", SIZE,
+                fold=False)
+    (out / "base" / "card.json").write_text(json.dumps({"input": {"shape": [1, 3, SIZE, SIZE]}, "max_tokens": 32}))
+    (out / concept).mkdir(exist_ok=True)
+    save_file(adapter_artifact(adapter, tokens, torch.ones(1, 11)), str(out / concept / "adapter.safetensors"))
+    merged = adapted.merge_and_unload().eval()
+    export_onnx(ImageOnly(merged, tokens, torch.ones(1, 11)), out / concept / "model.onnx", SIZE)
+    (out / concept / "card.json").write_text(json.dumps({"concept": concept, "prompt": "synthetic test concept"}))
+    shutil.rmtree(adapter)
+    return out
+
+
+def make_photo(path: Path, src: Path | None = None) -> Path:
+    """A 256x256 RGB PNG (centre crop of a real photo when given), so the page does no resampling."""
+    if src is not None:
+        img = Image.open(src).convert("RGB")
+        s = min(img.size)
+        img = img.crop(((img.width - s) // 2, (img.height - s) // 2, (img.width + s) // 2, (img.height + s) // 2))
+        img = img.resize((SIZE, SIZE), Image.BICUBIC)
+    else:
+        rng = np.random.default_rng(0)
+        img = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    img.save(path)
+    return path
+
+
+def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache: Path) -> dict:
+    """Serve the demo, drive it with demo/e2e.mjs, and compare with Python onnxruntime."""
+    from pipeline.export import ort_latency, ort_session
+
+    out.mkdir(parents=True, exist_ok=True)
+    server = make_server(ROOT, models, port=0, cache=cache)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        not_image = out / "notes.txt"
+        not_image.write_text("this is not an image\n")
+        cfg = {"url": f"http://127.0.0.1:{server.server_address[1]}/", "photo": str(photo), "concept": concept,
+               "missing": missing, "notImage": str(not_image), "out": str(out)}
+        res = subprocess.run(["node", str(ROOT / "demo" / "e2e.mjs"), json.dumps(cfg)], capture_output=True,
+                             text=True, timeout=900, check=False)
+        if res.returncode:
+            raise RuntimeError(f"demo/e2e.mjs failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    page = json.loads((out / "e2e.json").read_text())
+    rgba = np.asarray(page.pop("input"), dtype=np.uint8).reshape(SIZE, SIZE, 4)
+    x = (rgba[..., :3].astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)[None]
+    direct = models / concept / "model.onnx"
+    ref = ort_session(direct).run(None, {"image": x})[0]
+    browser = np.asarray(page.pop("output"), dtype=np.float32).reshape(ref.shape)
+    photo_px = np.asarray(Image.open(photo).convert("RGB"))
+    result = {
+        "concept": concept, "size": SIZE, "models": str(models),
+        "browser_vs_python_max_abs_diff": float(np.abs(browser - ref).max()),
+        "browser_vs_python_mean_abs_diff": float(np.abs(browser - ref).mean()),
+        "input_pixels_max_diff": int(np.abs(rgba[..., :3].astype(int) - photo_px.astype(int)).max()),
+        "output_range": [float(browser.min()), float(browser.max())],
+        "browser": page["measure"], "cross_origin_isolated": page["crossOriginIsolated"],
+        "backend_text": page["backend"], "download_text": page["download"], "camera_fps_text": page["cameraFps"],
+        "python_onnxruntime": {"threads_1": ort_latency(direct, SIZE, 1), "threads_all": ort_latency(direct, SIZE, 0)},
+        "messages": {"not_an_image": page["notImageMessage"], "missing_model": page["missingMessage"],
+                     "camera_refused": page["cameraDeniedMessage"]},
+        "failed_requests": page["failedRequests"], "page_errors": page["pageErrors"],
+        "console_errors": page["consoleErrors"],
+    }
+    result["browser_fps_vs_python_fps_all_threads"] = round(
+        result["browser"]["fps"] / (1000 / result["python_onnxruntime"]["threads_all"]["median_ms"]), 3)
+    (out / "demo_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--synthetic", action="store_true", help="Random-weight models instead of models/onnx.")
+    ap.add_argument("--concept", default="winter")
+    ap.add_argument("--missing", default="cartoon", help="A concept to show as missing (its files are hidden).")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    import tempfile
+
+    from pipeline.assets import cache_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.synthetic:
+            models = synthetic_models(tmp / "models", args.concept)
+        else:  # the real exports, with the 'missing' concept left out
+            models = tmp / "models"
+            models.mkdir()
+            for d in (ROOT / "models" / "onnx").iterdir():
+                if d.is_dir() and d.name != args.missing:
+                    (models / d.name).symlink_to(d)
+        photos = sorted(p for p in (cache_dir() / "photos").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        photo = make_photo(tmp / "photo.png", photos[0] if photos else None)
+        result = run(models, photo, args.concept, args.missing, tmp / "out", tmp / "cache")
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp / "out" / "demo.png", args.out / "demo.png")
+        (args.out / "demo_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
