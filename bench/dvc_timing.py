@@ -46,6 +46,12 @@ def _untracked() -> set[str]:
     return {line[3:].rstrip("/") for line in out.splitlines() if line[:2] in ("??", "!!")}
 
 
+def _is_concept_output(path: str, concept: str) -> bool:
+    """A file the concept's stages wrote: under data/, models/ or reports/, with the concept in its path."""
+    parts = Path(path).parts
+    return parts[0] in ("data", "models", "reports") and any(p == concept or p.startswith(f"{concept}.") for p in parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         params["concepts"]["sepia"] = {"prompt": "give the photo a warm sepia tone",
                                        "teacher": {"kind": "filters", "op": "sepia"}}
         before = _untracked()
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
         try:
             Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             dt, out = _timed(dvc_cmd("repro", *[f"{s}@sepia" for s in PER_CONCEPT]))
@@ -75,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             Path("params.yaml").write_text(params_text)
             Path("dvc.lock").write_text(lock_text)
-            new = sorted(_untracked() - before)
+            if not staged:  # core.autostage staged the temporary dvc.lock: unstage it again
+                subprocess.run(["git", "reset", "-q", "--", "dvc.lock"], check=False)
+            new = sorted(p for p in _untracked() - before if _is_concept_output(p, "sepia"))
             for path in new:
                 Path(path).unlink(missing_ok=True)
             for d in sorted({str(p) for f in new for p in Path(f).parents if str(p) != "."}, key=len, reverse=True):

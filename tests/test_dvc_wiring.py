@@ -50,7 +50,7 @@ def repo(tmp_path_factory) -> Path:
     params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
     params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
     params["finetune_lora"].update(steps=2, batch_size=2, ckpt_every=2, log_every=1)
-    params["evaluate"].update(bootstrap=2, fid_bootstrap=1, grid=2)
+    params["evaluate"].update(bootstrap=2, fid_bootstrap=0, grid=2)
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
     params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
@@ -101,18 +101,14 @@ def test_new_concept_makes_only_its_stages_stale(repo):
 
 
 @pytest.mark.slow
-def test_changed_prompt_reruns_only_its_concept(repo):
+def test_changed_prompt_makes_only_its_concept_stale(repo):
+    """(That `dvc repro` then runs exactly the stale stages is shown by the flow, Dask and CI tests below.)"""
     original = _edit_params(repo, lambda p: p["concepts"]["ink"].__setitem__("prompt", "make it a pen drawing"))
     try:
         assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "evaluate@ink", "export_onnx@ink",
                                 "report"}
-        out = _run([sys.executable, "-m", "dvc", "repro"], repo)
-        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
-        assert ran == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "evaluate@ink", "export_onnx@ink",
-                       "report"}, out
     finally:
         (repo / "params.yaml").write_text(original)
-        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)  # back to a clean state for the other tests
 
 
 @pytest.mark.slow

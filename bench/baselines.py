@@ -1,0 +1,209 @@
+"""The paper's headline table and ablations on our data: every method trained on the same concept's pairs
+with the same loop (pix2pix objective, same λs, same batch and resolution), scored on the same held-out
+pairs against the teacher.
+
+Methods (keys for --methods):
+  pix2pix         pix2pix ResNet-9 from scratch, all pairs
+  e2gan_scratch   the E²GAN generator from scratch (random init), all pairs
+  full_ft         full fine-tune of the base, k-means half
+  lora_all        LoRA rank 4 on every Conv2d/Linear of the base, k-means half
+  uniform_low     LoRA on the crucial layers, uniform rank search_ranks.uniform_low, k-means half
+  uniform_high    the same at search_ranks.uniform_high
+  random_ranks    random ranks of the searched spec's size
+  e2gan           E²GAN: the searched ranks (models/ranks/lora.json), k-means half   <- ours
+  e2gan_all       the searched ranks, all pairs
+  e2gan_random    the searched ranks, a random half
+
+Columns: held-out LPIPS (final and best), KID, trainable params, stored bytes per concept (the real
+safetensors file: the whole generator for scratch/full fine-tune, the peft adapter for LoRA), training
+seconds (evaluation excluded) and training FLOPs (torch.utils.flop_counter on one step × steps).
+
+    python -m bench.baselines --concepts winter               # default scale (~30 min per concept)
+    python -m bench.baselines --concepts winter --methods pix2pix,e2gan
+    python -m bench.baselines --scale paper ...               # 256² pairs (data.image_size: 256), longer runs
+
+Writes bench/results/baselines.json and bench/results/baselines.md (after every concept).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from bench.finetune_vs_scratch import train_with_evals
+from pipeline.checkpoint import load_generator
+from pipeline.config import load_params
+from pipeline.importance import load_concepts
+from pipeline.infer import concept_condition, heldout_pairs, run_generator
+from pipeline.io import atomic_write_json
+from pipeline.lora import (adaptable_layers, add_lora_spec, lora_parameters, lora_spec, save_adapter, spec_ranks,
+                           trainable_parameters)
+from pipeline.metrics import inception_features, kid_from_features, lpips_distance
+from pipeline.nets.generator import E2GANGenerator
+from pipeline.nets.pix2pix import ResnetGenerator
+from pipeline.ranks import random_ranks
+from pipeline.subset import choose_subset
+from pipeline.train import build_models, gan_step, lpips_loss
+
+RESULTS = Path("bench/results")
+SCALES = {  # one scale for every method
+    "default": {"scratch_steps": 300, "lora_steps": 0, "batch": 4, "eval_every": 25, "eval_limit": 48, "size": None},
+    "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "eval_limit": 8, "size": None},
+    "paper": {"scratch_steps": 4000, "lora_steps": 1000, "batch": 16, "eval_every": 250, "eval_limit": 0, "size": 256},
+}
+METHODS = {
+    # key: (label, model, data, steps, lr_g (None: finetune_lora.lr_g))
+    "pix2pix": ("pix2pix ResNet-9, from scratch", "resnet9", "all", "scratch", 2e-4),
+    "e2gan_scratch": ("E²GAN generator, from scratch", "scratch", "all", "scratch", 2e-4),
+    "full_ft": ("full fine-tune of the base", "full", "kmeans", "lora", 2e-4),
+    "lora_all": ("LoRA r4 on all layers", "lora_all", "kmeans", "lora", None),
+    "uniform_low": ("LoRA crucial layers, uniform low rank", "uniform_low", "kmeans", "lora", None),
+    "uniform_high": ("LoRA crucial layers, uniform high rank", "uniform_high", "kmeans", "lora", None),
+    "random_ranks": ("LoRA crucial layers, random ranks", "random", "kmeans", "lora", None),
+    "e2gan": ("E²GAN: searched ranks, k-means half", "searched", "kmeans", "lora", None),
+    "e2gan_all": ("searched ranks, all pairs", "searched", "all", "lora", None),
+    "e2gan_random": ("searched ranks, random half", "searched", "random", "lora", None),
+}
+
+
+def step_flops(G, data, cfg) -> int:
+    """FLOPs of one training step (D + G forward and backward, the LPIPS loss included), counted by torch
+    on copies."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = build_models(copy.deepcopy(G), cfg)
+    x, y, text, mask = data.batch(0, cfg.batch_size, cfg.seed, cfg.flip)
+    perceptual = lpips_loss() if cfg.lambda_lpips > 0 else None
+    with FlopCounterMode(display=False) as counter:
+        gan_step(m, x, y, text, mask, cfg, perceptual)
+    return int(counter.get_total_flops())
+
+
+def stored_bytes(G, adapter: bool) -> int:
+    """The bytes a concept costs on disk: the peft adapter folder, or the whole generator as safetensors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if adapter:
+            return save_adapter(G, Path(tmp))
+        path = Path(tmp) / "g.safetensors"
+        save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(path))
+        return path.stat().st_size
+
+
+def build(model: str, base, spec: dict, params) -> tuple[torch.nn.Module, bool]:
+    """(the model to train, whether it is a LoRA adapter)"""
+    s = params.search_ranks
+    crucial = spec["target_modules"]
+    modules = dict(base.named_modules())
+    if model == "resnet9":
+        return ResnetGenerator(ngf=64), False
+    if model == "scratch":
+        return E2GANGenerator(base.cfg), False
+    if model == "full":
+        return copy.deepcopy(base).requires_grad_(True), False
+    searched = spec_ranks(spec)
+    if model == "random":
+        target = sum(lora_parameters(modules[n], r) for n, r in searched.items())
+        ranks = random_ranks({n: modules[n] for n in crucial}, target, s.ranks, s.seed)
+    else:
+        ranks = {"lora_all": {n: 4 for n in adaptable_layers(base)},
+                 "uniform_low": {n: s.uniform_low for n in crucial},
+                 "uniform_high": {n: s.uniform_high for n in crucial},
+                 "searched": searched}[model]
+    return add_lora_spec(copy.deepcopy(base), lora_spec(ranks, s.alpha_scale)), True
+
+
+def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
+    fcfg = params.finetune_lora
+    base, meta = load_generator(Path("models/base"))
+    if scale["size"] and meta.get("image_size") != scale["size"]:
+        raise SystemExit(f"this scale needs the pipeline at {scale['size']}² (data.image_size: {scale['size']}; "
+                         f"the base was trained at {meta.get('image_size')}²): set it and run `dvc repro` first")
+    concept = load_concepts({c: Path("data/pairs") / c}, meta["text_encoder"],
+                            {c: Path("data/prompts") / c / "prompts.json"})[c]
+    spec = json.loads(Path("models/ranks/lora.json").read_text())
+    inputs, teacher = heldout_pairs(concept.folder, scale["eval_limit"])
+    tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
+    teacher_feats = inception_features(teacher)
+    subsets = {"all": list(range(len(concept.pairs.inputs)))}
+    for strategy in ("kmeans", "random"):
+        subsets[strategy] = choose_subset(concept.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features,
+                                          fcfg.seed)
+
+    def evaluate(G) -> float:
+        return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
+
+    rows = []
+    lora_steps = scale["lora_steps"] or fcfg.steps
+    for key in methods:
+        label, model, data_kind, steps_kind, lr = METHODS[key]
+        steps = scale["scratch_steps"] if steps_kind == "scratch" else lora_steps
+        print(f"[{c}] {label}: {steps} steps, {len(subsets[data_kind])} pairs", flush=True)
+        torch.manual_seed(fcfg.seed)
+        G, is_adapter = build(model, base, spec, params)
+        cfg = fcfg.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, **({"lr_g": lr} if lr else {})})
+        data = concept.pairs.subset(subsets[data_kind])
+        flops = step_flops(G, data, cfg)
+        curve = train_with_evals(G, data, cfg, steps, scale["eval_every"], evaluate)
+        best = min(curve, key=lambda r: r["lpips"])
+        outputs = run_generator(G, inputs, tokens, mask)
+        rows.append({"key": key, "method": label, "pairs": len(subsets[data_kind]), "steps": steps,
+                     "lpips_final": curve[-1]["lpips"], "lpips_best": best["lpips"], "steps_to_best": best["step"],
+                     "seconds_to_best": best["train_seconds"],
+                     "kid": kid_from_features(inception_features(outputs), teacher_feats),
+                     "trainable_params": trainable_parameters(G), "stored_bytes": stored_bytes(G, is_adapter),
+                     "train_seconds": curve[-1]["train_seconds"], "train_flops": flops * steps, "curve": curve})
+    return {"concept": c, "heldout_pairs": len(inputs), "train_pairs": len(concept.pairs.inputs),
+            "lpips_identity": float(np.mean(lpips_distance(inputs, teacher))), "lpips_base": evaluate(base),
+            "kid_identity": kid_from_features(inception_features(inputs), teacher_feats), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    out = []
+    for r in result["concepts"]:
+        out += [f"### {r['concept']} ({r['train_pairs']} training pairs, {r['heldout_pairs']} held-out; "
+                f"LPIPS base {r['lpips_base']:.3f}, identity {r['lpips_identity']:.3f}; KID identity "
+                f"{r['kid_identity']:.4f})", "",
+                "| method | pairs | steps | LPIPS final | LPIPS best | KID | trainable params | stored bytes | train s | "
+                "train TFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for x in r["rows"]:
+            out.append(f"| {x['method']} | {x['pairs']} | {x['steps']} | {x['lpips_final']:.4f} | {x['lpips_best']:.4f} | "
+                       f"{x['kid']:.4f} | {x['trainable_params']:,} | {x['stored_bytes']:,} | {x['train_seconds']:.0f} | "
+                       f"{x['train_flops'] / 1e12:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concepts", default="winter", help="Comma-separated concepts (with pairs from `make run`).")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated, from: {', '.join(METHODS)}")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="default")
+    ap.add_argument("--out", type=Path, default=RESULTS / "baselines.json")
+    args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    params, scale = load_params(), SCALES[args.scale]
+    t0 = time.perf_counter()
+    result = {"scale": args.scale, "settings": scale, "resolution": params.data.image_size,
+              "threads": torch.get_num_threads(), "lambda_l1": params.finetune_lora.lambda_l1,
+              "lambda_gan": params.finetune_lora.lambda_gan, "lambda_lpips": params.finetune_lora.lambda_lpips,
+              "concepts": []}
+    for c in [c.strip() for c in args.concepts.split(",") if c.strip()]:
+        result["concepts"].append(run_concept(c, methods, scale, params))
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(args.out, result)  # after every concept: a long run keeps what it has
+        args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
