@@ -229,13 +229,14 @@ def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_serve
 @pytest.mark.slow
 def test_all_concepts_fan_out_on_a_local_dask_cluster(repo, prefect_server):
     """`e2gan flow --workers 2`: the concept chains run on a Dask cluster of two processes; only the new
-    concepts' stages (and the report) run, the up-to-date ones are checked and left alone."""
+    concept's stages (and the report) run, the up-to-date chains are checked on the other worker and left
+    alone."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pipeline.flows import with_runner
 
     url, _, _ = prefect_server
-    new = {"amber": "sepia", "frost": "winter"}
+    new = {"amber": "sepia"}
     original = _edit_params(repo, lambda p: p["concepts"].update(
         {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in new.items()}))
     try:
