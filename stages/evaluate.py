@@ -45,9 +45,10 @@ def main() -> None:
     tf = inception_features(teacher)
     result = {"concept": c, "prompt": prompt, "heldout_pairs": len(inputs), "bootstrap": cfg.bootstrap,
               "student": compare_sets(student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip,
-                                     cfg.fid_bootstrap),
-              "base_without_adapter": compare_sets(base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip),
-              "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip)}
+                                     cfg.fid_bootstrap, fid=cfg.fid),
+              "base_without_adapter": compare_sets(base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip,
+                                                   fid=cfg.fid),
+              "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid)}
     atomic_write_json(out, result)
     n = min(cfg.grid, len(inputs))
     step = max(1, len(inputs) // n)

@@ -34,3 +34,16 @@ def test_psnr_ssim(crops128):
     assert metrics.psnr(a, noisy) == pytest.approx(28.3, abs=1.0)
     assert metrics.ssim(a, a) == pytest.approx(1.0)
     assert 0.0 < metrics.ssim(a, noisy) < 1.0
+
+
+def test_compare_sets_without_fid_keeps_kid_and_the_paired_metrics(crops128):
+    from pipeline.evaluate import compare_sets
+    from pipeline.metrics import inception_features
+
+    teacher, other = crops128[:6], crops128[6:12]
+    tf = inception_features(teacher)
+    same = compare_sets(teacher, teacher, tf, other, "p", n_boot=3, seed=0, fid=False)
+    diff = compare_sets(other, teacher, tf, other, "p", n_boot=3, seed=0, fid=False)
+    assert same["fid"]["value"] is None and diff["fid"]["boot_n"] == 0
+    assert same["lpips"]["mean"] == 0.0 and diff["lpips"]["mean"] > 0.2
+    assert diff["kid"]["value"] > same["kid"]["value"] + 0.01
