@@ -91,13 +91,20 @@ def _edit_params(repo: Path, fn) -> str:
 
 
 @pytest.mark.slow
-def test_new_concept_makes_only_its_stages_stale(repo):
+def test_new_concept_makes_only_its_stages_stale_and_dvc_repro_runs_exactly_them(repo):
     original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
         "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}))
     try:
-        assert _stale(repo) == {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night", "evaluate@night", "export_onnx@night", "report"}
+        expected = {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night", "evaluate@night",
+                    "export_onnx@night", "report"}
+        assert _stale(repo) == expected
+        out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+        assert ran == expected, out
+        assert _stale(repo) == set()
     finally:
         (repo / "params.yaml").write_text(original)
+        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)  # the report without 'night': a clean state again
 
 
 @pytest.mark.slow
