@@ -18,18 +18,12 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench.finetune_vs_scratch import train_with_evals
-from pipeline.checkpoint import load_generator
+from bench.common import ConceptBench, train_with_evals
 from pipeline.config import load_params
-from pipeline.importance import load_concepts
-from pipeline.infer import concept_condition, heldout_pairs, run_generator
 from pipeline.io import atomic_write_json
-from pipeline.metrics import lpips_distance
 from pipeline.nets.generator import E2GANGenerator
-from pipeline.subset import choose_subset
 
 VARIANTS = {"base": (), "reset_out": ("out",), "reset_tb": ("tb",), "reset_decoder": ("res", "us", "up", "out"),
             "scratch": None}
@@ -55,27 +49,17 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     fcfg = params.finetune_lora
-    base, meta = load_generator(Path("models/base"))
-    c = args.concept
-    concept = load_concepts({c: Path("data/pairs") / c}, meta["text_encoder"],
-                            {c: Path("data/prompts") / c / "prompts.json"})[c]
-    inputs, teacher = heldout_pairs(concept.folder, 48)
-    tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
-
-    def evaluate(G) -> float:
-        return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
-
-    kept = choose_subset(concept.pairs.inputs, "kmeans", fcfg.subset_fraction, fcfg.subset_features, fcfg.seed)
-    data = concept.pairs.subset(kept)
+    cb = ConceptBench.load(args.concept, 48, params)
+    kept = cb.subset("kmeans")
+    data = cb.pairs.subset(kept)
     cfg = fcfg.model_copy(update={"batch_size": 4, "ema": 0.0, "lr_g": 2e-4})
-    result = {"concept": c, "steps": args.steps, "pairs": len(kept), "heldout_pairs": len(inputs),
-              "lpips_identity": float(np.mean(lpips_distance(inputs, teacher))),
-              "variants": {}}
+    result = {"concept": cb.name, "steps": args.steps, "pairs": len(kept), "heldout_pairs": len(cb.inputs),
+              "lpips_identity": cb.lpips_identity(), "variants": {}}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        G = variant_model(base, VARIANTS[name], fcfg.seed)
-        start = evaluate(G)
+        G = variant_model(cb.base, VARIANTS[name], fcfg.seed)
+        start = cb.lpips(G)
         print(f"{name}: start {start:.4f}", flush=True)
-        curve = train_with_evals(G, data, cfg, args.steps, 25, evaluate)
+        curve = train_with_evals(G, data, cfg, args.steps, 25, cb.lpips)
         result["variants"][name] = {"reset": list(VARIANTS[name]) if VARIANTS[name] is not None else "all",
                                     "lpips_start": start, "lpips_final": curve[-1]["lpips"],
                                     "lpips_best": min(r["lpips"] for r in curve), "curve": curve}

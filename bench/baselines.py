@@ -28,31 +28,30 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from bench.finetune_vs_scratch import train_with_evals
-from pipeline.checkpoint import load_generator
+from bench.common import RESULTS, ConceptBench, train_with_evals
 from pipeline.config import load_params
-from pipeline.importance import load_concepts
-from pipeline.infer import concept_condition, heldout_pairs, run_generator
-from pipeline.io import atomic_write_json
-from pipeline.lora import (adaptable_layers, add_lora_spec, lora_parameters, lora_spec, save_adapter, spec_ranks,
-                           trainable_parameters)
-from pipeline.metrics import inception_features, kid_from_features, lpips_distance
+from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.lora import (
+    adaptable_layers,
+    add_lora_spec,
+    lora_parameters,
+    lora_spec,
+    save_adapter,
+    spec_ranks,
+    trainable_parameters,
+)
 from pipeline.nets.generator import E2GANGenerator
 from pipeline.nets.pix2pix import ResnetGenerator
 from pipeline.ranks import random_ranks
-from pipeline.subset import choose_subset
 from pipeline.train import build_models, gan_step, lpips_loss
 
-RESULTS = Path("bench/results")
 SCALES = {  # one scale for every method
     "default": {"scratch_steps": 300, "lora_steps": 0, "batch": 4, "eval_every": 25, "eval_limit": 48, "size": None},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "eval_limit": 8, "size": None},
@@ -121,24 +120,11 @@ def build(model: str, base, spec: dict, params) -> tuple[torch.nn.Module, bool]:
 
 def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
     fcfg = params.finetune_lora
-    base, meta = load_generator(Path("models/base"))
-    if scale["size"] and meta.get("image_size") != scale["size"]:
+    cb = ConceptBench.load(c, scale["eval_limit"], params)
+    if scale["size"] and cb.meta.get("image_size") != scale["size"]:
         raise SystemExit(f"this scale needs the pipeline at {scale['size']}² (data.image_size: {scale['size']}; "
-                         f"the base was trained at {meta.get('image_size')}²): set it and run `dvc repro` first")
-    concept = load_concepts({c: Path("data/pairs") / c}, meta["text_encoder"],
-                            {c: Path("data/prompts") / c / "prompts.json"})[c]
-    spec = json.loads(Path("models/ranks/lora.json").read_text())
-    inputs, teacher = heldout_pairs(concept.folder, scale["eval_limit"])
-    tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
-    teacher_feats = inception_features(teacher)
-    subsets = {"all": list(range(len(concept.pairs.inputs)))}
-    for strategy in ("kmeans", "random"):
-        subsets[strategy] = choose_subset(concept.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features,
-                                          fcfg.seed)
-
-    def evaluate(G) -> float:
-        return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
-
+                         f"the base was trained at {cb.meta.get('image_size')}²): set it and run `dvc repro` first")
+    subsets = {kind: cb.subset(kind) for kind in ("all", "kmeans", "random")}
     rows = []
     lora_steps = scale["lora_steps"] or fcfg.steps
     for key in methods:
@@ -146,22 +132,39 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
         steps = scale["scratch_steps"] if steps_kind == "scratch" else lora_steps
         print(f"[{c}] {label}: {steps} steps, {len(subsets[data_kind])} pairs", flush=True)
         torch.manual_seed(fcfg.seed)
-        G, is_adapter = build(model, base, spec, params)
+        G, is_adapter = build(model, cb.base, cb.spec, params)
         cfg = fcfg.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, **({"lr_g": lr} if lr else {})})
-        data = concept.pairs.subset(subsets[data_kind])
+        data = cb.pairs.subset(subsets[data_kind])
         flops = step_flops(G, data, cfg)
-        curve = train_with_evals(G, data, cfg, steps, scale["eval_every"], evaluate)
+        curve = train_with_evals(G, data, cfg, steps, scale["eval_every"], cb.lpips)
         best = min(curve, key=lambda r: r["lpips"])
-        outputs = run_generator(G, inputs, tokens, mask)
         rows.append({"key": key, "method": label, "pairs": len(subsets[data_kind]), "steps": steps,
                      "lpips_final": curve[-1]["lpips"], "lpips_best": best["lpips"], "steps_to_best": best["step"],
-                     "seconds_to_best": best["train_seconds"],
-                     "kid": kid_from_features(inception_features(outputs), teacher_feats),
+                     "seconds_to_best": best["train_seconds"], "kid": cb.kid(G),
                      "trainable_params": trainable_parameters(G), "stored_bytes": stored_bytes(G, is_adapter),
                      "train_seconds": curve[-1]["train_seconds"], "train_flops": flops * steps, "curve": curve})
-    return {"concept": c, "heldout_pairs": len(inputs), "train_pairs": len(concept.pairs.inputs),
-            "lpips_identity": float(np.mean(lpips_distance(inputs, teacher))), "lpips_base": evaluate(base),
-            "kid_identity": kid_from_features(inception_features(inputs), teacher_feats), "rows": rows}
+    return {"concept": c, "heldout_pairs": len(cb.inputs), "train_pairs": len(cb.pairs.inputs),
+            "lpips_identity": cb.lpips_identity(), "lpips_base": cb.lpips(cb.base), "kid_identity": cb.kid(),
+            "rows": rows, "ratios": ratios(rows)}
+
+
+def ratios(rows: list[dict]) -> dict:
+    """The paper's headline ratios, E²GAN against pix2pix from scratch, from one run's rows."""
+    by = {r["key"]: r for r in rows}
+    if not {"pix2pix", "e2gan"} <= set(by):
+        return {}
+    p, e = by["pix2pix"], by["e2gan"]
+    reach = next((r for r in e["curve"] if r["lpips"] <= p["lpips_best"]), None)  # E²GAN at pix2pix's best
+    cross = next((r for r in p["curve"] if r["lpips"] <= e["lpips_final"]), None)  # pix2pix at E²GAN's final
+    return {
+        "time_vs_pix2pix_to_best": e["train_seconds"] / p["seconds_to_best"],
+        "time_to_pix2pix_best": reach["train_seconds"] / p["seconds_to_best"] if reach else None,
+        "time_to_e2gan_final_quality": e["train_seconds"] / cross["train_seconds"] if cross else None,
+        "flops_vs_pix2pix_to_best": e["train_flops"] / (p["train_flops"] * p["steps_to_best"] / p["steps"]),
+        "stored_bytes": e["stored_bytes"] / p["stored_bytes"],
+        "lpips_e2gan_minus_pix2pix_best": e["lpips_final"] - p["lpips_best"],
+        "kid_e2gan_minus_pix2pix": e["kid"] - p["kid"],
+    }
 
 
 def markdown(result: dict) -> str:
@@ -176,6 +179,15 @@ def markdown(result: dict) -> str:
             out.append(f"| {x['method']} | {x['pairs']} | {x['steps']} | {x['lpips_final']:.4f} | {x['lpips_best']:.4f} | "
                        f"{x['kid']:.4f} | {x['trainable_params']:,} | {x['stored_bytes']:,} | {x['train_seconds']:.0f} | "
                        f"{x['train_flops'] / 1e12:.2f} |")
+        q = r.get("ratios") or {}
+        if q:
+            reach = q["time_to_pix2pix_best"]
+            reached = f"reached that LPIPS at {reach:.3f}×" if reach else "did not reach that LPIPS"
+            line = (f"E²GAN vs pix2pix from scratch: training time {q['time_vs_pix2pix_to_best']:.3f}× pix2pix's "
+                    f"time to its best LPIPS ({reached}); {q['flops_vs_pix2pix_to_best']:.3f}× its FLOPs; "
+                    f"{q['stored_bytes']:.4f}× its stored bytes; LPIPS {q['lpips_e2gan_minus_pix2pix_best']:+.4f} "
+                    f"vs its best; KID {q['kid_e2gan_minus_pix2pix']:+.4f}.")
+            out += ["", line]
         out.append("")
     return "\n".join(out)
 
@@ -201,7 +213,7 @@ def main() -> None:
         result["concepts"].append(run_concept(c, methods, scale, params))
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(args.out, result)  # after every concept: a long run keeps what it has
-        args.out.with_suffix(".md").write_text(markdown(result))
+        atomic_write_text(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
 
 

@@ -3,7 +3,7 @@
 - no-op `dvc repro` (everything up to date) vs the recorded cost of a full run (the stages' own
   timings), and vs `dvc status` (the least DVC can do);
 - a new concept end to end (`dvc repro` of its five stages after adding it to params.yaml)
-  vs pix2pix from scratch to its best held-out LPIPS (bench/results/finetune_vs_scratch.json) and vs
+  vs pix2pix from scratch to its best held-out LPIPS (bench/results/baselines.json) and vs
   the full default run.
 
     python -m bench.dvc_timing                 # no-op timing only
@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                     Path(d).rmdir()
         result["new_concept"] = {"concept": "sepia", "seconds": round(dt, 1), "stages_ran": ran,
                                  "vs_full_run": round(dt / result["full_run_s"], 3)}
-        scratch = RESULTS / "finetune_vs_scratch.json"
-        if scratch.is_file():
-            s = json.loads(scratch.read_text())
-            best = s.get("scratch", {}).get("seconds_to_best")
+        baselines = RESULTS / "baselines.json"
+        if baselines.is_file():
+            rows = [r for c in json.loads(baselines.read_text())["concepts"] for r in c["rows"] if r["key"] == "pix2pix"]
+            best = rows[0]["seconds_to_best"] if rows else None
             if best:
                 result["new_concept"]["pix2pix_seconds_to_best"] = best
                 result["new_concept"]["vs_pix2pix_to_best"] = round(dt / best, 3)

@@ -173,7 +173,7 @@ class TrainBaseConfig(TrainConfig):
 
     ngf: int = Field(32, ge=8)
     heads: int = Field(4, ge=1)
-    norm: Literal["instance", "group", "batch", "none"] = "instance"
+    norm: Literal["instance", "film", "group", "batch", "none"] = "instance"
 
 
 class FinetuneConfig(TrainConfig):

@@ -9,11 +9,18 @@ Under `torchrun` (see `init_distributed`) `fit` trains data-parallel with torch'
 DistributedDataParallel: every rank draws the same global batch, keeps its slice `rank::world`, and DDP
 averages the gradients, so N processes follow the one-process run up to float summation order (gloo
 on CPU, NCCL on GPUs). Rank 0 logs and writes checkpoints.
+
+Device: `E2GAN_DEVICE` (auto | cpu | cuda | cuda:N | mps; default auto = the process's CUDA device when
+there is one, else CPU). It is not a parameter in params.yaml because it does not change what is
+trained, only where: a GPU run is not bit-identical to a CPU run, but the stage outputs mean the same.
+Models go to the device for `fit` and come back to the CPU afterwards; data stays on the CPU and each
+batch is copied over.
 """
 from __future__ import annotations
 
 import copy
 import logging
+from collections import defaultdict
 import math
 import os
 import time
@@ -77,6 +84,52 @@ class PairData:
         return x, y, self.tokens[rows], self.mask[rows]
 
 
+# ----------------------------------------------------------------------------- device
+
+
+def train_device() -> torch.device:
+    """The device `fit` trains on, from E2GAN_DEVICE (see the module docstring)."""
+    want = os.environ.get("E2GAN_DEVICE", "auto").strip().lower() or "auto"
+    if want == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(want)
+    except (RuntimeError, ValueError):
+        raise E2GANError(f"E2GAN_DEVICE={want!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise E2GANError(f"E2GAN_DEVICE={want!r} but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                         f"(torch {torch.__version__}); unset E2GAN_DEVICE to train on the CPU, or install a CUDA "
+                         "build of torch (DESIGN.md: torch install)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise E2GANError("E2GAN_DEVICE='mps' but this torch has no MPS backend; unset E2GAN_DEVICE to use the CPU")
+    return dev
+
+
+def move_models(m: Models, dev: torch.device) -> None:
+    """G, D and the EMA copy to `dev`, with the optimisers' parameter references and state.
+
+    `Module.to` keeps the Parameter objects for CPU <-> CUDA but may swap in new ones (other device
+    types, or torch's swap-on-conversion setting), which would leave an optimiser stepping stale
+    tensors: so the optimisers are re-pointed by position, and their state tensors moved."""
+    for module, opt in ((m.G, m.opt_g), (m.D, m.opt_d), (m.ema, None)):
+        if module is None:
+            continue
+        old = list(module.parameters())
+        module.to(dev)
+        if opt is None:
+            continue
+        new = {id(a): b for a, b in zip(old, module.parameters())}
+        for group in opt.param_groups:
+            group["params"] = [new.get(id(p), p) for p in group["params"]]
+        opt.state = defaultdict(dict, {new.get(id(p), p): st for p, st in opt.state.items()})
+        for st in opt.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v) and k != "step":
+                    st[k] = v.to(dev)
+
+
 # ----------------------------------------------------------------------------- one step
 
 
@@ -114,7 +167,7 @@ def gan_step(m: Models, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, ma
         m.opt_d.step()
     # 2. generator: fool D, stay close to the teacher
     m.opt_g.zero_grad(set_to_none=True)
-    total = torch.zeros(())
+    total = torch.zeros((), device=x.device)
     if cfg.lambda_gan > 0:
         losses["g_gan"] = g_loss_fn(m.D(x, fake))
         total = total + cfg.lambda_gan * losses["g_gan"]
@@ -173,6 +226,8 @@ def init_distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process (torchrun sets LOCAL_RANK)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -207,11 +262,13 @@ def _barrier(world: int) -> None:
 # ----------------------------------------------------------------------------- fit
 
 
-def lpips_loss(net: str = "alex") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def lpips_loss(net: str = "alex", device: torch.device | str = "cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """LPIPS with the offline backbone as a training loss (frozen; gradients flow to the images)."""
     from pipeline.metrics import lpips_model
 
-    model = lpips_model(net)
+    model = lpips_model(net)  # shared with the metrics on the CPU: a copy goes to another device
+    if torch.device(device).type != "cpu":
+        model = copy.deepcopy(model).to(device)
     return lambda a, b: model(a, b)
 
 
@@ -223,10 +280,12 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
     with a TrainingError; the last good checkpoint stays in place.
     """
     work.mkdir(parents=True, exist_ok=True)
+    dev = train_device()
     if cfg.lambda_lpips > 0 and perceptual is None:
-        perceptual = lpips_loss()
+        perceptual = lpips_loss(device=dev)
     ckpt = work / "last.pt"
     rank, world = dist_info()
+    move_models(m, dev)
     if cfg.batch_size % world:
         raise TrainingError(f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes; "
                             f"use a multiple of {world}")
@@ -238,7 +297,8 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
     if world > 1:  # the same optimisers over DDP wrappers; checkpoints keep the plain modules
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        stepper = Models(DDP(m.G), DDP(m.D), m.opt_g, m.opt_d, m.ema)
+        ids = [dev.index] if dev.type == "cuda" else None
+        stepper = Models(DDP(m.G, device_ids=ids), DDP(m.D, device_ids=ids), m.opt_g, m.opt_d, m.ema)
     resumed_from = step
     t0, window = time.perf_counter(), []
     with bar(desc, cfg.steps, unit="it", completed=step, visible=None if rank == 0 else False) as b:
@@ -246,6 +306,8 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
             x, y, text, mask = data.batch(step, cfg.batch_size, cfg.seed, cfg.flip)
             if world > 1:
                 x, y, text, mask = (t[rank::world] for t in (x, y, text, mask))
+            if dev.type != "cpu":
+                x, y, text, mask = (t.to(dev, non_blocking=True) for t in (x, y, text, mask))
             losses = gan_step(stepper, x, y, text, mask, cfg, perceptual)
             if world > 1:
                 losses = _mean_over_ranks(losses, world)
@@ -275,4 +337,6 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
                 _barrier(world)
     if rank == 0:
         log.info("%s: %d steps in %.1f s", desc, cfg.steps, time.perf_counter() - t0)
+    if dev.type != "cpu":
+        move_models(m, torch.device("cpu"))  # callers save, evaluate and export on the CPU
     return history

@@ -22,20 +22,24 @@ from .conftest import ROOT
 RANKS = {"ds.conv": 4, "tb.attn_cross.to_k": 2, "tb.attn_cross.to_v": 2, "us.conv": 1, "up.1.conv": 3, "out": 2}
 
 
-def _base() -> E2GANGenerator:
+FILM_RANKS = {**RANKS, "res.2.norm1.to_scale": 2, "up.0.norm.to_shift": 1}  # LoRA on text norms too
+
+
+def _base(norm: str = "instance") -> E2GANGenerator:
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm=norm))
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return G.eval()
 
 
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory):
-    """A LoRA adapter with non-zero factors on the tiny base, saved in peft's layout."""
+@pytest.fixture(scope="module", params=["instance", "film"])
+def adapted(tmp_path_factory, request):
+    """A LoRA adapter with non-zero factors on the tiny base (instance norm / text norms), in peft's layout."""
     folder = tmp_path_factory.mktemp("adapter")
-    model = add_lora_spec(_base(), lora_spec(RANKS, alpha_scale=2.0))
+    ranks = FILM_RANKS if request.param == "film" else RANKS
+    model = add_lora_spec(_base(request.param), lora_spec(ranks, alpha_scale=2.0))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -73,8 +77,9 @@ def _merged(model):
 def test_adapter_artifact_patches_the_base_model_exactly(tmp_path, adapted):
     model, folder = adapted
     base_tokens, tokens = torch.randn(1, 5, 384), torch.randn(1, 9, 384)  # a different prompt length
-    base_onnx = export_onnx(ImageOnly(_base(), *pad_tokens(base_tokens, torch.ones(1, 5), 16)), tmp_path / "base.onnx",
-                            32, fold=False)
+    base = _base(model.get_base_model().cfg.norm)
+    base_onnx = export_onnx(ImageOnly(base, *pad_tokens(base_tokens, torch.ones(1, 5), 16)), tmp_path / "base.onnx", 32,
+                            fold=False)
     direct = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 9)), tmp_path / "direct.onnx", 32)
     art = adapter_artifact(folder, tokens, torch.ones(1, 9))
     save_file(art, str(tmp_path / "adapter.safetensors"))

@@ -15,9 +15,14 @@ TARGETS = ["down.0.conv", "ds.conv", "tb.attn_cross.to_q", "tb.attn_cross.to_v",
 RANKS = {"ds.conv": 8, "tb.attn_cross.to_q": 2}
 
 
-def _base() -> E2GANGenerator:
+def _base(norm: str = "instance") -> E2GANGenerator:
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False))
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm=norm))
+    if norm == "film":  # trained-looking text norms (they start at zero)
+        with torch.no_grad():
+            for n, p in G.named_parameters():
+                if ".to_scale." in n or ".to_shift." in n:
+                    p.normal_(0, 0.05)
     return G.eval()
 
 
@@ -30,13 +35,15 @@ CASES = [  # (name, targets, rank_pattern)
     ("convs", ["down.0.conv", "us.conv"], {}),
     ("attention", ["tb.attn_cross.to_q", "tb.attn_self.to_v"], {"tb.attn_self.to_v": 3}),
     ("paper_choice", TARGETS, RANKS),
+    ("text_norms", ["res.2.norm1.to_scale", "up.0.norm.to_shift", "us.conv"], {"res.2.norm1.to_scale": 2}),
 ]
 
 
 @pytest.mark.parametrize("name,targets,ranks", CASES, ids=[c[0] for c in CASES])
 def test_merged_equals_unmerged(name, targets, ranks):
     x, t = _inputs()
-    model = add_lora(_base(), targets, ranks, r=4, init=False)  # random B: the adapter changes the output
+    base = _base("film" if name == "text_norms" else "instance")
+    model = add_lora(base, targets, ranks, r=4, init=False)  # random B: the adapter changes the output
     with torch.no_grad():
         adapted = model(x, t)
         merged = copy.deepcopy(model).merge_and_unload()(x, t)

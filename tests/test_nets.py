@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.nets.discriminator import PatchDiscriminator, hinge_d, hinge_g, lsgan_d, lsgan_g
-from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.nets.generator import E2GANGenerator, GeneratorConfig, TextNorm
 from pipeline.nets.pix2pix import ResnetGenerator
 
 
@@ -21,9 +21,10 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("size", [64, 128, 256])
-def test_generator_shapes_and_range(size):
-    G = E2GANGenerator(GeneratorConfig(ngf=16))
+@pytest.mark.parametrize("size,norm", [(64, "instance"), (128, "instance"), (256, "instance"), (64, "film"),
+                                       (128, "film")])
+def test_generator_shapes_and_range(size, norm):
+    G = E2GANGenerator(GeneratorConfig(ngf=16, norm=norm))
     y = G(torch.randn(2, 3, size, size), torch.randn(2, 5, 384), torch.ones(2, 5))
     assert y.shape == (2, 3, size, size) and y.abs().max() <= 1.0
 
@@ -37,16 +38,42 @@ def test_module_names_are_stable():
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in E2GANGenerator().modules())
 
 
-def test_generator_is_much_smaller_than_resnet9():
-    G, R = E2GANGenerator(GeneratorConfig(ngf=32)), ResnetGenerator(ngf=64)
+@pytest.mark.parametrize("norm", ["instance", "film"])
+def test_generator_is_much_smaller_than_resnet9(norm):
+    G, R = E2GANGenerator(GeneratorConfig(ngf=32, norm=norm)), ResnetGenerator(ngf=64)
     assert 11.0e6 < n_params(R) < 11.8e6  # pix2pix's ResNet-9: ~11.4 M
-    assert n_params(G) < 0.2 * n_params(R)
+    assert n_params(G) < (0.2 if norm == "instance" else 0.3) * n_params(R)
     ratio = macs(G, 256) / macs(R, 256)
     assert ratio <= 0.5, ratio
 
 
-def test_mask_hides_padding_tokens():
-    G = E2GANGenerator(GeneratorConfig(ngf=8)).eval()
+def test_text_norm_starts_as_instance_norm_and_carries_the_prompt():
+    torch.manual_seed(0)
+    inst = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False)).eval()
+    torch.manual_seed(0)
+    film = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm="film")).eval()
+    shared = {k: v for k, v in inst.state_dict().items() if k in film.state_dict()}
+    film.load_state_dict(shared, strict=False)
+    missing = set(film.state_dict()) - set(shared)
+    assert missing and all(".to_scale." in k or ".to_shift." in k for k in missing)
+    # instance-norm affines (weight 1, bias 0 at init) == text norms with zero weights, bias 1 / 0
+    x, t = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 5, 384)
+    with torch.no_grad():
+        assert torch.allclose(inst(x, t), film(x, t), atol=1e-5)
+        film.up[0].norm.to_scale.weight.normal_(0, 0.1)  # the prompt now sets the channel scales
+        a, b = film(x[:1], t[:1]), film(x[:1], t[1:])
+    assert (a - b).abs().max() > 1e-3
+    assert isinstance(film.res[2].norm1, TextNorm)
+
+
+@pytest.mark.parametrize("norm", ["instance", "film"])
+def test_mask_hides_padding_tokens(norm):
+    G = E2GANGenerator(GeneratorConfig(ngf=8, norm=norm)).eval()
+    if norm == "film":
+        with torch.no_grad():
+            for n, p in G.named_parameters():
+                if ".to_scale." in n or ".to_shift." in n:
+                    p.normal_(0, 0.05)
     x, t = torch.randn(1, 3, 32, 32), torch.randn(1, 4, 384)
     padded = torch.cat([t, torch.randn(1, 3, 384)], 1)
     mask = torch.tensor([[1.0] * 4 + [0.0] * 3])

@@ -16,7 +16,7 @@ from pipeline.checkpoint import CheckpointError, load_generator, save_generator
 from pipeline.config import TrainConfig
 from pipeline.errors import E2GANError
 from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
-from pipeline.train import PairData, TrainingError, build_models, fit, load_checkpoint
+from pipeline.train import PairData, TrainingError, build_models, fit, load_checkpoint, move_models, train_device
 
 from .conftest import ROOT
 from .train_worker import tiny_data, tiny_run
@@ -26,6 +26,45 @@ def test_same_seed_same_weights_bit_for_bit(tmp_path):
     a, b = tiny_run(tmp_path / "a", steps=6), tiny_run(tmp_path / "b", steps=6)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("cuda", "CUDA device"), ("cuda:7", "CUDA device"), ("gpu0", "is not a device"), ("tpu", "is not a device")])
+def test_unusable_device_is_a_clear_error(monkeypatch, value, problem):
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the devices")
+    monkeypatch.setenv("E2GAN_DEVICE", value)
+    with pytest.raises(E2GANError, match=problem) as e:
+        train_device()
+    assert "E2GAN_DEVICE" in str(e.value)
+
+
+def test_explicit_cpu_device_equals_the_default_and_models_round_trip(tmp_path, monkeypatch):
+    monkeypatch.delenv("E2GAN_DEVICE", raising=False)
+    auto = train_device()
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("E2GAN_DEVICE", "cpu")
+    assert train_device() == torch.device("cpu")
+    a = tiny_run(tmp_path / "a", steps=4)
+    monkeypatch.delenv("E2GAN_DEVICE")
+    b = tiny_run(tmp_path / "b", steps=4)
+    if auto.type == "cpu":
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(va, vb), k
+    # move_models takes G, D, the EMA copy and both optimisers' state (the 'meta' device stands in for a GPU)
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+    cfg = TrainConfig(steps=2, batch_size=4, ndf=8, ema=0.9)
+    m = build_models(G, cfg)
+    fit(m, tiny_data(), cfg, tmp_path / "c")
+    assert m.opt_g.state and m.opt_d.state
+    move_models(m, torch.device("meta"))
+    params = [*m.G.parameters(), *m.D.parameters(), *m.ema.parameters()]
+    assert {p.device.type for p in params} == {"meta"}
+    for opt in (m.opt_g, m.opt_d):
+        devices = {v.device.type for st in opt.state.values() for k, v in st.items() if k != "step"}
+        assert devices == {"meta"}
+        assert {id(p) for g in opt.param_groups for p in g["params"]} <= {id(p) for p in params}
 
 
 @pytest.mark.slow

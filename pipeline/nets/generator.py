@@ -25,7 +25,7 @@ class GeneratorConfig:
     text_dim: int = 384  # MiniLM; 512/768 for CLIP text encoders
     heads: int = 4
     mlp_ratio: float = 2.0
-    norm: str = "instance"  # instance | group | batch | none
+    norm: str = "instance"  # instance | film (text-conditioned instance norm) | group | batch | none
     residual: bool = True  # predict the edit as a change of the input: starts at identity, learns fast
     in_channels: int = 3
     out_channels: int = 3
@@ -34,7 +34,42 @@ class GeneratorConfig:
         return asdict(self)
 
 
-def make_norm(kind: str, ch: int) -> nn.Module:
+class TextNorm(nn.Module):
+    """Text-conditioned instance norm (conditional instance norm, Dumoulin et al. 2017; FiLM): instance
+    normalisation whose per-channel scale and shift come from the pooled text embedding through two
+    Linear layers (`to_scale`, `to_shift`, adaptable by LoRA). Zero-initialised weights: it starts as
+    a plain affine InstanceNorm and learns how each prompt restyles the channel statistics."""
+
+    def __init__(self, ch: int, text_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(ch, affine=False)
+        self.to_scale = nn.Linear(text_dim, ch)
+        self.to_shift = nn.Linear(text_dim, ch)
+        for lin, bias in ((self.to_scale, 1.0), (self.to_shift, 0.0)):
+            nn.init.zeros_(lin.weight)
+            nn.init.constant_(lin.bias, bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * self.to_scale(cond)[:, :, None, None] + self.to_shift(cond)[:, :, None, None]
+
+
+def apply_norm(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    return norm(x, cond) if isinstance(norm, TextNorm) else norm(x)
+
+
+def pooled_text(text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) tokens -> (B, D): the mean over the real (unmasked) tokens."""
+    if mask is None:
+        return text.mean(1)
+    m = mask.to(text.dtype)[:, :, None]
+    return (text * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def make_norm(kind: str, ch: int, text_dim: int = 0) -> nn.Module:
+    if kind == "film":
+        if text_dim <= 0:
+            raise ValueError("norm 'film' needs the text embedding width (text_dim)")
+        return TextNorm(ch, text_dim)
     if kind == "instance":
         return nn.InstanceNorm2d(ch, affine=True)
     if kind == "group":
@@ -43,42 +78,45 @@ def make_norm(kind: str, ch: int) -> nn.Module:
         return nn.BatchNorm2d(ch)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm {kind!r} is not one of: instance, group, batch, none")
+    raise ValueError(f"norm {kind!r} is not one of: instance, film, group, batch, none")
 
 
-class ConvBlock(nn.Sequential):
-    """Reflect-pad -> conv -> norm -> ReLU; `.conv` is the adaptable layer.
+class ConvBlock(nn.Module):
+    """[Upsample ->] reflect-pad -> conv -> norm -> ReLU; `.conv` is the adaptable layer.
 
     Padding is a separate layer (as in pix2pix) rather than `padding_mode="reflect"`: peft's LoRA conv
     zero-pads, so with a reflect-padding conv the merged and unmerged models would differ at borders.
     """
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "instance", upsample: bool = False):
-        layers: dict[str, nn.Module] = {}
-        if upsample:
-            layers["upsample"] = nn.Upsample(scale_factor=2, mode="nearest")
-        layers["pad"] = nn.ReflectionPad2d(k // 2)
-        layers["conv"] = nn.Conv2d(cin, cout, k, stride=stride)
-        layers["norm"] = make_norm(norm, cout)
-        layers["act"] = nn.ReLU(inplace=True)
-        super().__init__(*[])
-        for name, m in layers.items():
-            self.add_module(name, m)
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "instance", upsample: bool = False,
+                 text_dim: int = 0):
+        super().__init__()
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if upsample else None
+        self.pad = nn.ReflectionPad2d(k // 2)
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride)
+        self.norm = make_norm(norm, cout, text_dim)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return self.act(apply_norm(self.norm, self.conv(self.pad(x)), cond))
 
 
 class ResBlock(nn.Module):
     """x + conv-norm-relu-conv-norm (pix2pix's ResnetBlock with reflect padding)."""
 
-    def __init__(self, ch: int, norm: str):
+    def __init__(self, ch: int, norm: str, text_dim: int = 0):
         super().__init__()
         self.pad = nn.ReflectionPad2d(1)
         self.conv1 = nn.Conv2d(ch, ch, 3)
-        self.norm1 = make_norm(norm, ch)
+        self.norm1 = make_norm(norm, ch, text_dim)
         self.conv2 = nn.Conv2d(ch, ch, 3)
-        self.norm2 = make_norm(norm, ch)
+        self.norm2 = make_norm(norm, ch, text_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.norm2(self.conv2(self.pad(F.relu(self.norm1(self.conv1(self.pad(x)))))))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(apply_norm(self.norm1, self.conv1(self.pad(x)), cond))
+        return x + apply_norm(self.norm2, self.conv2(self.pad(h)), cond)
 
 
 class Attention(nn.Module):
@@ -133,20 +171,20 @@ class E2GANGenerator(nn.Module):
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
         super().__init__()
         self.cfg = cfg
-        c, n = cfg.ngf, cfg.norm
-        self.down = nn.Sequential(
-            ConvBlock(cfg.in_channels, c, 7, norm=n),  # (B, c, H, W)
-            ConvBlock(c, 2 * c, 3, stride=2, norm=n),  # (B, 2c, H/2, W/2)
-            ConvBlock(2 * c, 4 * c, 3, stride=2, norm=n),  # (B, 4c, H/4, W/4)
-        )
-        self.res = nn.ModuleList([ResBlock(4 * c, n) for _ in range(3)])  # res.0, res.1 before; res.2 after
-        self.ds = ConvBlock(4 * c, 4 * c, 3, stride=2, norm=n)  # (B, 4c, H/8, W/8)
+        c, n, t = cfg.ngf, cfg.norm, cfg.text_dim
+        self.down = nn.ModuleList([
+            ConvBlock(cfg.in_channels, c, 7, norm=n, text_dim=t),  # (B, c, H, W)
+            ConvBlock(c, 2 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 2c, H/2, W/2)
+            ConvBlock(2 * c, 4 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 4c, H/4, W/4)
+        ])
+        self.res = nn.ModuleList([ResBlock(4 * c, n, t) for _ in range(3)])  # res.0, res.1 before; res.2 after
+        self.ds = ConvBlock(4 * c, 4 * c, 3, stride=2, norm=n, text_dim=t)  # (B, 4c, H/8, W/8)
         self.tb = TransformerBlock(4 * c, cfg.text_dim, cfg.heads, cfg.mlp_ratio)
-        self.us = ConvBlock(4 * c, 4 * c, 3, norm=n, upsample=True)  # (B, 4c, H/4, W/4)
-        self.up = nn.Sequential(
-            ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True),  # (B, 2c, H/2, W/2)
-            ConvBlock(2 * c, c, 3, norm=n, upsample=True),  # (B, c, H, W)
-        )
+        self.us = ConvBlock(4 * c, 4 * c, 3, norm=n, upsample=True, text_dim=t)  # (B, 4c, H/4, W/4)
+        self.up = nn.ModuleList([
+            ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True, text_dim=t),  # (B, 2c, H/2, W/2)
+            ConvBlock(2 * c, c, 3, norm=n, upsample=True, text_dim=t),  # (B, c, H, W)
+        ])
         self.out_pad = nn.ReflectionPad2d(3)
         self.out = nn.Conv2d(c, cfg.out_channels, 7)
         if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity
@@ -154,11 +192,16 @@ class E2GANGenerator(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.down(x)
-        h = self.res[1](self.res[0](h))
-        h = self.tb(self.ds(h), text, mask)
-        h = self.res[2](self.us(h))
-        y = self.out(self.out_pad(self.up(h)))
+        cond = pooled_text(text, mask) if self.cfg.norm == "film" else None
+        h = x
+        for block in self.down:
+            h = block(h, cond)
+        h = self.res[1](self.res[0](h, cond), cond)
+        h = self.tb(self.ds(h, cond), text, mask)
+        h = self.res[2](self.us(h, cond), cond)
+        for block in self.up:
+            h = block(h, cond)
+        y = self.out(self.out_pad(h))
         if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
             xc = x.clamp(-0.999, 0.999)
             return torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export
