@@ -40,11 +40,12 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4)).eval()
+    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4, norm="film")).eval()  # the default base's text norms
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    ranks = {"ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "us.conv": 4, "up.1.conv": 6, "out": 2}
+    ranks = {"ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "us.conv": 4, "up.1.conv": 6, "out": 2,
+             "res.2.norm1.to_scale": 2, "up.0.norm.to_shift": 2}
     adapted = add_lora_spec(copy.deepcopy(G), lora_spec(ranks, alpha_scale=2.0))  # peft wraps in place
     with torch.no_grad():
         for n, p in adapted.named_parameters():

@@ -27,6 +27,14 @@ def _macs(model: torch.nn.Module, size: int) -> float:
     return fc.get_total_flops() / 2
 
 
+def _onnx_weights(path: Path) -> int:
+    """Numbers stored in the exported graph's initializers."""
+    import numpy as np
+    import onnx
+
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in onnx.load(str(path)).graph.initializer))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -49,11 +57,13 @@ def main() -> None:
             entry = {"params": sum(p.numel() for p in model.G.parameters()), "sizes": {}}
             for size in args.sizes:
                 path = export_onnx(model, Path(tmp) / f"{name}-{size}.onnx", size)
+                entry["onnx_weights"] = _onnx_weights(path)  # what ships: folded text norms are per-channel constants
                 entry["sizes"][size] = {"gmacs": round(_macs(model.eval(), size) / 1e9, 3),
                                         **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads}}
             result["models"][name] = entry
     e, r = result["models"]["e2gan"], result["models"]["resnet9"]
     result["ratios"] = {"params": round(e["params"] / r["params"], 4),
+                        "onnx_weights": round(e["onnx_weights"] / r["onnx_weights"], 4),
                         **{f"{s}": {"macs": round(e["sizes"][s]["gmacs"] / r["sizes"][s]["gmacs"], 3),
                                     **{f"latency_threads_{t}": round(e["sizes"][s][f"threads_{t}"]["median_ms"]
                                                                      / r["sizes"][s][f"threads_{t}"]["median_ms"], 3)
