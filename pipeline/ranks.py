@@ -77,15 +77,33 @@ def greedy_ranks(modules: dict[str, nn.Module], energy: dict[str, np.ndarray], c
 
 
 def random_ranks(modules: dict[str, nn.Module], target_params: int, choices: list[int], seed: int) -> dict[str, int]:
-    """Ranks drawn at random from `choices`; of 500 draws, the one whose parameter count is nearest the target."""
+    """Random ranks at about the target's parameter count (the paper's random-rank ablation).
+
+    Every layer starts at the smallest allowed rank; then a randomly drawn layer is raised to its next
+    allowed rank while the total stays within the target (one last raise may overshoot it when that
+    lands nearer), until no layer can be raised. Unlike
+    independent draws per layer, this stays near the target however many layers there are."""
     rng = np.random.default_rng(seed)
-    best, best_gap = None, None
-    for _ in range(500):
-        draw = {n: int(rng.choice(choices)) for n in modules}
-        gap = abs(sum(lora_parameters(modules[n], r) for n, r in draw.items()) - target_params)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = draw, gap
-    return best
+    choices = sorted(choices)
+    ranks = {n: choices[0] for n in modules}
+    total = count(modules, ranks)
+    open_layers = sorted(modules)
+    while open_layers:
+        n = open_layers[int(rng.integers(len(open_layers)))]
+        i = choices.index(ranks[n])
+        extra = (lora_parameters(modules[n], choices[i + 1]) - lora_parameters(modules[n], ranks[n])
+                 if i + 1 < len(choices) else None)
+        if extra is None:
+            open_layers.remove(n)
+            continue
+        if total + extra > target_params:
+            if total + extra - target_params < target_params - total:  # overshooting lands nearer: last raise
+                ranks[n] = choices[i + 1]
+                break
+            open_layers.remove(n)
+            continue
+        ranks[n], total = choices[i + 1], total + extra
+    return ranks
 
 
 def count(modules: dict[str, nn.Module], ranks: dict[str, int]) -> int:

@@ -53,9 +53,15 @@ def test_random_ranks_match_the_parameter_count():
     mods = _layers()
     target = count(mods, {"a": 4, "b": 2, "c": 8})
     r = random_ranks(mods, target, [1, 2, 4, 8], seed=0)
-    assert set(r) == set(mods) and abs(count(mods, r) - target) / target < 0.1
+    assert set(r) == set(mods) and abs(count(mods, r) - target) / target < 0.15
     assert r == random_ranks(mods, target, [1, 2, 4, 8], seed=0)
     assert lora_parameters(mods["c"], 2) == 2 * (16 * 9 + 32)
+    # many small layers (the text norms): independent draws overshoot; the allocation stays at the target
+    many = {f"n{i}": nn.Linear(384, 32) for i in range(24)}
+    small = count(many, {n: 1 for n in many}) * 5 // 4
+    r = random_ranks(many, small, [1, 2, 4, 8, 16], seed=3)
+    assert abs(count(many, r) - small) <= 0.1 * small
+    assert len(set(r.values())) > 1 and r != random_ranks(many, small, [1, 2, 4, 8, 16], seed=4)
 
 
 def test_kmeans_subset_covers_every_cluster():
