@@ -137,11 +137,18 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
     ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
     alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
     out: dict[str, torch.Tensor] = {"tokens": tokens.contiguous(), "mask": mask.contiguous()}
-    for layer in cfg["target_modules"]:
-        a = weights.get(f"base_model.model.{layer}.lora_A.weight")
-        b = weights.get(f"base_model.model.{layer}.lora_B.weight")
+    # the layers from the weights: peft saves 20+ target modules as shortest unique suffixes
+    # ('norm2.to_shift'), so adapter_config.json does not name every layer in full
+    pre, suf_a, suf_b = "base_model.model.", ".lora_A.weight", ".lora_B.weight"
+    layers = sorted({k[len(pre):-len(suf)] for k in weights for suf in (suf_a, suf_b)
+                     if k.startswith(pre) and k.endswith(suf)})
+    if not layers:
+        raise ExportError(f"{adapter_dir}: the adapter holds no LoRA weights; rerun 'dvc repro finetune_lora'")
+    for layer in layers:
+        a, b = weights.get(pre + layer + suf_a), weights.get(pre + layer + suf_b)
         if a is None or b is None:
-            raise ExportError(f"{adapter_dir}: no LoRA weights for {layer!r}; the adapter is incomplete")
+            raise ExportError(f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; "
+                              "the adapter is incomplete")
         r = ranks.get(layer, cfg["r"])
         out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
         out[f"{layer}.scale"] = torch.tensor([alphas.get(layer, cfg["lora_alpha"]) / r], dtype=torch.float32)

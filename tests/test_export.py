@@ -2,6 +2,7 @@
 variants, bad files, and `e2gan apply`."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -158,3 +159,28 @@ def test_apply_cli(tmp_path, adapted, crops128):
     assert p.returncode == 2 and "the model takes 32x32" in p.stderr
     p = _cli(str(imgs), "-c", "nosuch", "-o", "x", cwd=tmp_path)
     assert p.returncode == 2 and "run 'dvc repro export_onnx@nosuch'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_adapter_artifact_with_many_layers_peft_saves_as_suffixes(tmp_path):
+    """peft writes 20+ target modules as shortest unique suffixes; the artifact still gets every layer."""
+    base = _base("film")
+    layers = sorted(n for n, _ in base.named_modules() if n.endswith((".to_scale", ".to_shift", ".conv")))
+    assert len(layers) >= 20
+    model = add_lora_spec(_base("film"), lora_spec({n: 1 + i % 2 for i, n in enumerate(layers)}))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    save_adapter(model, tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert set(saved) != set(layers)  # shortened by peft: the config alone does not name the layers
+    tokens = torch.randn(1, 5, 384)
+    art = adapter_artifact(tmp_path / "adapter", tokens, torch.ones(1, 5))
+    assert {k[: -len(".lora_A")] for k in art if k.endswith(".lora_A")} == set(layers)
+    save_file(art, str(tmp_path / "adapter.safetensors"))
+    base_onnx = export_onnx(ImageOnly(base, *pad_tokens(torch.randn(1, 3, 384), torch.ones(1, 3), 8)),
+                            tmp_path / "base.onnx", 32, fold=False)
+    patched = apply_artifact(base_onnx, tmp_path / "adapter.safetensors", tmp_path / "patched.onnx")
+    direct = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 5)), tmp_path / "direct.onnx", 32)
+    x = _x(1).numpy()
+    assert np.abs(onnx_outputs(patched, x) - onnx_outputs(direct, x)).max() <= 1e-5
