@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.errors import E2GANError
 from pipeline.io import atomic_path
+from pipeline.nets.generator import TextNorm, freeze_text_norms
 
 
 class ImageOnly(nn.Module):
@@ -38,8 +39,11 @@ def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 17, dynami
 
     Without `fold`, every weight stays an initializer named after its parameter (`G.ds.conv.weight`,
     `tokens`), which is what adapter artifacts patch; onnxruntime folds constants when it loads the model.
+    With `fold`, the text is a constant: text-conditioned norms become plain affine InstanceNorms.
     """
     model = model.eval()
+    if fold and isinstance(model, ImageOnly) and any(isinstance(m, TextNorm) for m in model.G.modules()):
+        model = ImageOnly(freeze_text_norms(model.G, model.tokens, model.mask), model.tokens, model.mask).eval()
     dummy = torch.zeros(1, 3, size, size)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

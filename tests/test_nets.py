@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.nets.discriminator import PatchDiscriminator, hinge_d, hinge_g, lsgan_d, lsgan_g
-from pipeline.nets.generator import E2GANGenerator, GeneratorConfig, TextNorm
+from pipeline.nets.generator import E2GANGenerator, GeneratorConfig, TextNorm, freeze_text_norms
 from pipeline.nets.pix2pix import ResnetGenerator
 
 
@@ -92,3 +92,20 @@ def test_losses():
     assert lsgan_d(ones, zeros) == 0 and lsgan_g(ones) == 0 and lsgan_g(zeros) == 1
     assert hinge_d(ones, -ones) == 0 and hinge_g(ones) == -1
     assert hinge_d(zeros, zeros) == 2
+
+
+def test_freezing_the_text_norms_for_one_prompt_keeps_the_output():
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm="film")).eval()
+    with torch.no_grad():
+        for n, p in G.named_parameters():
+            if ".to_scale." in n or ".to_shift." in n:
+                p.normal_(0, 0.05)
+    x, t, m = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(1, 6, 384), torch.tensor([[1.0] * 4 + [0.0] * 2])
+    frozen = freeze_text_norms(G, t, m)
+    assert not any(isinstance(mod, TextNorm) for mod in frozen.modules())
+    assert any(isinstance(mod, TextNorm) for mod in G.modules())  # the original is untouched
+    with torch.no_grad():
+        want = G(x, t.expand(2, -1, -1), m.expand(2, -1))
+        assert torch.allclose(frozen(x, t.expand(2, -1, -1), m.expand(2, -1)), want, atol=1e-6)
+    assert n_params(frozen) < n_params(G) - 20 * 384  # the text Linear layers are gone

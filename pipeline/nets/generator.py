@@ -65,6 +65,26 @@ def pooled_text(text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (text * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+@torch.no_grad()
+def freeze_text_norms(G: nn.Module, text: torch.Tensor, mask: torch.Tensor | None) -> nn.Module:
+    """A copy of G for one fixed prompt: every TextNorm becomes an affine InstanceNorm2d whose weight and
+    bias are that prompt's scale and shift. The output is unchanged; the exported graph holds one
+    vector per norm instead of the two text Linear layers (a concept model as small as with plain
+    InstanceNorm). G itself is left as it is."""
+    import copy
+
+    G = copy.deepcopy(G).eval()
+    cond = pooled_text(text[:1], None if mask is None else mask[:1])
+    for name, module in list(G.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, TextNorm):
+                norm = nn.InstanceNorm2d(child.to_scale.out_features, affine=True, eps=child.norm.eps)
+                norm.weight.copy_(child.to_scale(cond)[0])
+                norm.bias.copy_(child.to_shift(cond)[0])
+                setattr(module, child_name, norm)
+    return G
+
+
 def make_norm(kind: str, ch: int, text_dim: int = 0) -> nn.Module:
     if kind == "film":
         if text_dim <= 0:
@@ -192,7 +212,7 @@ class E2GANGenerator(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        cond = pooled_text(text, mask) if self.cfg.norm == "film" else None
+        cond = pooled_text(text, mask) if any(isinstance(m, TextNorm) for m in self.modules()) else None
         h = x
         for block in self.down:
             h = block(h, cond)
