@@ -29,6 +29,7 @@ VARIANTS = {  # name: (train_base overrides, base concepts (None = the selection
     "batch_norm": ({"norm": "batch"}, None),
     "film": ({"norm": "film"}, None),
     "film_no_ema": ({"norm": "film", "ema": 0.0}, None),
+    "film_skip": ({"norm": "film", "skip": True}, None),
     "instance_ink_only_no_ema": ({"norm": "instance", "ema": 0.0}, ["ink"]),
 }
 

@@ -156,7 +156,8 @@ def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train",
 
 def build_generator(cfg: TrainBaseConfig, text_dim: int) -> E2GANGenerator:
     torch.manual_seed(cfg.seed)
-    return E2GANGenerator(GeneratorConfig(ngf=cfg.ngf, heads=cfg.heads, norm=cfg.norm, text_dim=text_dim))
+    return E2GANGenerator(GeneratorConfig(ngf=cfg.ngf, heads=cfg.heads, norm=cfg.norm, skip=cfg.skip,
+                                          text_dim=text_dim))
 
 
 def train_base(folders: dict[str, Path], cfg: TrainBaseConfig, encoder: str, work: Path,

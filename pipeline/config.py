@@ -174,6 +174,7 @@ class TrainBaseConfig(TrainConfig):
     ngf: int = Field(32, ge=8)
     heads: int = Field(4, ge=1)
     norm: Literal["instance", "film", "group", "batch", "none"] = "instance"
+    skip: bool = False  # stem features added before the head: pixel-level edits (sharpening) become learnable
 
 
 class FinetuneConfig(TrainConfig):

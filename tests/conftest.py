@@ -46,3 +46,9 @@ def synthetic_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     img = (img - img.min()) / (np.ptp(img) + 1e-9) * 255
     img[h // 3 : h // 2, w // 4 : w // 2] = rng.integers(0, 255, 3)
     return img.astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def cpu_reference_runs(monkeypatch):
+    """The suite's references are CPU runs (bit-for-bit repeatable); a test that trains on a GPU says so."""
+    monkeypatch.setenv("E2GAN_DEVICE", "cpu")

@@ -4,7 +4,9 @@ Downsample (stem + 2 strided convs) -> ResBlock x2 -> DS -> Transformer block (s
 cross-attention to text tokens, MLP) at 1/8 resolution -> US -> ResBlock -> Upsample x2 -> output.
 Upsampling is nearest `Upsample` + `Conv2d` (peft cannot wrap ConvTranspose2d). By default the
 output is a change of the input (a zero-initialised head on top of atanh(x)): the untrained network
-is the identity, so short CPU budgets start from "input passed through" instead of from noise. Module names are
+is the identity, so short CPU budgets start from "input passed through" instead of from noise. With `skip`, the
+stem's full-resolution features are added to the last Upsample's output, so the head can make pixel-level edits
+(sharpening, film grain) that the 1/4-resolution body cannot carry; it adds no parameters. Module names are
 stable because layer analysis and LoRA refer to them: `down.0..2`, `res.0..2`, `ds`, `tb.*`, `us`,
 `up.0..1`, `out`.
 """
@@ -27,6 +29,7 @@ class GeneratorConfig:
     mlp_ratio: float = 2.0
     norm: str = "instance"  # instance | film (text-conditioned instance norm) | group | batch | none
     residual: bool = True  # predict the edit as a change of the input: starts at identity, learns fast
+    skip: bool = False  # add the stem's full-resolution features to the last Upsample's output (see forward)
     in_channels: int = 3
     out_channels: int = 3
 
@@ -213,14 +216,16 @@ class E2GANGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         cond = pooled_text(text, mask) if any(isinstance(m, TextNorm) for m in self.modules()) else None
-        h = x
-        for block in self.down:
+        h = stem = self.down[0](x, cond)  # (B, ngf, H, W)
+        for block in self.down[1:]:
             h = block(h, cond)
         h = self.res[1](self.res[0](h, cond), cond)
         h = self.tb(self.ds(h, cond), text, mask)
         h = self.res[2](self.us(h, cond), cond)
         for block in self.up:
             h = block(h, cond)
+        if self.cfg.skip:  # pixel-level detail (sharpening, grain) cannot pass the 1/4-resolution body
+            h = h + stem
         y = self.out(self.out_pad(h))
         if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
             xc = x.clamp(-0.999, 0.999)
