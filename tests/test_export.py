@@ -28,7 +28,7 @@ FILM_RANKS = {**RANKS, "res.2.norm1.to_scale": 2, "up.0.norm.to_shift": 1}  # Lo
 
 def _base(norm: str = "instance") -> E2GANGenerator:
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm=norm))
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm=norm, skip=norm == "film"))  # film: the default base
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.05 * torch.randn_like(p))

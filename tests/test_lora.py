@@ -17,8 +17,8 @@ RANKS = {"ds.conv": 8, "tb.attn_cross.to_q": 2}
 
 def _base(norm: str = "instance") -> E2GANGenerator:
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm=norm))
-    if norm == "film":  # trained-looking text norms (they start at zero)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm=norm, skip=norm == "film"))
+    if norm == "film":  # with the stem skip: the default base's layout  # trained-looking text norms (they start at zero)
         with torch.no_grad():
             for n, p in G.named_parameters():
                 if ".to_scale." in n or ".to_shift." in n:
