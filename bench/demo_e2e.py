@@ -40,7 +40,7 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 
     torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4, norm="film")).eval()  # the default base's text norms
+    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4, norm="film", skip=True)).eval()  # the default base
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.02 * torch.randn_like(p))
