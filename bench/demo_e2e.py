@@ -35,12 +35,12 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from pipeline.base import build_generator
+    from pipeline.config import load_params
     from pipeline.export import ImageOnly, adapter_artifact, export_onnx, pad_tokens
     from pipeline.lora import add_lora_spec, lora_spec, save_adapter
-    from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 
-    torch.manual_seed(0)
-    G = E2GANGenerator(GeneratorConfig(ngf=32, heads=4, norm="film", skip=True)).eval()  # the default base
+    G = build_generator(load_params().train_base, 384).eval()  # the default base's architecture (MiniLM text)
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.02 * torch.randn_like(p))

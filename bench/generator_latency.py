@@ -17,7 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.export import ImageOnly, export_onnx, ort_latency
 from pipeline.io import atomic_write_json
-from pipeline.nets.generator import E2GANGenerator, GeneratorConfig
 from pipeline.nets.pix2pix import ResnetGenerator
 
 
@@ -46,8 +45,11 @@ def main() -> None:
         from pipeline.checkpoint import load_generator
 
         G, _ = load_generator(base)
-    else:
-        G = E2GANGenerator(GeneratorConfig())
+    else:  # the default architecture from params.yaml
+        from pipeline.base import build_generator
+        from pipeline.config import load_params
+
+        G = build_generator(load_params().train_base, 384)
     models = {"e2gan": ImageOnly(G, torch.randn(1, 8, G.cfg.text_dim), torch.ones(1, 8)),
               "resnet9": ImageOnly(ResnetGenerator(ngf=64))}
     threads = sorted({1, os.cpu_count() or 1})

@@ -42,7 +42,7 @@ def steps_per_second(device: str, data: PairData, steps: int, warmup: int, batch
     os.environ["E2GAN_DEVICE"] = device
     with tempfile.TemporaryDirectory() as tmp:
         G = build_generator(cfg0, data.tokens.shape[-1])
-        m = build_models(G, cfg0.model_copy(update={"steps": warmup}))
+        m = build_models(G, cfg0)
         fit(m, data, cfg0.model_copy(update={"steps": warmup, "ckpt_every": warmup}), Path(tmp), desc=f"warm-up {device}")
         cfg = cfg0.model_copy(update={"steps": warmup + steps, "ckpt_every": 10**9})
         if device.startswith("cuda"):
