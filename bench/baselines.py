@@ -10,9 +10,10 @@ Methods (keys for --methods):
   uniform_low     LoRA on the crucial layers, uniform rank search_ranks.uniform_low, k-means half
   uniform_high    the same at search_ranks.uniform_high
   random_ranks    random ranks of the searched spec's size
-  e2gan           E²GAN: the searched ranks (models/ranks/lora.json), k-means half   <- ours
+  e2gan           E²GAN: the searched ranks (search_ranks' spec), k-means half   <- ours
   e2gan_all       the searched ranks, all pairs
   e2gan_random    the searched ranks, a random half
+The last six are search_ranks' own comparison rows (pipeline.adapt.ranks.comparison_rows), trained longer here.
 
 Columns: held-out LPIPS (final and best), KID, trainable params, stored bytes per concept (the real
 safetensors file: the whole generator for scratch/full fine-tune, the peft adapter for LoRA), training
@@ -35,22 +36,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from bench.common import RESULTS, ConceptBench, train_with_evals
+from bench.common import RESULTS, ConceptBench, train_curve
 from pipeline.config import load_params
-from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.lora import (
-    adaptable_layers,
-    add_lora_spec,
-    lora_parameters,
-    lora_spec,
-    save_adapter,
-    spec_ranks,
-    trainable_parameters,
-)
-from pipeline.nets.generator import E2GANGenerator
-from pipeline.nets.pix2pix import ResnetGenerator
-from pipeline.ranks import random_ranks
-from pipeline.train import build_models, gan_step, lpips_loss
+from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.adapt.lora import adaptable_layers, add_lora_spec, lora_spec, save_adapter, spec_ranks, trainable_parameters
+from pipeline.adapt.ranks import comparison_rows
+from pipeline.model.nets.generator import E2GANGenerator
+from pipeline.model.nets.pix2pix import ResnetGenerator
+from pipeline.model.train import build_models, gan_step, lpips_loss
 
 SCALES = {  # one scale for every method
     "default": {"scratch_steps": 300, "lora_steps": 0, "batch": 4, "eval_every": 25, "eval_limit": 48, "size": None},
@@ -58,17 +51,17 @@ SCALES = {  # one scale for every method
     "paper": {"scratch_steps": 4000, "lora_steps": 1000, "batch": 16, "eval_every": 250, "eval_limit": 0, "size": 256},
 }
 METHODS = {
-    # key: (label, model, data, steps, lr_g (None: finetune_lora.lr_g))
+    # key: (label, model, data, steps, lr_g (None: finetune_lora's lr_g)); model "row": search_ranks' row `key`
     "pix2pix": ("pix2pix ResNet-9, from scratch", "resnet9", "all", "scratch", 2e-4),
     "e2gan_scratch": ("E²GAN generator, from scratch", "scratch", "all", "scratch", 2e-4),
     "full_ft": ("full fine-tune of the base", "full", "kmeans", "lora", 2e-4),
     "lora_all": ("LoRA r4 on all layers", "lora_all", "kmeans", "lora", None),
-    "uniform_low": ("LoRA crucial layers, uniform low rank", "uniform_low", "kmeans", "lora", None),
-    "uniform_high": ("LoRA crucial layers, uniform high rank", "uniform_high", "kmeans", "lora", None),
-    "random_ranks": ("LoRA crucial layers, random ranks", "random", "kmeans", "lora", None),
-    "e2gan": ("E²GAN: searched ranks, k-means half", "searched", "kmeans", "lora", None),
-    "e2gan_all": ("searched ranks, all pairs", "searched", "all", "lora", None),
-    "e2gan_random": ("searched ranks, random half", "searched", "random", "lora", None),
+    "uniform_low": ("LoRA crucial layers, uniform low rank", "row", None, "lora", None),
+    "uniform_high": ("LoRA crucial layers, uniform high rank", "row", None, "lora", None),
+    "random_ranks": ("LoRA crucial layers, random ranks", "row", None, "lora", None),
+    "e2gan": ("E²GAN: searched ranks, k-means half", "row", None, "lora", None),
+    "e2gan_all": ("searched ranks, all pairs", "row", None, "lora", None),
+    "e2gan_random": ("searched ranks, random half", "row", None, "lora", None),
 }
 
 
@@ -95,31 +88,25 @@ def stored_bytes(G, adapter: bool) -> int:
         return path.stat().st_size
 
 
-def build(model: str, base, spec: dict, params) -> tuple[torch.nn.Module, bool]:
-    """(the model to train, whether it is a LoRA adapter)"""
-    s = params.search_ranks
-    crucial = spec["target_modules"]
-    modules = dict(base.named_modules())
+def build(key: str, model: str, base, spec: dict, params) -> tuple[torch.nn.Module, bool, str | None]:
+    """(the model to train, whether it is a LoRA adapter, its data subset when the method fixes one)"""
     if model == "resnet9":
-        return ResnetGenerator(ngf=64), False
+        return ResnetGenerator(ngf=64), False, None
     if model == "scratch":
-        return E2GANGenerator(base.cfg), False
+        return E2GANGenerator(base.cfg), False, None
     if model == "full":
-        return copy.deepcopy(base).requires_grad_(True), False
-    searched = spec_ranks(spec)
-    if model == "random":
-        target = sum(lora_parameters(modules[n], r) for n, r in searched.items())
-        ranks = random_ranks({n: modules[n] for n in crucial}, target, s.ranks, s.seed)
-    else:
-        ranks = {"lora_all": {n: 4 for n in adaptable_layers(base)},
-                 "uniform_low": {n: s.uniform_low for n in crucial},
-                 "uniform_high": {n: s.uniform_high for n in crucial},
-                 "searched": searched}[model]
-    return add_lora_spec(copy.deepcopy(base), lora_spec(ranks, s.alpha_scale)), True
+        return copy.deepcopy(base).requires_grad_(True), False, None
+    s = params.search_ranks
+    if model == "lora_all":
+        return add_lora_spec(copy.deepcopy(base), lora_spec({n: 4 for n in adaptable_layers(base)}, s.alpha_scale)), True, None
+    modules = dict(base.named_modules())
+    crucial = {n: modules[n] for n in spec["target_modules"]}
+    row = {r.key: r for r in comparison_rows(crucial, spec_ranks(spec), s, params.finetune_lora.subset)}[key]
+    return add_lora_spec(copy.deepcopy(base), lora_spec(row.ranks, s.alpha_scale)), True, row.subset
 
 
 def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
-    fcfg = params.finetune_lora
+    fcfg = params.finetune_lora.train
     cb = ConceptBench.load(c, scale["eval_limit"], params)
     if scale["size"] and cb.meta.get("image_size") != scale["size"]:
         raise SystemExit(f"this scale needs the pipeline at {scale['size']}² (data.image_size: {scale['size']}; "
@@ -130,13 +117,14 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
     for key in methods:
         label, model, data_kind, steps_kind, lr = METHODS[key]
         steps = scale["scratch_steps"] if steps_kind == "scratch" else lora_steps
-        print(f"[{c}] {label}: {steps} steps, {len(subsets[data_kind])} pairs", flush=True)
         torch.manual_seed(fcfg.seed)
-        G, is_adapter = build(model, cb.base, cb.spec, params)
+        G, is_adapter, row_subset = build(key, model, cb.base, cb.spec, params)
+        data_kind = data_kind or row_subset
+        print(f"[{c}] {label}: {steps} steps, {len(subsets[data_kind])} pairs", flush=True)
         cfg = fcfg.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, **({"lr_g": lr} if lr else {})})
         data = cb.pairs.subset(subsets[data_kind])
         flops = step_flops(G, data, cfg)
-        curve = train_with_evals(G, data, cfg, steps, scale["eval_every"], cb.lpips)
+        curve = train_curve(G, data, cfg, steps, scale["eval_every"], cb.lpips)
         best = min(curve, key=lambda r: r["lpips"])
         rows.append({"key": key, "method": label, "pairs": len(subsets[data_kind]), "steps": steps,
                      "lpips_final": curve[-1]["lpips"], "lpips_best": best["lpips"], "steps_to_best": best["step"],
@@ -206,8 +194,8 @@ def main() -> None:
     params, scale = load_params(), SCALES[args.scale]
     t0 = time.perf_counter()
     result = {"scale": args.scale, "settings": scale, "resolution": params.data.image_size,
-              "threads": torch.get_num_threads(), "lambda_l1": params.finetune_lora.lambda_l1,
-              "lambda_gan": params.finetune_lora.lambda_gan, "lambda_lpips": params.finetune_lora.lambda_lpips,
+              "threads": torch.get_num_threads(), "lambda_l1": params.finetune_lora.train.lambda_l1,
+              "lambda_gan": params.finetune_lora.train.lambda_gan, "lambda_lpips": params.finetune_lora.train.lambda_lpips,
               "concepts": []}
     for c in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         result["concepts"].append(run_concept(c, methods, scale, params))

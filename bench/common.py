@@ -1,34 +1,26 @@
 """What the training benchmarks share: one concept's data, held-out pairs, conditioning and scorers
-(`ConceptBench`), and the timed training loop with held-out evaluations (`train_with_evals`).
-
-Every benchmark trains with `pipeline.train.gan_step`, the loop the pipeline stages use, on the device
-from E2GAN_DEVICE (auto: CUDA when there is one); evaluation runs on the CPU and is not timed.
+(`ConceptBench`), and a training curve through the pipeline's own loop (`train_curve`: `fit` with its
+untimed evaluation hook), on the device from E2GAN_DEVICE (auto: CUDA when there is one).
 """
 from __future__ import annotations
 
 import functools
 import json
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_generator
-from pipeline.config import Params, load_params
-from pipeline.importance import load_concepts
-from pipeline.infer import concept_condition, heldout_pairs, run_generator
-from pipeline.metrics import inception_features, kid_from_features, lpips_distance
-from pipeline.subset import choose_subset
-from pipeline.train import (
-    build_models,
-    gan_step,
-    lpips_loss,
-    move_models,
-    train_device,
-    update_ema,
-)
+from pipeline.adapt.subset import choose_subset
+from pipeline.config import PipelineConfig, load_params
+from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
+from pipeline.data.dataset import concept_condition, heldout_pairs, load_concepts
+from pipeline.model.checkpoint import load_generator
+from pipeline.model.infer import run_generator
+from pipeline.model.train import build_models, fit
+from pipeline.orchestrate.dvc import stage_paths
 
 RESULTS = Path("bench/results")
 
@@ -39,26 +31,26 @@ class ConceptBench:
     pairs, `eval_limit` held-out pairs (0 = all) and the prompts' text condition."""
 
     name: str
-    params: Params
+    params: PipelineConfig
     base: torch.nn.Module
     meta: dict
     spec: dict
-    pairs: object  # pipeline.train.PairData
+    pairs: object  # pipeline.data.dataset.PairData
     inputs: list
     teacher: list
     tokens: torch.Tensor
     mask: torch.Tensor
 
     @classmethod
-    def load(cls, name: str, eval_limit: int = 48, params: Params | None = None,
+    def load(cls, name: str, eval_limit: int = 48, params: PipelineConfig | None = None,
              root: Path = Path(".")) -> ConceptBench:
         params = params or load_params()
-        base, meta = load_generator(root / "models/base")
-        concept = load_concepts({name: root / "data/pairs" / name}, meta["text_encoder"],
-                                {name: root / "data/prompts" / name / "prompts.json"})[name]
+        paths = stage_paths("finetune_lora", name, root)  # where the pipeline keeps this concept's inputs
+        base, meta = load_generator(paths["base"])
+        concept = load_concepts({name: paths["pairs"]}, meta["text_encoder"], {name: paths["prompts"]})[name]
         inputs, teacher = heldout_pairs(concept.folder, eval_limit)
         tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
-        spec = json.loads((root / "models/ranks/lora.json").read_text())
+        spec = json.loads(paths["ranks"].read_text())
         return cls(name, params, base, meta, spec, concept.pairs, inputs, teacher, tokens, mask)
 
     def outputs(self, G) -> list:
@@ -85,32 +77,19 @@ class ConceptBench:
         if strategy == "all":
             return list(range(len(self.pairs.inputs)))
         f = self.params.finetune_lora
-        return choose_subset(self.pairs.inputs, strategy, f.subset_fraction, f.subset_features, f.seed)
+        return choose_subset(self.pairs.inputs, strategy, f.subset_fraction, f.subset_features, f.train.seed)
 
 
-def train_with_evals(G, data, cfg, steps: int, eval_every: int, evaluate) -> list[dict]:
-    """`gan_step` in a plain loop with `evaluate(G)` every `eval_every` steps, outside the timed part.
+def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate) -> list[dict]:
+    """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` every `eval_every` steps through
+    fit's evaluation hook (not timed). Returns [{step, train_seconds, lpips}, ...]; G ends on the CPU."""
+    cfg = cfg.model_copy(update={"steps": steps, "ckpt_every": steps, "log_every": min(cfg.log_every, steps)})
+    curve: list[dict] = []
 
-    Returns [{step, train_seconds, lpips}, ...]; G is on the CPU again when it returns."""
-    dev = train_device()
-    m = build_models(G, cfg)
-    perceptual = lpips_loss(device=dev) if cfg.lambda_lpips > 0 else None
-    curve, trained = [], 0.0
-    move_models(m, dev)
-    for step in range(steps):
-        G.train()
-        t0 = time.perf_counter()
-        x, y, text, mask = (t.to(dev) for t in data.batch(step, cfg.batch_size, cfg.seed, cfg.flip))
-        gan_step(m, x, y, text, mask, cfg, perceptual)
-        if m.ema is not None:
-            update_ema(m.ema, G, cfg.ema)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        trained += time.perf_counter() - t0
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            move_models(m, torch.device("cpu"))
-            curve.append({"step": step + 1, "train_seconds": round(trained, 2), "lpips": evaluate(G)})
-            print(f"  step {step + 1}: lpips {curve[-1]['lpips']:.4f} after {trained:.0f} s", flush=True)
-            move_models(m, dev)
-    move_models(m, torch.device("cpu"))
+    def hook(model, step: int, seconds: float) -> None:
+        curve.append({"step": step, "train_seconds": round(seconds, 2), "lpips": evaluate(model)})
+        print(f"  step {step}: lpips {curve[-1]['lpips']:.4f} after {seconds:.0f} s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="e2gan-bench-") as work:
+        fit(build_models(G, cfg), data, cfg, Path(work), desc="bench", evaluate=hook, eval_every=eval_every)
     return curve

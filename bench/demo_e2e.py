@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.demo import ROOT, make_server
+from pipeline.core.tensors import image_to_array
+from pipeline.deploy.demo import make_server
+from pipeline.orchestrate.dvc import stage_paths
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 SIZE = 256
@@ -35,10 +39,11 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.base import build_generator
+    from pipeline.model.train_base import build_generator
     from pipeline.config import load_params
-    from pipeline.export import ImageOnly, adapter_artifact, export_onnx, pad_tokens
-    from pipeline.lora import add_lora_spec, lora_spec, save_adapter
+    from pipeline.deploy.artifact import adapter_artifact, pad_tokens
+    from pipeline.deploy.export import ImageOnly, export_onnx
+    from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
 
     G = build_generator(load_params().train_base, 384).eval()  # the default base's architecture (MiniLM text)
     with torch.no_grad():
@@ -83,10 +88,10 @@ def make_photo(path: Path, src: Path | None = None) -> Path:
 
 def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache: Path) -> dict:
     """Serve the demo, drive it with demo/e2e.mjs, and compare with Python onnxruntime."""
-    from pipeline.export import ort_latency, ort_session
+    from pipeline.deploy.export import ort_latency, ort_session
 
     out.mkdir(parents=True, exist_ok=True)
-    server = make_server(ROOT, models, port=0, cache=cache)
+    server = make_server(models, {}, port=0, cache=cache)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -103,7 +108,7 @@ def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache:
         server.server_close()
     page = json.loads((out / "e2e.json").read_text())
     rgba = np.asarray(page.pop("input"), dtype=np.uint8).reshape(SIZE, SIZE, 4)
-    x = (rgba[..., :3].astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)[None]
+    x = image_to_array(rgba[..., :3])
     direct = models / concept / "model.onnx"
     ref = ort_session(direct).run(None, {"image": x})[0]
     browser = np.asarray(page.pop("output"), dtype=np.float32).reshape(ref.shape)
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import tempfile
 
-    from pipeline.assets import cache_dir
+    from pipeline.core.assets import cache_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # the real exports, with the 'missing' concept left out
             models = tmp / "models"
             models.mkdir()
-            for d in (ROOT / "models" / "onnx").iterdir():
+            for d in stage_paths("export_onnx", args.concept, ROOT)["out"].parent.iterdir():
                 if d.is_dir() and d.name != args.missing:
                     (models / d.name).symlink_to(d)
         photos = sorted(p for p in (cache_dir() / "photos").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.dvc import PER_CONCEPT, _env, dvc_cmd
+from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
 
 RESULTS = Path("bench/results")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import assets
-from pipeline.images import center_crop, load_rgb
-from pipeline.io import atomic_write_json
-from pipeline.teachers.filters import FILTERS, apply_filter
+from pipeline.core import assets
+from pipeline.core.images import center_crop, load_rgb
+from pipeline.core.io import atomic_write_json
+from pipeline.data.teachers.filters import FILTERS, apply_filter
 
 
 def _png_bytes(img: np.ndarray) -> bytes:

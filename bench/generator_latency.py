@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.export import ImageOnly, export_onnx, ort_latency
-from pipeline.io import atomic_write_json
-from pipeline.nets.pix2pix import ResnetGenerator
+from pipeline.deploy.export import ImageOnly, export_onnx, ort_latency
+from pipeline.core.io import atomic_write_json
+from pipeline.model.nets.pix2pix import ResnetGenerator
 
 
 def _macs(model: torch.nn.Module, size: int) -> float:
@@ -42,11 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     base = Path("models/base")
     if (base / "generator.json").is_file():
-        from pipeline.checkpoint import load_generator
+        from pipeline.model.checkpoint import load_generator
 
         G, _ = load_generator(base)
     else:  # the default architecture from params.yaml
-        from pipeline.base import build_generator
+        from pipeline.model.train_base import build_generator
         from pipeline.config import load_params
 
         G = build_generator(load_params().train_base, 384)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.io import atomic_write_json
+from pipeline.core.io import atomic_write_json
 
 
 def main() -> None:

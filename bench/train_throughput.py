@@ -1,4 +1,4 @@
-"""Training throughput of the base model: `pipeline.train.fit` with the default `train_base` settings
+"""Training throughput of the base model: `pipeline.model.train.fit` with the default `train_base` settings
 (architecture, batch, LSGAN + L1 + LPIPS losses, EMA) on the CPU and, when torch sees one, on the GPU,
 side by side in one run. Synthetic pairs (random 8-bit images, random text tokens): speed does not
 depend on the pixels.
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.base import build_generator
+from pipeline.model.train_base import build_generator
 from pipeline.config import load_params
-from pipeline.io import atomic_write_json
-from pipeline.train import PairData, build_models, fit
+from pipeline.core.io import atomic_write_json
+from pipeline.data.dataset import PairData
+from pipeline.model.train import build_models, fit
 
 RESULTS = Path("bench/results")
 
@@ -38,10 +39,11 @@ def synthetic_pairs(n: int, size: int, text_dim: int, tokens: int = 16) -> PairD
 
 def steps_per_second(device: str, data: PairData, steps: int, warmup: int, batch: int) -> dict:
     """Warm-up steps, then `steps` more resumed from the warm-up's checkpoint, timed."""
-    cfg0 = load_params().train_base.model_copy(update={"batch_size": batch})
+    tb = load_params().train_base
+    cfg0 = tb.train.model_copy(update={"batch_size": batch})
     os.environ["E2GAN_DEVICE"] = device
     with tempfile.TemporaryDirectory() as tmp:
-        G = build_generator(cfg0, data.tokens.shape[-1])
+        G = build_generator(tb, data.tokens.shape[-1])
         m = build_models(G, cfg0)
         fit(m, data, cfg0.model_copy(update={"steps": warmup, "ckpt_every": warmup}), Path(tmp), desc=f"warm-up {device}")
         cfg = cfg0.model_copy(update={"steps": warmup + steps, "ckpt_every": 10**9})
@@ -51,7 +53,7 @@ def steps_per_second(device: str, data: PairData, steps: int, warmup: int, batch
         fit(m, data, cfg, Path(tmp), desc=f"timed {device}")  # ends with the models back on the CPU: synchronised
         seconds = time.perf_counter() - t0
     return {"steps": steps, "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 3),
-            "train_base_projected_s": round(cfg0.steps * seconds / steps, 1)}
+            "train_base_projected_s": round(tb.train.steps * seconds / steps, 1)}
 
 
 def main() -> None:
@@ -63,14 +65,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     args = ap.parse_args()
     params = load_params()
-    cfg = params.train_base
+    cfg, arch = params.train_base.train, params.train_base.generator
     size, batch = args.size or params.data.image_size, args.batch or cfg.batch_size
     data = synthetic_pairs(64, size, 384)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     result = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "cpu_threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "image_size": size, "batch": batch, "norm": cfg.norm, "skip": cfg.skip,
+              "image_size": size, "batch": batch, "norm": arch.norm, "skip": arch.skip,
               "lambda_lpips": cfg.lambda_lpips, "train_base_steps": cfg.steps, "devices": {}}
     for dev in devices:
         result["devices"][dev] = steps_per_second(dev, data, args.steps, args.warmup, batch)

@@ -1,25 +1,10 @@
-"""DVC stage expand_prompts@C: concept prompt -> data/prompts/<C>/{prompts.json, embeddings.safetensors}."""
+"""DVC stage expand_prompts@C: the concept's prompt -> edit instructions + text embeddings."""
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from pipeline.data.prompts import write_prompts
 
-from pipeline.config import load_params
-from pipeline.errors import exit_on_user_error
-from pipeline.prompts import write_prompts
-from stages import concept_arg, setup
+PATHS = ("out",)
 
 
-@exit_on_user_error
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--concept", type=concept_arg, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    setup()
-    params = load_params()
-    write_prompts(args.concept, params.concept(args.concept), params.expand_prompts, args.out)
-
-
-if __name__ == "__main__":
-    main()
+def run(params, paths, concept: str) -> None:
+    write_prompts(concept, params.concept(concept), params.expand_prompts, paths.out)

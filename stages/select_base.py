@@ -1,28 +1,13 @@
-"""DVC stage select_base: k-means over the concept pool -> reports/select_base.{json,png}."""
+"""DVC stage select_base: k-means over the concept pool's prompts -> base and calibration concepts + a plot."""
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from pipeline.core.io import atomic_write_json
+from pipeline.model.select_base import plot_selection, select_base
 
-from pipeline.base import plot_selection, select_base
-from pipeline.config import load_params
-from pipeline.errors import exit_on_user_error
-from pipeline.io import atomic_write_json
-from stages import setup
+PATHS = ("out", "plot")
 
 
-@exit_on_user_error
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("reports/select_base.json"))
-    ap.add_argument("--plot", type=Path, default=Path("reports/select_base.png"))
-    args = ap.parse_args()
-    setup()
-    params = load_params()
+def run(params, paths) -> None:
     sel = select_base(list(params.select_base.pool), params.select_base, params.expand_prompts.text_encoder)
-    atomic_write_json(args.out, sel)
-    plot_selection(sel, args.plot)
-
-
-if __name__ == "__main__":
-    main()
+    atomic_write_json(paths.out, sel)
+    plot_selection(sel, paths.plot)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import assets
-from pipeline.images import center_crop, load_rgb
+from pipeline.core import assets
+from pipeline.core.images import center_crop, load_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,15 +7,15 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import Params, load_params, parse_params, read_params
-from pipeline.errors import ConfigError
+from pipeline.config import PipelineConfig, load_params, parse_params, read_params
+from pipeline.core.errors import ConfigError
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_real_params_parse_and_are_frozen():
     p = load_params(ROOT / "params.yaml")
-    assert isinstance(p, Params) and p.concepts
+    assert isinstance(p, PipelineConfig) and p.concepts
     assert load_params(ROOT / "params.yaml") is p  # loaded once
     with pytest.raises(Exception):
         p.data.image_size = 64  # type: ignore[misc]
@@ -85,7 +85,7 @@ def test_top_level_must_be_mapping():
         parse_params(["data"])
 
 
-@pytest.mark.parametrize("module", ["pipeline.cli params check", "stages.prepare_sources"])
+@pytest.mark.parametrize("module", ["pipeline.orchestrate.cli params check", "stages prepare_sources --out o --metrics m.json"])
 def test_bad_params_exit_nonzero_with_one_line_no_traceback(tmp_path, params_dict, module):
     params_dict["data"]["image_size"] = "big"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))

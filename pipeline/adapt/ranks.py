@@ -1,0 +1,249 @@
+"""Rank search: per-layer LoRA ranks for the crucial layers, and the paper's comparison rows.
+
+The search is greedy on the spectra of the weight changes dW that analyze_layers' short full
+fine-tunes produced on the calibration concepts. A rank-r LoRA on a layer can express at best the
+top r singular directions of dW, so the share of dW's spectral energy that rank r keeps,
+
+    E_l(r) = mean over concepts c of  sum_{i<r} s_i(dW_l,c)^2 / sum_l' |dW_l',c|_F^2,
+
+is the gain and lora_parameters(l, r) the cost. Every crucial layer starts at the smallest allowed
+rank; each step raises, by one allowed rank, the layer whose next rank adds the most energy per added
+parameter and still fits the parameter budget; it stops when the kept energy reaches `energy` or
+nothing fits. The result is exactly what peft takes (target_modules, r, lora_alpha, rank_pattern,
+alpha_pattern). It is then checked the way the paper does: short fine-tunes on the calibration
+concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
+ranks on a random subset and on all the data).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from pipeline.adapt.layers import probe_config
+from pipeline.adapt.lora import FinetuneConfig, finetune, lora_parameters, lora_spec
+from pipeline.adapt.subset import choose_subset
+from pipeline.core.errors import E2GANError
+from pipeline.core.frozen import FrozenConfig
+from pipeline.core.io import run_recorded
+from pipeline.core.plots import save_fig
+from pipeline.data.dataset import ConceptData
+from pipeline.model.infer import concept_lpips
+
+log = logging.getLogger(__name__)
+
+
+class SearchRanksConfig(FrozenConfig):
+    """search_ranks: per-layer LoRA ranks on the crucial layers (greedy, spectrum of the full fine-tune's dW)."""
+
+    ranks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)  # allowed ranks
+    budget: float = Field(0.016, gt=0.0, le=1.0)  # trainable params, as a share of the base generator's
+    energy: float = Field(0.9, gt=0.0, le=1.0)  # stop once this share of dW's spectral energy is kept
+    alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
+    uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
+    uniform_high: int = Field(4, ge=1)
+    compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
+    compare_batch: int = Field(4, ge=1)
+    eval_limit: int = Field(32, ge=1)
+    seed: int = 0
+
+    @field_validator("ranks")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if any(r < 1 for r in v):
+            raise ValueError("ranks must be positive integers, e.g. [1, 2, 4, 8]")
+        return sorted(set(v))
+
+
+def spectra(deltas: dict[str, torch.Tensor], layers: list[str], concepts: list[str]) -> dict[str, np.ndarray]:
+    """Per layer, the concept-averaged normalised cumulative energy E_l(r) for r = 0..rank_max."""
+    out: dict[str, np.ndarray] = {}
+    for c in concepts:
+        missing = [n for n in layers if f"{c}/{n}" not in deltas]
+        if missing:
+            raise E2GANError(f"no weight change for {missing[:3]} of {c!r} in the analysis; rerun analyze_layers")
+        sv = {n: torch.linalg.svdvals(deltas[f"{c}/{n}"].flatten(1).double()).numpy() ** 2 for n in layers}
+        total = sum(float(s.sum()) for s in sv.values()) or 1.0
+        for n, s in sv.items():
+            cum = np.concatenate([[0.0], np.cumsum(s) / total])
+            out[n] = out.get(n, 0) + cum / len(concepts)
+    return out
+
+
+def greedy_ranks(modules: dict[str, nn.Module], energy: dict[str, np.ndarray], cfg: SearchRanksConfig,
+                 budget: int) -> tuple[dict[str, int], list[dict]]:
+    """The greedy search described above; returns (ranks, the trace of accepted steps)."""
+    allowed = {n: [r for r in cfg.ranks if r <= len(energy[n]) - 1] or [1] for n in modules}
+    ranks = {n: allowed[n][0] for n in modules}
+    params = sum(lora_parameters(modules[n], r) for n, r in ranks.items())
+    if params > budget:
+        raise E2GANError(f"search_ranks: the smallest ranks already need {params} parameters, over the budget of "
+                         f"{budget}; raise search_ranks.budget or lower analyze_layers.top_k")
+    kept = lambda: sum(float(energy[n][r]) for n, r in ranks.items())  # noqa: E731
+    trace = [{"step": 0, "layer": None, "rank": None, "params": params, "energy": kept()}]
+    while kept() < cfg.energy:
+        best, best_ratio = None, -1.0
+        for n, r in ranks.items():
+            nxt = [a for a in allowed[n] if a > r]
+            if not nxt:
+                continue
+            cost = lora_parameters(modules[n], nxt[0]) - lora_parameters(modules[n], r)
+            if params + cost > budget:
+                continue
+            ratio = (float(energy[n][nxt[0]]) - float(energy[n][r])) / cost
+            if ratio > best_ratio:
+                best, best_ratio = (n, nxt[0], cost), ratio
+        if best is None:
+            break
+        n, r, cost = best
+        ranks[n], params = r, params + cost
+        trace.append({"step": len(trace), "layer": n, "rank": r, "params": params, "energy": kept()})
+    return ranks, trace
+
+
+def random_ranks(modules: dict[str, nn.Module], target_params: int, choices: list[int], seed: int) -> dict[str, int]:
+    """Random ranks at about the target's parameter count (the paper's random-rank ablation).
+
+    Every layer starts at the smallest allowed rank; then a randomly drawn layer is raised to its next
+    allowed rank while the total stays within the target (one last raise may overshoot it when that
+    lands nearer), until no layer can be raised. Unlike
+    independent draws per layer, this stays near the target however many layers there are."""
+    rng = np.random.default_rng(seed)
+    choices = sorted(choices)
+    ranks = {n: choices[0] for n in modules}
+    total = count(modules, ranks)
+    open_layers = sorted(modules)
+    while open_layers:
+        n = open_layers[int(rng.integers(len(open_layers)))]
+        i = choices.index(ranks[n])
+        extra = (lora_parameters(modules[n], choices[i + 1]) - lora_parameters(modules[n], ranks[n])
+                 if i + 1 < len(choices) else None)
+        if extra is None:
+            open_layers.remove(n)
+            continue
+        if total + extra > target_params:
+            if total + extra - target_params < target_params - total:  # overshooting lands nearer: last raise
+                ranks[n] = choices[i + 1]
+                break
+            open_layers.remove(n)
+            continue
+        ranks[n], total = choices[i + 1], total + extra
+    return ranks
+
+
+def count(modules: dict[str, nn.Module], ranks: dict[str, int]) -> int:
+    return sum(lora_parameters(modules[n], r) for n, r in ranks.items())
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One of the paper's comparison rows: a rank allocation on the crucial layers and a data subset."""
+
+    key: str  # stable id (benchmarks select rows by it)
+    name: str  # the label in reports
+    ranks: dict[str, int]
+    subset: str  # kmeans | random | all
+
+
+def comparison_rows(modules: dict[str, nn.Module], searched: dict[str, int], cfg: SearchRanksConfig,
+                    subset: str) -> list[ComparisonRow]:
+    """The searched ranks against uniform-low, uniform-high and random ranks of the same size, and the searched
+    ranks on a random subset and on all the data (and on the k-means subset when that is not the default)."""
+    crucial = list(modules)
+    rows = [ComparisonRow("e2gan", "searched", searched, subset),
+            ComparisonRow("uniform_low", f"uniform {cfg.uniform_low}x", {n: cfg.uniform_low for n in crucial}, subset),
+            ComparisonRow("uniform_high", f"uniform {cfg.uniform_high}x", {n: cfg.uniform_high for n in crucial},
+                          subset),
+            ComparisonRow("random_ranks", "random ranks",
+                          random_ranks(modules, count(modules, searched), cfg.ranks, cfg.seed), subset),
+            ComparisonRow("e2gan_random", "searched, random subset", searched, "random"),
+            ComparisonRow("e2gan_all", "searched, all data", searched, "all")]
+    if subset != "kmeans":
+        rows.append(ComparisonRow("e2gan_kmeans", "searched, kmeans subset", searched, "kmeans"))
+    return rows
+
+
+def _compare(base: nn.Module, rows: list[ComparisonRow], calib: dict[str, ConceptData], cfg: SearchRanksConfig,
+             fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
+    """Short fine-tunes of every row on every calibration concept (resumable); returns (results, subsets)."""
+    from pipeline.model.train import lpips_loss
+
+    pcfg = probe_config(fcfg, cfg.compare_steps, cfg.compare_batch, cfg.seed)
+    perceptual = lpips_loss()
+    subsets = {(c, strategy): choose_subset(d.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features,
+                                            fcfg.train.seed)
+               for c, d in calib.items() for strategy in dict.fromkeys(r.subset for r in rows)}
+    by_name = {r.name: r for r in rows}
+
+    def compare(name: str, c: str) -> dict:
+        row = by_name[name]
+        data = calib[c].pairs.subset(subsets[(c, row.subset)])
+        model, _, seconds = finetune(base, lora_spec(row.ranks, cfg.alpha_scale), data, pcfg,
+                                     work / "runs" / name.replace(" ", "_").replace(",", "") / c, f"{name}/{c}",
+                                     perceptual)
+        return {"lpips": concept_lpips(model, calib[c], cfg.eval_limit), "seconds": round(seconds, 2)}
+
+    done = run_recorded([(r.name, c) for r in rows for c in calib], work / "rows.json", "search_ranks: comparison",
+                        "run", compare)
+    return done, subsets
+
+
+def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Tensor], calib: dict[str, ConceptData],
+                 cfg: SearchRanksConfig, fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
+    """Returns (the LoRA spec for peft, the report with the search trace and the comparison rows)."""
+    # 1. the greedy search on the spectra of dW
+    mods = dict(base.named_modules())
+    modules = {n: mods[n] for n in crucial}
+    n_base = sum(p.numel() for p in base.parameters())
+    budget = int(cfg.budget * n_base)
+    energy = spectra(deltas, crucial, list(calib))
+    ranks, trace = greedy_ranks(modules, energy, cfg, budget)
+    spec = lora_spec(ranks, cfg.alpha_scale)
+    # 2. the comparison rows, each a short fine-tune per calibration concept
+    rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset)
+    base_lpips = {c: concept_lpips(base, d, cfg.eval_limit) for c, d in calib.items()}
+    done, subsets = _compare(base, rows_def, calib, cfg, fcfg, work)
+    rows = []
+    for row in rows_def:
+        name, r, strategy = row.name, row.ranks, row.subset
+        lp = {c: done[f"{name}/{c}"]["lpips"] for c in calib}
+        rows.append({"row": name, "params": count(modules, r), "params_share": count(modules, r) / n_base,
+                     "subset": strategy, "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
+                     "lpips": float(np.mean(list(lp.values()))), "lpips_per_concept": lp,
+                     "gain_vs_base": float(np.mean([base_lpips[c] - lp[c] for c in calib])),
+                     "seconds": float(np.mean([done[f"{name}/{c}"]["seconds"] for c in calib])),
+                     "ranks": r})
+    report = {"budget_params": budget, "base_params": n_base, "ranks": ranks, "params": count(modules, ranks),
+              "energy_kept": trace[-1]["energy"], "trace": trace, "base_lpips": base_lpips,
+              "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])}
+                                 for n in crucial},
+              "comparison": rows, "settings": cfg.model_dump(), "calibration": list(calib)}
+    return spec, report
+
+
+def plot_ranks(report: dict, out_png: Path) -> None:
+    """Left: the searched rank per layer. Right: held-out LPIPS vs trainable params of each comparison row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    names = list(report["ranks"])
+    axes[0].barh(names, [report["ranks"][n] for n in names], color="C0")
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("searched LoRA rank")
+    for i, row in enumerate(report["comparison"]):
+        axes[1].scatter(row["params"] / 1000, row["lpips"], s=60, color=f"C{i}", label=row["row"])
+    axes[1].set_xlabel("trainable params (thousands)")
+    axes[1].set_ylabel("held-out LPIPS vs teacher (lower is better)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"search_ranks: {report['params']} params (budget {report['budget_params']}), "
+                 f"{report['energy_kept']:.0%} of dW energy kept")
+    fig.tight_layout()
+    save_fig(fig, out_png)

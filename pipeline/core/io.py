@@ -1,0 +1,101 @@
+"""Atomic file writes, hashing and resumable job lists: a killed run leaves the old file or none, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory in a temp sibling; on success swap it in for `path` (old contents removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (work-folder keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_recorded(jobs: list[tuple[str, str]], done_file: Path, desc: str, unit: str,
+                 run: Callable[[str, str], dict]) -> dict:
+    """`run(a, c) -> dict` for every job (a, c) not yet in `done_file`, each result recorded there as soon as
+    it finishes, so a killed run resumes at the next job. Returns {"a/c": result} for all jobs."""
+    from pipeline.core.progress import bar
+
+    done: dict = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    keys = [f"{a}/{c}" for a, c in jobs]
+    with bar(desc, len(jobs), unit=unit, completed=sum(k in done for k in keys)) as b:
+        for (a, c), key in zip(jobs, keys):
+            if key in done:
+                continue
+            done[key] = run(a, c)
+            done_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(done_file, done)
+            b.advance(1)
+    return done

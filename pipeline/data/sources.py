@@ -1,0 +1,115 @@
+"""Source photos -> train/held-out crops at `data.image_size`, split by photo, with a manifest."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from pipeline.core import assets
+from pipeline.core.frozen import FrozenConfig
+from pipeline.core.images import (ImageLoadError, list_images, load_rgb, probe, random_crops, save_png, split_photos,
+                             stable_seed)
+from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
+from pipeline.core.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+class DataConfig(FrozenConfig):
+    """Where source photos come from and how they become training crops."""
+
+    sources: str = "offline"  # "offline" = the asset cache (e2gan assets fetch), or a folder of photos
+    include_grey: bool = False  # greyscale photos are converted to RGB; off by default for colour edits
+    min_size: int = Field(256, ge=16)  # photos whose short side is smaller are skipped (and counted)
+    image_size: int = Field(128, ge=16, le=2048)  # crop size; 256 in the paper-scale profile
+    crops_per_photo: int = Field(4, ge=1, le=256)  # training crops per photo
+    heldout_crops_per_photo: int = Field(8, ge=1, le=256)  # many crops: FID on a dozen images is noise
+    max_photos: int = Field(0, ge=0)  # 0 = all
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"must be a multiple of 16 (the generator downsamples 16x); try {round(v / 16) * 16}")
+        return v
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    path: Path
+    license: str = "user-provided"
+    source: str = "user folder"
+
+
+def find_photos(cfg: DataConfig) -> list[Photo]:
+    """The configured photos: the offline asset cache, or every image under a user folder."""
+    if cfg.sources == "offline":
+        entries = assets.cached_photos(include_grey=cfg.include_grey)
+        if not entries:
+            raise assets.AssetError("no photos in the asset cache; run 'e2gan assets fetch' (or 'make run') first")
+        photos = [Photo(e["name"], Path(e["path"]), e["license"], f"{e['registry']} {e['package']} {e['version']}")
+                  for e in entries]
+    else:
+        files = list_images(cfg.sources)
+        if not files:
+            raise ImageLoadError(f"data.sources: no images (png/jpg/bmp/webp/tif) under {cfg.sources}")
+        # the suffix tells apart same-named files in sub-folders; relative, so moving the folder changes nothing
+        photos = [Photo(f"{p.stem}-{stable_seed(p.relative_to(cfg.sources)) % 10**6:06d}", p) for p in files]
+    photos.sort(key=lambda p: p.name)
+    return photos[: cfg.max_photos] if cfg.max_photos else photos
+
+
+def prepare_sources(cfg: DataConfig, out: Path) -> dict:
+    """Write `out/{train,heldout}/<photo>_<k>.png` and `out/manifest.json`; return summary counts.
+
+    Unreadable or too-small photos are skipped and counted, never fatal; the directory is swapped in
+    atomically, so a killed run leaves the previous sources intact.
+    """
+    photos, skipped = [], []
+    for photo in find_photos(cfg):  # split only usable photos, so a bad file never empties a split
+        try:
+            probe(photo.path, cfg.min_size)
+            photos.append(photo)
+        except ImageLoadError as e:
+            skipped.append({"photo": photo.name, "reason": str(e)})
+            log.warning("skipped %s", e)
+    train, held = split_photos([p.name for p in photos], cfg.heldout_fraction, cfg.seed)
+    split_of = {**{n: "train" for n in train}, **{n: "heldout" for n in held}}
+    records = []
+    with atomic_dir(out) as tmp:
+        for photo in progress(photos, "cropping photos"):
+            try:
+                img = load_rgb(photo.path, min_size=cfg.min_size)
+            except ImageLoadError as e:  # passed the probe but fails to decode fully
+                skipped.append({"photo": photo.name, "reason": str(e)})
+                log.warning("skipped %s", e)
+                continue
+            split = split_of[photo.name]
+            n = cfg.crops_per_photo if split == "train" else cfg.heldout_crops_per_photo
+            for k, crop in enumerate(random_crops(img, cfg.image_size, n, stable_seed(cfg.seed, photo.name))):
+                rel = f"{split}/{photo.name}_{k:02d}.png"
+                save_png(crop, tmp / rel)
+                records.append({"file": rel, "photo": photo.name, "split": split, "crop": k,
+                                "source": photo.source, "license": photo.license})
+        for r in records:
+            r["sha256"] = sha256_file(tmp / r["file"])
+        summary = {
+            "photos": len({r["photo"] for r in records}),
+            "photos_train": len({r["photo"] for r in records if r["split"] == "train"}),
+            "photos_heldout": len({r["photo"] for r in records if r["split"] == "heldout"}),
+            "crops_train": sum(r["split"] == "train" for r in records),
+            "crops_heldout": sum(r["split"] == "heldout" for r in records),
+            "skipped": len(skipped),
+            "image_size": cfg.image_size,
+        }
+        if not summary["crops_train"] or not summary["crops_heldout"]:
+            raise ImageLoadError(f"data: {summary['photos']} usable photos give no train or no held-out crops; "
+                                 "add photos or lower data.min_size")
+        atomic_write_json(tmp / "manifest.json", {"summary": summary, "skipped": skipped, "crops": records})
+    return summary
+

@@ -1,0 +1,100 @@
+"""Adapter artifacts: a concept as LoRA factors + text tokens that patch one shared base ONNX model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.core.io import atomic_path
+from pipeline.deploy.export import ExportError, check_onnx
+
+PREFIX = "G."  # ImageOnly's name for the generator in exported initializer names
+
+
+def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
+    factors and scale (alpha / r), plus the concept's text tokens and mask."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+        weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    except FileNotFoundError as e:
+        raise ExportError(f"{adapter_dir}: no adapter ({Path(e.filename).name} missing); "
+                          "run 'dvc repro finetune_lora' for this concept") from None
+    except Exception as e:  # safetensors raises its own errors for corrupt files
+        raise ExportError(f"{adapter_dir}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
+                          "delete the folder and rerun 'dvc repro finetune_lora'") from None
+    ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
+    alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
+    out: dict[str, torch.Tensor] = {"tokens": tokens.contiguous(), "mask": mask.contiguous()}
+    # the layers from the weights: peft saves 20+ target modules as shortest unique suffixes
+    # ('norm2.to_shift'), so adapter_config.json does not name every layer in full
+    pre, suf_a, suf_b = "base_model.model.", ".lora_A.weight", ".lora_B.weight"
+    layers = sorted({k[len(pre):-len(suf)] for k in weights for suf in (suf_a, suf_b)
+                     if k.startswith(pre) and k.endswith(suf)})
+    if not layers:
+        raise ExportError(f"{adapter_dir}: the adapter holds no LoRA weights; rerun 'dvc repro finetune_lora'")
+    for layer in layers:
+        a, b = weights.get(pre + layer + suf_a), weights.get(pre + layer + suf_b)
+        if a is None or b is None:
+            raise ExportError(f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; "
+                              "the adapter is incomplete")
+        r = ranks.get(layer, cfg["r"])
+        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
+        out[f"{layer}.scale"] = torch.tensor([alphas.get(layer, cfg["lora_alpha"]) / r], dtype=torch.float32)
+    return out
+
+
+def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text tokens padded (masked out) to a fixed length: one base ONNX graph fits every concept's prompt."""
+    t = tokens.shape[1]
+    if t > length:
+        raise ExportError(f"the prompt has {t} text tokens, more than export_onnx.max_tokens={length}; raise it")
+    pt = torch.zeros(tokens.shape[0], length, tokens.shape[2], dtype=tokens.dtype)
+    pm = torch.zeros(mask.shape[0], length, dtype=mask.dtype)
+    pt[:, :t], pm[:, :t] = tokens, mask
+    return pt, pm
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The merged weight change of one LoRA layer: scale * B @ A, in the layer's weight shape."""
+    return (scale * (b.flatten(1).double() @ a.flatten(1).double())).reshape(shape)
+
+
+def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
+    """Patch the base ONNX model's initializers with a concept's LoRA deltas and text tokens -> `out`."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.torch import load_file
+
+    check_onnx(base_onnx)
+    try:
+        t = load_file(str(artifact))
+    except Exception as e:
+        raise ExportError(f"{artifact}: not a readable adapter artifact ({str(e).splitlines()[0][:200]}); "
+                          "rerun 'dvc repro export_onnx' for this concept") from None
+    model = onnx.load(str(base_onnx))
+    inits = {i.name: i for i in model.graph.initializer}
+    missing = [n for n in ("tokens", "mask") if n not in inits]
+    if missing:
+        raise ExportError(f"{base_onnx}: no {missing} initializers; the base model must be exported with fold=False")
+    layers = sorted({k.rsplit(".", 1)[0] for k in t if k.endswith(".lora_A")})
+    for layer in layers:
+        name = f"{PREFIX}{layer}.weight"
+        if name not in inits:
+            raise ExportError(f"{artifact}: layer {layer!r} is not in {base_onnx}; the artifact is for another base")
+        w = numpy_helper.to_array(inits[name]).copy()
+        d = lora_delta(t[f"{layer}.lora_A"], t[f"{layer}.lora_B"], float(t[f"{layer}.scale"]), w.shape)
+        inits[name].CopyFrom(numpy_helper.from_array((torch.from_numpy(w).double() + d).float().numpy(), name))
+    length = inits["tokens"].dims[1]
+    tokens, mask = pad_tokens(t["tokens"], t["mask"].to(t["tokens"].dtype), length)
+    for n, v in (("tokens", tokens), ("mask", mask.to(torch.float32))):
+        inits[n].CopyFrom(numpy_helper.from_array(v.numpy(), n))
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return out
+
+

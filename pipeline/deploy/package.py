@@ -1,0 +1,159 @@
+"""export_onnx@C and export_base_onnx: a concept's merged generator as checked ONNX models (fixed and dynamic
+batch, fp16, int8), its adapter artifact for the shared base model, and the model cards."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from pipeline.core.frozen import FrozenConfig
+from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
+from pipeline.core.metrics import lpips_distance
+from pipeline.core.tensors import image_to_array
+from pipeline.data.dataset import concept_prompt, heldout_pairs
+from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
+from pipeline.deploy.export import (ExportError, ImageOnly, concept_model, export_onnx, onnx_outputs, ort_latency,
+                                    run_onnx, to_fp16, to_int8)
+
+IO_SPEC = {"input": {"name": "image", "dtype": "float32", "range": [-1, 1], "normalisation": "x / 127.5 - 1 on RGB uint8",
+                     "layout": "NCHW RGB"},
+           "output": {"name": "edited", "range": [-1, 1], "denormalisation": "(y + 1) * 127.5, clipped to 0..255"}}
+
+
+class ExportOnnxConfig(FrozenConfig):
+    """export_onnx@C: the merged concept model as ONNX (fixed 1x3xSxS and dynamic batch), fp16 and int8."""
+
+    size: int = Field(256, ge=16, le=2048)  # the fixed input side; 256 as in the paper
+    opset: int = Field(17, ge=13, le=21)
+    parity_tol: float = Field(1e-3, gt=0)  # max |onnxruntime - torch| on held-out photos (fp32)
+    parity_images: int = Field(16, ge=1)
+    quantize: bool = True  # also write fp16 and int8 (static, calibrated) variants
+    calibration_images: int = Field(32, ge=1)
+    latency_runs: int = Field(10, ge=1)
+    max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"must be a multiple of 16 (the generator downsamples 16x); try {round(v / 16) * 16}")
+        return v
+
+
+def _resize(images: list[np.ndarray], size: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    return [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) if im.shape[0] != size else im
+            for im in images]
+
+
+def check_parity(model: torch.nn.Module, fixed: Path, dynamic: Path, x: np.ndarray, tol: float,
+                 where: str) -> tuple[dict, np.ndarray]:
+    """onnxruntime vs torch on the same inputs (the fixed model one image at a time, the dynamic one as a batch);
+    an ExportError when either differs by more than `tol`. Returns (the parity record, the fixed outputs)."""
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    fixed_out = np.concatenate([onnx_outputs(fixed, x[i : i + 1]) for i in range(len(x))])
+    parity = {"images": len(x), "max_abs_diff": float(np.abs(fixed_out - ref).max()),
+              "max_abs_diff_dynamic_batch": float(np.abs(onnx_outputs(dynamic, x) - ref).max()), "tolerance": tol}
+    if max(parity["max_abs_diff"], parity["max_abs_diff_dynamic_batch"]) > tol:
+        raise ExportError(f"{where}: onnxruntime differs from torch by {parity} > {tol}; the export is wrong, "
+                          "nothing was written")
+    return parity, fixed_out
+
+
+def check_artifact(artifact: Path, base_onnx: Path, fixed: Path, x: np.ndarray, fixed_out: np.ndarray) -> dict:
+    """The adapter artifact applied to the base ONNX model must give the directly exported model."""
+    with tempfile.TemporaryDirectory() as td:
+        patched = apply_artifact(base_onnx, artifact, Path(td) / "patched.onnx")
+        diff = max(float(np.abs(onnx_outputs(patched, x[i : i + 1]) - fixed_out[i : i + 1]).max()) for i in range(len(x)))
+    out = {"bytes": artifact.stat().st_size, "model_bytes": fixed.stat().st_size, "max_abs_diff_vs_direct": diff}
+    out["share_of_model"] = out["bytes"] / out["model_bytes"]
+    return out
+
+
+def variants(fixed: Path, folder: Path, photos: list[np.ndarray], cfg: ExportOnnxConfig, threads: list[int]) -> dict:
+    """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs, onnxruntime latency."""
+    fp32_imgs = run_onnx(fixed, photos[: cfg.parity_images])
+    paths = {"fp32": fixed}
+    if cfg.quantize:
+        paths["fp16"] = to_fp16(fixed, folder / "model_fp16.onnx")
+        paths["int8"] = to_int8(fixed, folder / "model_int8.onnx", photos[-cfg.calibration_images :])
+    out = {}
+    for name, path in paths.items():
+        imgs = run_onnx(path, photos[: cfg.parity_images])
+        out[name] = {"bytes": path.stat().st_size, "lpips_vs_fp32": float(np.mean(lpips_distance(imgs, fp32_imgs))),
+                     **{f"latency_threads_{t}": ort_latency(path, cfg.size, t, cfg.latency_runs) for t in threads}}
+    return out
+
+
+def model_card(concept: str, prompt: str, cfg: ExportOnnxConfig, base_sha: str, meta: dict, parity: dict,
+               metrics: dict) -> dict:
+    """What an app needs to know about a concept's exported files."""
+    shape = [1, 3, cfg.size, cfg.size]
+    return {"concept": concept, "prompt": prompt,
+            "files": {"model.onnx": "fixed input", "model_dynamic.onnx": "dynamic batch",
+                      **({"model_fp16.onnx": "fp16 inside, fp32 I/O", "model_int8.onnx": "static int8 (QDQ)"}
+                         if cfg.quantize else {}),
+                      "adapter.safetensors": "LoRA factors + text tokens for the base ONNX model"},
+            "input": {**IO_SPEC["input"], "shape": shape}, "output": {**IO_SPEC["output"], "shape": shape},
+            "base_sha256": base_sha, "text_encoder": meta["text_encoder"], "trained_at": meta.get("image_size"),
+            "opset": cfg.opset, "parity": parity, "metrics": metrics}
+
+
+def export_concept(concept: str, base_dir: Path, base_onnx: Path, adapter: Path, pairs: Path, prompts: Path,
+                   training_metrics: dict, cfg: ExportOnnxConfig, out: Path) -> dict:
+    """Every exported file of a concept into `out` (swapped in atomically, only if every check passes);
+    returns the export's metrics (parity, artifact, variants)."""
+    from safetensors.torch import save_file
+
+    # 1. the merged model and the held-out photos it is checked on
+    model, meta = concept_model(base_dir, adapter, prompts)
+    inputs, _ = heldout_pairs(pairs)
+    if not inputs:
+        raise ExportError(f"{pairs}: no held-out pairs to check the export on; check generate_pairs@{concept}")
+    photos = _resize(inputs, cfg.size)
+    threads = sorted({1, os.cpu_count() or 1})
+    m: dict = {"concept": concept, "size": cfg.size, "opset": cfg.opset, "threads": threads}
+    with atomic_dir(out) as tmp:
+        # 2. fixed and dynamic-batch fp32 models, checked against torch
+        fixed = export_onnx(model, tmp / "model.onnx", cfg.size, cfg.opset)
+        dynamic = export_onnx(model, tmp / "model_dynamic.onnx", cfg.size, cfg.opset, dynamic_batch=True)
+        x = np.concatenate([image_to_array(im) for im in photos[: cfg.parity_images]])
+        m["parity"], fixed_out = check_parity(model, fixed, dynamic, x, cfg.parity_tol, f"export_onnx@{concept}")
+        # 3. the adapter artifact for the shared base model, checked against the direct export
+        save_file(adapter_artifact(adapter, model.tokens, model.mask), str(tmp / "adapter.safetensors"))
+        m["adapter_artifact"] = check_artifact(tmp / "adapter.safetensors", base_onnx, fixed, x, fixed_out)
+        # 4. lower-precision variants and the model card
+        m["variants"] = variants(fixed, tmp, photos, cfg, threads)
+        card = model_card(concept, concept_prompt(prompts), cfg, sha256_file(base_dir / "generator.safetensors"), meta,
+                          m["parity"], training_metrics)
+        atomic_write_json(tmp / "card.json", card)
+    return m
+
+
+def training_summary(metrics: dict) -> dict:
+    """The held-out figures of finetune_lora's metrics.json that go into the model card."""
+    if not metrics:
+        return {}
+    return {"heldout_lpips": metrics["heldout"]["lora"]["lpips"], "heldout_psnr": metrics["heldout"]["lora"]["psnr"]}
+
+
+def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOnnxConfig, out: Path) -> None:
+    """The base generator as ONNX with every weight a named initializer (what adapter artifacts patch); the text
+    constant (any concept's prompt, padded to max_tokens) is replaced by each artifact."""
+    model, meta = concept_model(base_dir, None, prompts)
+    shape = [1, 3, cfg.size, cfg.size]
+    with atomic_dir(out) as tmp:
+        padded = ImageOnly(model.G, *pad_tokens(model.tokens, model.mask, cfg.max_tokens))
+        export_onnx(padded, tmp / "model.onnx", cfg.size, cfg.opset, fold=False)
+        atomic_write_json(tmp / "card.json", {
+            "input": {"name": "image", "shape": shape, "range": [-1, 1], "layout": "NCHW RGB"},
+            "output": {"name": "edited", "shape": shape, "range": [-1, 1]},
+            "base_sha256": sha256_file(base_dir / "generator.safetensors"), "text_encoder": meta["text_encoder"],
+            "opset": cfg.opset, "text_constant_from": constant_from, "max_tokens": cfg.max_tokens,
+            "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact"})

@@ -1,0 +1,93 @@
+"""Running a generator on images, and its quality against the teacher (LPIPS, PSNR, SSIM)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.core.metrics import lpips_distance, psnr, ssim
+from pipeline.core.tensors import images_to_tensor, tensor_to_images
+from pipeline.data.dataset import ConceptData, concept_condition, heldout_pairs
+
+
+@torch.no_grad()
+def run_generator(G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, mask: torch.Tensor,
+                  batch: int = 16) -> list[np.ndarray]:
+    """Apply G to RGB uint8 images with one text condition (tokens (1, T, D), mask (1, T)); uint8 outputs."""
+    G.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = images_to_tensor(images[i : i + batch])
+        out += tensor_to_images(G(x, tokens.expand(len(x), -1, -1), mask.expand(len(x), -1)))
+    return out
+
+
+def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict[str, float]:
+    """Mean LPIPS (alex), PSNR and SSIM of outputs against the teacher's edits of the same inputs."""
+    return {"lpips": float(np.mean(lpips_distance(outputs, teacher))),
+            "psnr": float(np.mean([psnr(a, b) for a, b in zip(outputs, teacher)])),
+            "ssim": float(np.mean([ssim(a, b) for a, b in zip(outputs, teacher)])),
+            "n": len(outputs)}
+
+
+
+
+
+def evaluate_concept(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> dict:
+    """One concept on held-out pairs: the student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher."""
+    inputs, teacher = heldout_pairs(folder, limit)
+    tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
+    student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
+    identity = paired_quality(inputs, teacher)
+    return {"student": student, "identity": identity, "lpips_gain_vs_identity": identity["lpips"] - student["lpips"]}
+
+
+def heldout_lpips(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> float:
+    """Mean held-out LPIPS (alex) of G's outputs against the teacher: the score layer analysis and rank search use."""
+    inputs, teacher = heldout_pairs(folder, limit)
+    tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
+    return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
+
+
+def concept_lpips(G: nn.Module, concept: ConceptData, limit: int = 0) -> float:
+    """heldout_lpips on a loaded concept (its pairs folder and prompts)."""
+    return heldout_lpips(G, concept.folder, concept.encoder, limit, concept.prompts)
+
+
+def evaluate_concepts(G: nn.Module, folders: dict, encoder: str, limit: int = 0) -> dict[str, dict]:
+    """evaluate_concept for each of several concepts (folders with their own prompts.json)."""
+    return {name: evaluate_concept(G, folder, encoder, limit) for name, folder in folders.items()}
+
+
+def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6, prompts: dict | None = None) -> None:
+    """Per concept, three rows: input | teacher | student on the first held-out photos."""
+    from pipeline.core.images import save_png
+    from pipeline.core.plots import grid
+
+    rows, labels = [], []
+    for name, folder in folders.items():
+        inputs, teacher = heldout_pairs(folder)
+        idx = list(range(0, len(inputs), max(1, len(inputs) // n)))[:n]
+        inputs, teacher = [inputs[i] for i in idx], [teacher[i] for i in idx]
+        tokens, mask = concept_condition((prompts or {}).get(name, folder), encoder)
+        rows += [inputs, teacher, run_generator(G, inputs, tokens, mask)]
+        labels += [f"{name}: input", "teacher", "student"]
+    save_png(grid(rows, labels), png)
+
+
+def conditioning_matrix(G: nn.Module, folders: dict, encoder: str, limit: int = 24) -> dict:
+    """LPIPS of G(x | prompt of concept j) against teacher i's edit of x, for all base concepts i, j.
+
+    Text conditioning works when each row's minimum is on the diagonal: an output matches the teacher
+    of the prompt it was given better than the teachers of the other prompts.
+    """
+    names = list(folders)
+    conds = {n: concept_condition(folders[n], encoder) for n in names}
+    matrix = {}
+    for i in names:
+        inputs, teacher = heldout_pairs(folders[i], limit)
+        matrix[i] = {j: float(np.mean(lpips_distance(run_generator(G, inputs, *conds[j]), teacher))) for j in names}
+    diagonal_wins = sum(min(matrix[i], key=matrix[i].get) == i for i in names)
+    return {"lpips": matrix, "diagonal_wins": diagonal_wins, "concepts": len(names)}

@@ -1,0 +1,230 @@
+"""The `e2gan` command line (typer): assets, params checks and the pipeline's user-facing commands."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pipeline.core.env import set_quiet_env
+
+set_quiet_env()
+
+from pipeline.core import assets as assets_mod  # noqa: E402
+from pipeline.config import read_params  # noqa: E402
+from pipeline.core.errors import exit_on_user_error  # noqa: E402
+
+app = typer.Typer(help="Turn text-described image edits into small real-time image-to-image GANs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+assets_app = typer.Typer(help="Offline sample photos and metric/text-encoder weights.", no_args_is_help=True)
+params_app = typer.Typer(help="Check params.yaml.", no_args_is_help=True)
+app.add_typer(assets_app, name="assets")
+app.add_typer(params_app, name="params")
+console = Console(stderr=True)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    """e2gan: teacher pairs -> base GAN -> crucial layers and ranks -> LoRA per concept -> ONNX."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+@assets_app.command("fetch")
+@exit_on_user_error
+def assets_fetch(
+    photos: bool = typer.Option(True, help="Fetch the sample photos (PyPI and Debian packages)."),
+    weights: bool = typer.Option(True, help="Fetch LPIPS, FID Inception and MiniLM weights."),
+) -> None:
+    """Fetch, verify and cache the offline assets ($E2GAN_CACHE, default ~/.cache/e2gan). Re-runs are no-ops."""
+    os.environ.setdefault("E2GAN_PROGRESS", "1")
+    reports = assets_mod.fetch_all(photos=photos, weights=weights)
+    for name, rep in reports.items():
+        console.print(f"[bold]{name}[/]: {rep.line()}")
+        for note in rep.notes:
+            console.print(f"  [yellow]note[/]: {note}")
+    n = len(assets_mod.cached_photos(include_grey=True))
+    console.print(f"cache {assets_mod.cache_dir()}: {n} photos ({len(assets_mod.cached_photos())} colour)")
+
+
+@assets_app.command("list")
+@exit_on_user_error
+def assets_list(as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
+    """List cached assets with their source package and licence."""
+    manifest = assets_mod.read_manifest()
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+        return
+    table = Table("file", "package", "licence")
+    for dest, e in sorted(manifest.items()):
+        table.add_row(dest, f"{e['registry']} {e['package']} {e['version']}", e["license"])
+    Console().print(table)
+
+
+@params_app.command("check")
+@exit_on_user_error
+def params_check(path: Path = typer.Argument(Path("params.yaml"), help="The params file to validate.")) -> None:
+    """Validate params.yaml; print one line per problem and exit non-zero if there is any."""
+    p = read_params(path)
+    console.print(f"{path}: ok ({len(p.concepts)} concepts: {', '.join(p.concepts)})")
+
+
+@app.command("flow")
+@exit_on_user_error
+def flow_run(
+    concept: str = typer.Option(None, "--concept", "-c", help="One concept; leave out for every concept."),
+    root: Path = typer.Option(Path("."), help="The project folder (with dvc.yaml and params.yaml)."),
+    workers: int = typer.Option(1, min=1, help="All concepts: run this many concept chains at once (>1: a local "
+                                "Dask cluster of that many processes)."),
+    dask_address: str = typer.Option(None, help="All concepts: fan the concept chains out to this Dask scheduler "
+                                     "(tcp://host:8786); its workers need the project folder or a DVC remote."),
+) -> None:
+    """Run the Prefect flow for a concept (or all concepts) here; prints the DVC stages that ran."""
+    from pipeline.orchestrate.flows import concept_flow, with_runner
+
+    ran = concept_flow(concept, str(root)) if concept else with_runner(workers, dask_address)(str(root))
+    print(json.dumps({"ran": ran}))
+
+
+ci_app = typer.Typer(help="Continuous-integration commands.", no_args_is_help=True)
+app.add_typer(ci_app, name="ci")
+
+
+@ci_app.command("retrain")
+@exit_on_user_error
+def ci_retrain(
+    concept: str = typer.Option(None, "--concept", "-c", help="Only this concept's chain (and stale shared stages)."),
+    push: bool = typer.Option(True, help="dvc push afterwards (skipped with a note when no remote is set)."),
+    baseline: str = typer.Option("HEAD~1", help="The git revision the params and metrics diffs compare against."),
+) -> None:
+    """`dvc repro --pull --allow-missing` (only what changed runs), `dvc push`, and the params/metrics diffs
+    as Markdown in $GITHUB_STEP_SUMMARY (or on stdout)."""
+    import subprocess
+
+    from pipeline.orchestrate import dvc
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run(dvc.dvc_cmd(*args), env=dvc._env(), capture_output=True, text=True)
+        if check and res.returncode:
+            raise dvc.DvcError(f"dvc {' '.join(args)} failed:\n{(res.stdout + res.stderr).strip()[-1500:]}")
+        return res
+
+    remote = bool(run("remote", "list", check=False).stdout.strip())
+    pull = ["--pull", "--allow-missing"] if remote else []
+    targets = [f"{s}@{concept}" for s in dvc.PER_CONCEPT] if concept else []
+    if concept:
+        from pipeline.config import load_params
+
+        load_params().concept(concept)
+    res = run("--wait-for-lock", "repro", *pull, *targets)
+    ran = [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage '")]
+    notes = []
+    if push and remote:
+        run("push")
+    elif push:
+        notes.append("no DVC remote is configured: nothing pushed (see README, 'DVC remotes')")
+    params_diff = run("params", "diff", baseline, "--md", check=False).stdout.strip()
+    metrics_diff = run("metrics", "diff", baseline, "--md", check=False).stdout.strip()
+    md = ["## e2gan retrain", "", f"Stages that ran: {', '.join(ran) if ran else 'none (up to date)'}", "",
+          *[f"> {n}" for n in notes], "", f"### params diff vs {baseline}", "", params_diff or "no changes", "",
+          f"### metrics diff vs {baseline}", "", metrics_diff or "no changes", ""]
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write("\n".join(md))
+    print("\n".join(md))
+    print(json.dumps({"ran": ran}))
+
+
+@app.command("ui")
+def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+    """Start a local Prefect server and UI on 127.0.0.1 (Ctrl-C stops it)."""
+    import subprocess
+    import sys
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)]))
+
+
+@app.command("serve")
+def serve(root: Path = typer.Option(Path("."), help="The project folder the flows run in.")) -> None:
+    """Register the deployments 'e2gan-concept/concept' (parameter: concept) and 'e2gan-all-concepts/all'
+    with the Prefect server in PREFECT_API_URL and run them when started from the UI."""
+    from prefect import serve as prefect_serve
+
+    from pipeline.orchestrate.flows import all_concepts_flow, concept_flow
+
+    prefect_serve(concept_flow.to_deployment(name="concept", parameters={"root": str(root.resolve())}),
+                  all_concepts_flow.to_deployment(name="all", parameters={"root": str(root.resolve())}))
+
+
+@app.command("demo")
+@exit_on_user_error
+def demo(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free port)."),
+    root: Path = typer.Option(Path("."), help="The project folder (params.yaml: the concept list)."),
+    models: Path = typer.Option(None, help="The exported models (default: from <root>/dvc.yaml)."),
+) -> None:
+    """Serve the browser demo on http://127.0.0.1:PORT/: the exported concepts run in the page with
+    onnxruntime-web, on a photo or the camera (Ctrl-C stops it). Needs `make demo-deps` once."""
+    from pipeline.core.errors import E2GANError
+    from pipeline.deploy.demo import make_server
+
+    try:
+        prompts = {name: c.prompt for name, c in read_params(root / "params.yaml").concepts.items()}
+    except E2GANError:
+        prompts = {}  # no (valid) params.yaml: only the exported concepts
+    try:
+        server = make_server(models or _exported_models(root), prompts, port)
+    except OSError as e:
+        raise E2GANError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); pick another --port") from None
+    print(f"e2gan demo: http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command("apply")
+@exit_on_user_error
+def apply(
+    inputs: list[Path] = typer.Argument(..., help="Images, or folders of images."),
+    concept: str = typer.Option(..., "--concept", "-c", help="A concept with an exported model (dvc repro export_onnx@C)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (one input image) or folder."),
+    models: Path = typer.Option(None, help="Where export_onnx wrote the concept folders (default: from dvc.yaml)."),
+    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    fit: str = typer.Option("resize", help="Images of another size: 'resize' (to the model's size and back) "
+                                            "or 'refuse'."),
+    threads: int = typer.Option(0, help="onnxruntime threads (0 = all cores)."),
+) -> None:
+    """Run a concept's exported ONNX model on images with onnxruntime (no torch needed at run time)."""
+    from pipeline.deploy.runtime import apply_model, model_path
+
+    model = model_path(models or _exported_models(Path(".")), concept, variant)
+    result = apply_model(model, inputs, out, fit, threads, desc=f"apply {concept}")
+    console.print(f"{result.written} image(s) written to {out}" +
+                  (f"; {len(result.skipped)} skipped:" if result.skipped else ""))
+    for line in result.skipped:
+        console.print(f"  [yellow]skipped[/]: {line}")
+    if not result.written:
+        raise typer.Exit(2)
+
+
+def _exported_models(root: Path) -> Path:
+    """The folder export_onnx writes its concept folders into, from dvc.yaml (or the usual one without it)."""
+    from pipeline.orchestrate import dvc
+
+    if not (root / "dvc.yaml").is_file():
+        return root / "models" / "onnx"
+    return dvc.stage_paths("export_onnx", "concept", root)["out"].parent  # any concept: only the parent is used
+
+
+if __name__ == "__main__":
+    app()

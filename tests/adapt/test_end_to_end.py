@@ -1,0 +1,152 @@
+"""The E²GAN core end to end on a tiny project: analyze_layers -> search_ranks -> finetune_lora@C
+through the stage CLIs, then the adapter checked with peft against its base."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.model.checkpoint import load_generator, save_generator
+from pipeline.data.teachers import ConceptConfig
+from pipeline.data.sources import DataConfig
+from pipeline.data.pairs import GeneratePairsConfig
+from pipeline.core.io import atomic_write_json
+from pipeline.adapt.lora import adaptable_layers, load_adapter, spec_ranks
+from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.data.pairs import generate_pairs
+from pipeline.data.sources import prepare_sources
+from pipeline.data.teachers import build_teacher
+
+from tests.conftest import ROOT
+
+CALIB = {"sepia": "make it sepia toned", "negative": "invert the colours"}
+
+
+def _pairs(op: str, prompt: str, sources: Path, out: Path, work: Path) -> None:
+    concept = ConceptConfig(prompt=prompt, teacher={"kind": "filters", "op": op})
+    prompts = {"concept": op, "instructions": [prompt, prompt + " please"]}
+    generate_pairs(op, concept, GeneratePairsConfig(min_lpips=0.0, min_change=0.0), build_teacher(concept.teacher),
+                   sources, prompts, out, work)
+    atomic_write_json(out.parent / f"{out.name}.prompts.json", prompts)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, crops128) -> Path:
+    root = tmp_path_factory.mktemp("core")
+    photos = root / "photos"
+    photos.mkdir()
+    for i, c in enumerate(crops128[:10]):
+        Image.fromarray(c).resize((96, 96)).save(photos / f"p{i}.png")
+    sources = root / "data" / "sources"
+    prepare_sources(DataConfig(sources=str(photos), min_size=64, image_size=32, crops_per_photo=2,
+                               heldout_crops_per_photo=2, heldout_fraction=0.2), sources)
+    for op, prompt in CALIB.items():
+        out = root / "data" / "base_pairs" / op
+        _pairs(op, prompt, sources, out, root / "work")
+        (out.parent / f"{op}.prompts.json").rename(out / "prompts.json")
+    _pairs("winter", "make it winter", sources, root / "data" / "pairs" / "demo", root / "work")
+    (root / "data" / "prompts" / "demo").mkdir(parents=True)
+    (root / "data" / "pairs" / "demo.prompts.json").rename(root / "data" / "prompts" / "demo" / "prompts.json")
+    atomic_write_json(root / "reports" / "select_base.json", {"base": [], "calibration": list(CALIB)})
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+    for p in G.parameters():  # a "trained" base: non-zero head, so every layer matters
+        p.data.add_(0.02 * torch.randn_like(p))
+    save_generator(G, root / "models" / "base", {"text_encoder": "minilm", "image_size": 32})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["analyze_layers"].update(probe_steps=2, full_steps=3, probe_batch=4, eval_limit=4, top_k=3)
+    params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1)
+    params["finetune_lora"]["train"].update(steps=4, batch_size=4, ckpt_every=2, ndf=8)
+    params["finetune_lora"]["subset_fraction"] = 0.5
+    params["concepts"] = {"demo": {"prompt": "make it winter", "teacher": {"kind": "filters", "op": "winter"}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _stage(proj: Path, stage: str, concept: str | None = None, **paths: str) -> subprocess.CompletedProcess:
+    """The stage as dvc.yaml runs it (its paths from dvc.yaml, some overridden), in the tiny project."""
+    from pipeline.orchestrate.dvc import stage_paths
+
+    args = {k: str(v.relative_to(ROOT)) for k, v in stage_paths(stage, concept, ROOT).items()} | paths
+    argv = (["--concept", concept] if concept else []) + [w for k, v in args.items() for w in (f"--{k}", v)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "stages", stage, *argv], cwd=proj, env=env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.slow
+def test_analyze_search_finetune(project):
+    from peft import LoraConfig, PeftModel
+
+    base, _ = load_generator(project / "models/base")
+    n_base = sum(p.numel() for p in base.parameters())
+
+    # 1. analyze_layers: every group scored by both scorers; crucial layers are real layers
+    p = _stage(project, "analyze_layers")
+    assert p.returncode == 0, p.stderr
+    table = json.loads((project / "reports/analyze_layers/table.json").read_text())
+    assert len(table["groups"]) == 10 and len(table["crucial_groups"]) == 3
+    assert {r["probe_rank"] for r in table["groups"]} == set(range(1, 11))
+    assert all(r["delta_rel_change"] > 0 and set(r["probe_gain_per_concept"]) == set(CALIB) for r in table["groups"])
+    crucial = json.loads((project / "models/analysis/crucial.json").read_text())["crucial_layers"]
+    assert crucial and set(crucial) <= set(adaptable_layers(base))
+    assert (project / "reports/analyze_layers/importance.png").stat().st_size > 0
+
+    # 2. search_ranks: exactly peft's arguments, within the budget, and the comparison rows
+    p = _stage(project, "search_ranks")
+    assert p.returncode == 0, p.stderr
+    spec = json.loads((project / "models/ranks/lora.json").read_text())
+    LoraConfig(**spec)
+    assert sorted(spec["target_modules"]) == sorted(crucial)
+    report = json.loads((project / "reports/search_ranks/table.json").read_text())
+    assert report["params"] <= report["budget_params"] == int(0.1 * n_base)
+    rows = {r["row"]: r for r in report["comparison"]}
+    assert {"searched", "uniform 1x", "uniform 4x", "random ranks", "searched, random subset", "searched, all data"} <= set(rows)
+    assert rows["searched"]["ranks"] == spec_ranks(spec)
+    assert rows["uniform 1x"]["params"] < rows["uniform 4x"]["params"]
+    assert rows["searched, all data"]["pairs"]["sepia"] > rows["searched"]["pairs"]["sepia"]
+
+    # 3. finetune_lora@demo: a standard peft adapter that reproduces itself on a fresh base
+    p = _stage(project, "finetune_lora", "demo")
+    assert p.returncode == 0, p.stderr
+    out = project / "models/lora/demo"
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
+    m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
+    assert m["trainable_params"] == report["params"] and m["pairs_used"] == round(0.5 * m["pairs_total"])
+    assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
+    assert {"base", "lora", "identity"} <= set(m["heldout"]) and m["heldout"]["lora"]["n"] > 0
+    fresh, _ = load_generator(project / "models/base")
+    peft_model = PeftModel.from_pretrained(fresh, str(out)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    t = torch.randn(2, 3, 384)
+    with torch.no_grad():
+        adapted = peft_model(x, t)
+        merged = load_adapter(load_generator(project / "models/base")[0], out, merge=True)(x, t)
+        plain = base.eval()(x, t)
+    assert torch.allclose(adapted, merged, atol=1e-5) and not torch.allclose(adapted, plain, atol=1e-4)
+
+    # 4. the same stage again into a fresh folder: bit-for-bit the same adapter (seeded CPU run)
+    p = _stage(project, "finetune_lora", "demo", out="models/lora_again", reports="reports/again",
+               work="data/.work/again")
+    assert p.returncode == 0, p.stderr
+    assert (out / "adapter_model.safetensors").read_bytes() == (project / "models/lora_again/adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_core_stages_refuse_bad_input(project, tmp_path):
+    p = _stage(project, "finetune_lora", "demo", ranks=str(tmp_path / "none.json"))
+    assert p.returncode == 2 and "run 'dvc repro search_ranks' first" in p.stderr and "Traceback" not in p.stderr
+    p = _stage(project, "finetune_lora", "../etc")
+    assert p.returncode == 2 and "not a lowercase slug" in p.stderr
+    p = _stage(project, "finetune_lora", "nosuch")
+    assert p.returncode == 2 and "not in params.yaml concepts" in p.stderr
+    p = _stage(project, "search_ranks", analysis=str(tmp_path))
+    assert p.returncode == 2 and "run 'dvc repro analyze_layers' first" in p.stderr

@@ -1,0 +1,142 @@
+"""LoRA via peft on the generator: only adapters train, merged equals unmerged, save/load round-trips."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.core.errors import E2GANError
+from pipeline.adapt.lora import (adaptable_layers, add_lora_spec, load_adapter, lora_parameters, lora_spec, save_adapter,
+                                 spec_ranks, trainable_parameters)
+from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+
+TARGETS = ["down.0.conv", "ds.conv", "tb.attn_cross.to_q", "tb.attn_cross.to_v", "us.conv", "up.1.conv"]
+RANKS = {"ds.conv": 8, "tb.attn_cross.to_q": 2}
+
+
+def _base(norm: str = "instance") -> E2GANGenerator:
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm=norm, skip=norm == "film"))
+    if norm == "film":  # with the stem skip: the default base's layout  # trained-looking text norms (they start at zero)
+        with torch.no_grad():
+            for n, p in G.named_parameters():
+                if ".to_scale." in n or ".to_shift." in n:
+                    p.normal_(0, 0.05)
+    return G.eval()
+
+
+def add_lora(model, targets: list[str], ranks: dict[str, int] | None = None, r: int = 4, init: bool = True):
+    """LoRA through the pipeline's one API (a lora_spec); without `init`, random B factors so the adapter acts."""
+    model = add_lora_spec(model, lora_spec({t: (ranks or {}).get(t, r) for t in targets}))
+    if not init:
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.randn(2, 5, 384, generator=g)
+
+
+CASES = [  # (name, targets, rank_pattern)
+    ("convs", ["down.0.conv", "us.conv"], {}),
+    ("attention", ["tb.attn_cross.to_q", "tb.attn_self.to_v"], {"tb.attn_self.to_v": 3}),
+    ("paper_choice", TARGETS, RANKS),
+    ("text_norms", ["res.2.norm1.to_scale", "up.0.norm.to_shift", "us.conv"], {"res.2.norm1.to_scale": 2}),
+]
+
+
+@pytest.mark.parametrize("name,targets,ranks", CASES, ids=[c[0] for c in CASES])
+def test_merged_equals_unmerged(name, targets, ranks):
+    x, t = _inputs()
+    base = _base("film" if name == "text_norms" else "instance")
+    model = add_lora(base, targets, ranks, r=4, init=False)  # random B: the adapter changes the output
+    with torch.no_grad():
+        adapted = model(x, t)
+        merged = copy.deepcopy(model).merge_and_unload()(x, t)
+    assert torch.allclose(adapted, merged, atol=1e-5)
+    with torch.no_grad(), model.disable_adapter():
+        plain = model(x, t)
+    assert not torch.allclose(adapted, plain, atol=1e-4)  # the adapter does something
+
+
+def test_only_lora_weights_train_and_ranks_apply():
+    base = _base()
+    model = add_lora(base, TARGETS, RANKS, r=4)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    a = dict(model.named_modules())
+    assert a["base_model.model.ds.conv"].r["default"] == 8
+    assert a["base_model.model.tb.attn_cross.to_q"].r["default"] == 2
+    assert a["base_model.model.us.conv"].r["default"] == 4
+    assert trainable_parameters(model) < 0.2 * sum(p.numel() for p in base.parameters())
+
+
+def test_save_load_roundtrip(tmp_path):
+    x, t = _inputs()
+    model = add_lora(_base(), TARGETS, RANKS, init=False)
+    nbytes = save_adapter(model, tmp_path / "a")
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file() and nbytes > 0
+    with torch.no_grad():
+        want = model(x, t)
+        got = load_adapter(_base(), tmp_path / "a")(x, t)
+        merged = load_adapter(_base(), tmp_path / "a", merge=True)(x, t)
+    assert torch.equal(want, got) and torch.allclose(want, merged, atol=1e-5)
+
+
+SPECS = [  # (name, per-layer ranks): a uniform spec, mixed ranks, one layer of each kind
+    ("uniform", {"ds.conv": 2, "us.conv": 2, "tb.mlp.fc1": 2}),
+    ("mixed", {"down.0.conv": 1, "ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "up.1.conv": 2}),
+    ("single", {"out": 3}),
+]
+
+
+@pytest.mark.parametrize("name,ranks", SPECS, ids=[s[0] for s in SPECS])
+def test_spec_round_trips_through_peft(tmp_path, name, ranks):
+    import json
+
+    from peft import LoraConfig
+
+    spec = lora_spec(ranks, alpha_scale=2.0)
+    assert spec_ranks(spec) == ranks
+    LoraConfig(**spec)  # exactly what peft takes
+    base = _base()
+    model = add_lora_spec(base, spec)
+    mods = dict(model.named_modules())
+    for layer, r in ranks.items():
+        m = mods[f"base_model.model.{layer}"]
+        assert m.r["default"] == r and m.scaling["default"] == pytest.approx(2.0)  # alpha = 2 r
+    assert trainable_parameters(model) == sum(lora_parameters(dict(_base().named_modules())[n], r) for n, r in ranks.items())
+    save_adapter(model, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
+    assert sorted(saved["target_modules"]) == sorted(ranks)
+
+
+def test_training_steps_change_only_lora_weights():
+    from pipeline.model.train import TrainConfig
+    from pipeline.model.train import build_models, gan_step
+
+    model = add_lora_spec(_base().train(), lora_spec({"ds.conv": 2, "tb.attn_cross.to_q": 2, "up.1.conv": 4}))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(lr_g=1e-2, ndf=8, lambda_lpips=0.0)
+    x, t = _inputs()
+    m = build_models(model, cfg)
+    for _ in range(2):  # B starts at zero, so A first moves in the second step
+        gan_step(m, x, x.flip(-1), t, torch.ones(2, 5), cfg)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+
+
+def test_bad_targets_and_missing_adapter(tmp_path):
+    with pytest.raises(E2GANError, match=r"\['res.9.conv1'\] are not Linear/Conv2d layers"):
+        add_lora(_base(), ["res.9.conv1"])
+    with pytest.raises(E2GANError, match="no adapter_config.json"):
+        load_adapter(_base(), tmp_path)
+    assert "tb.mlp.fc1" in adaptable_layers(_base())

@@ -1,0 +1,37 @@
+"""Prompt expansion: deterministic, distinct instructions; embeddings written with the configured encoder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from pipeline.data.teachers import ConceptConfig
+from pipeline.data.prompts import ExpandPromptsConfig
+from pipeline.data.prompts import expand_prompt, write_prompts
+
+
+def test_expansion_is_deterministic_distinct_and_keeps_the_prompt():
+    a = expand_prompt("make it a watercolor painting", 8, seed=0)
+    assert a == expand_prompt("make it a watercolor painting", 8, seed=0)
+    assert a[0] == "make it a watercolor painting" and len(set(a)) == 8
+    assert all("watercolor painting" in p for p in a)
+    assert any(p.startswith(("turn it into", "transform it into", "render it as", "convert it to")) for p in a)
+    assert a != expand_prompt("make it a watercolor painting", 8, seed=1)
+
+
+def test_unknown_phrasing_still_expands_with_templates():
+    out = expand_prompt("Van Gogh style", 5)
+    assert out[0] == "Van Gogh style" and len(set(out)) == 5
+
+
+@pytest.mark.slow
+def test_write_prompts_embeddings(tmp_path):
+    concept = ConceptConfig(prompt="make it winter with falling snow", teacher={"kind": "filters", "op": "winter"})
+    rec = write_prompts("winter", concept, ExpandPromptsConfig(n_prompts=4), tmp_path / "p")
+    saved = json.loads((tmp_path / "p" / "prompts.json").read_text())
+    assert saved == rec and len(saved["instructions"]) == 4 and saved["negative_prompt"]
+    t = load_file(str(tmp_path / "p" / "embeddings.safetensors"))
+    assert t["pooled"].shape == (4, 384) and t["tokens"].shape[0] == 4 and t["mask"].sum() > 4
+    sims = t["pooled"] @ t["pooled"].T  # paraphrases of one edit are close in MiniLM space
+    assert float(sims.min()) > 0.6

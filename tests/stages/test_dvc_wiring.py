@@ -1,0 +1,286 @@
+"""dvc.yaml in a temp git+dvc repo: a new or changed concept makes exactly its own stages stale, and
+never the shared stages (the base model is not retrained for a new concept)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import no_egress
+from pipeline.orchestrate.dvc import PER_CONCEPT
+
+from tests.conftest import ROOT
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "E2GAN_PROGRESS": "0", **extra}
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def _stale(repo: Path) -> set[str]:
+    return set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], repo)))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    for d in ("pipeline", "stages"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(max_photos=6, image_size=32, crops_per_photo=1, heldout_crops_per_photo=2)
+    params["expand_prompts"]["n_prompts"] = 2
+    params["train_base"]["train"].update(steps=4, ckpt_every=2, log_every=2)
+    params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
+    params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
+    params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=2, log_every=1)
+    params["evaluate"].update(bootstrap=2, fid=False, fid_bootstrap=0, grid=2)  # FID: tests/test_metrics.py
+    params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
+    params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
+    params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
+                          "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    if no_egress.available():  # the full run under strace: every connection any process opens is recorded
+        res, destinations = no_egress.traced_run([sys.executable, "-m", "dvc", "repro", "-q"], repo, _env())
+        assert res.returncode == 0, res.stdout + res.stderr
+        (repo / "destinations.json").write_text(json.dumps(destinations))
+    else:
+        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
+    assert _stale(repo) == set()
+    return repo
+
+
+@pytest.mark.slow
+def test_a_full_run_opens_no_connection_off_the_machine(repo):
+    """Offline by construction: the whole DAG (every stage, every child process) under strace reaches no
+    address but loopback: no model hub, no analytics, no DNS lookup."""
+    if not no_egress.available():
+        pytest.skip("strace is not installed (apt-get install strace)")
+    destinations = json.loads((repo / "destinations.json").read_text())
+    assert [d for d in destinations if not d["loopback"]] == []
+    # the check itself sees connections: strace on a process that does connect reports it
+    res, seen = no_egress.traced_run([sys.executable, "-c", (
+        "import socket; s = socket.socket(); s.settimeout(0.2)\ntry: s.connect(('192.0.2.1', 9))\nexcept OSError: pass")], repo, _env())
+    assert res.returncode == 0 and [d["address"] for d in seen] == ["192.0.2.1"]
+
+
+def _edit_params(repo: Path, fn) -> str:
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    fn(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return original
+
+
+@pytest.mark.slow
+def test_new_concept_makes_only_its_stages_stale_and_dvc_repro_runs_exactly_them(repo):
+    original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
+        "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}))
+    try:
+        expected = {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night", "evaluate@night",
+                    "export_onnx@night", "report"}
+        assert _stale(repo) == expected
+        out = _run([sys.executable, "-m", "dvc", "repro"], repo)
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+        assert ran == expected, out
+        assert _stale(repo) == set()
+    finally:
+        (repo / "params.yaml").write_text(original)
+        _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)  # the report without 'night': a clean state again
+
+
+@pytest.mark.slow
+def test_changed_prompt_makes_only_its_concept_stale(repo):
+    """(That `dvc repro` then runs exactly the stale stages is shown by the flow, Dask and CI tests below.)"""
+    original = _edit_params(repo, lambda p: p["concepts"]["ink"].__setitem__("prompt", "make it a pen drawing"))
+    try:
+        assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "evaluate@ink", "export_onnx@ink",
+                                "report"}
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_shared_section_change_makes_every_concept_stale(repo):
+    original = _edit_params(repo, lambda p: p["generate_pairs"].__setitem__("min_lpips", 0.03))
+    try:  # the base pairs use the same quality filter
+        assert _stale(repo) == {"generate_pairs@sepia", "generate_pairs@ink", "generate_base_pairs"}
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listeners(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(addr)
+    return found
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`e2gan ui`: a real Prefect server (its own database) on 127.0.0.1; yields (api_url, env for clients)."""
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.orchestrate.cli", "ui", "--port", str(port)], env=_env(
+        PREFECT_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url, env, port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _ran(stdout: str) -> list[str]:
+    """The stage list `e2gan flow` prints as its last JSON line."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"ran"')))["ran"]
+
+
+FOUR = {"dusk": "night", "pop": "pop_art", "plan": "blueprint", "flip": "negative"}
+
+
+@pytest.mark.slow
+def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_server):
+    """Four new concepts, four `e2gan flow` processes started together against the served UI: each runs
+    exactly its own chain, no lock errors, dvc.lock ends consistent; the runs and their metrics artifacts
+    read back through the server's REST API on 127.0.0.1."""
+    import httpx
+
+    url, env, port = prefect_server
+    assert _listeners(port) == {"0100007F"}  # 127.0.0.1 only
+    original = _edit_params(repo, lambda p: p["concepts"].update(
+        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in FOUR.items()}))
+    try:
+        procs = {c: subprocess.Popen([sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", c, "--root", str(repo)],
+                                     cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in FOUR}
+        outs = {c: p.communicate(timeout=1200) for c, p in procs.items()}
+        for c, p in procs.items():
+            out, err = outs[c]
+            assert p.returncode == 0, (out + err)[-3000:]
+            assert "is busy" not in out + err and "LockError" not in out + err
+            ran = _ran(out)
+            assert sorted(ran) == sorted(f"{s}@{c}" for s in PER_CONCEPT), (c, ran)
+        assert _stale(repo) == {"report"}  # dvc.lock holds every concept's stages, nothing half-written
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        for c in FOUR:
+            for s in PER_CONCEPT:
+                assert lock[f"{s}@{c}"]["outs"], (s, c)
+        # a second flow for an up-to-date concept runs nothing
+        again = subprocess.run([sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", "pop", "--root", str(repo)],
+                               cwd=repo, env=env, capture_output=True, text=True)
+        assert again.returncode == 0 and _ran(again.stdout) == []
+
+        runs = httpx.post(f"{url}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [f"concept {c}" for c in FOUR]}}},
+                          timeout=30).json()
+        assert len(runs) == 5 and {r["state_type"] for r in runs} == {"COMPLETED"}
+        assert {r["name"] for r in runs} == {f"concept {c}" for c in FOUR}
+        assert all(r["parameters"]["concept"] in FOUR for r in runs)
+        arts = httpx.post(f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [f"metrics-{c}" for c in FOUR]}}},
+                          timeout=30).json()
+        assert {a["key"] for a in arts} == {f"metrics-{c}" for c in FOUR} and {a["type"] for a in arts} == {"table"}
+        table = json.loads(next(a for a in arts if a["key"] == "metrics-dusk")["data"])
+        values = {(row["stage"], row["metric"]): row["value"] for row in table}
+        metrics = json.loads((repo / "reports/finetune_lora/dusk/metrics.json").read_text())
+        assert values[("finetune_lora", "trainable_params")] == metrics["trainable_params"]
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_all_concepts_fan_out_on_a_local_dask_cluster(repo, prefect_server):
+    """`e2gan flow --workers 2`: the concept chains run on a Dask cluster of two processes; only the new
+    concept's stages (and the report) run, the up-to-date chains are checked on the other worker and left
+    alone."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.orchestrate.flows import with_runner
+
+    url, _, _ = prefect_server
+    new = {"amber": "sepia"}
+    original = _edit_params(repo, lambda p: p["concepts"].update(
+        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in new.items()}))
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            flow = with_runner(workers=2)
+            assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+            out = flow(str(repo))
+        for c in new:
+            assert sorted(out[c]) == sorted(f"{s}@{c}" for s in PER_CONCEPT), out
+        assert out["sepia"] == [] and out["ink"] == [] and out["shared"] == [] and out["report"] == ["report"]
+        assert _stale(repo) == set()
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_ci_retrain_in_a_fresh_clone_runs_only_the_new_concept(repo, tmp_path):
+    """`e2gan ci retrain` with a local-folder DVC remote: a fresh clone with a new concept pulls what that
+    concept's stages need, runs exactly them (and the report), and pushes the results."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], repo)
+    _run([sys.executable, "-m", "dvc", "push", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=ci@e2gan", "-c", "user.name=ci", "commit", "-qm", "pipeline"], repo)
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _edit_params(clone, lambda p: p["concepts"].__setitem__(
+        "noir", {"prompt": "make it film noir", "teacher": {"kind": "filters", "op": "sepia"}}))
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "PYTHONPATH": str(clone), "GITHUB_STEP_SUMMARY": str(summary), "E2GAN_PROGRESS": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "pipeline.orchestrate.cli", "ci", "retrain", "--baseline", "HEAD"], cwd=clone,
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ran = json.loads(res.stdout.strip().splitlines()[-1])["ran"]
+    assert set(ran) == {"expand_prompts@noir", "generate_pairs@noir", "finetune_lora@noir", "evaluate@noir",
+                        "export_onnx@noir", "report"}, ran
+    assert not (clone / "data/base_pairs").exists()  # not needed by the new concept's stages: never pulled
+    assert (clone / "models/base/generator.safetensors").is_file()  # needed: pulled
+    text = summary.read_text()
+    assert "Stages that ran" in text and "noir" in text and "params diff" in text
