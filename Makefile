@@ -13,13 +13,17 @@ export PATH := $(BIN):$(PATH)
 DEMO_STAMP := demo/node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test install assets repro demo demo-deps browser clean-venv
+.PHONY: run test lint install assets repro demo demo-deps browser clean-venv
 
 run: assets  ## venv, install, offline assets, then `dvc repro` (a no-op when nothing changed)
 	dvc repro
 
-test: assets demo-deps browser  ## venv, install, offline assets, demo packages, chromium, then every test
+test: assets demo-deps browser lint  ## venv, install, offline assets, demo packages, chromium, lint, then every test
 	pytest -q
+
+lint: $(STAMP)  ## ruff (lint and format check), configured in pyproject.toml
+	ruff check .
+	ruff format --check .
 
 install: $(STAMP)
 

@@ -25,6 +25,7 @@ seconds (evaluation excluded) and training FLOPs (torch.utils.flop_counter on on
 
 Writes bench/results/baselines.json and bench/results/baselines.md (after every concept).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,17 @@ import torch
 from safetensors.torch import save_file
 
 from bench.common import RESULTS, ConceptBench, train_curve
+from pipeline.adapt.lora import (
+    adaptable_layers,
+    add_lora_spec,
+    lora_spec,
+    save_adapter,
+    spec_ranks,
+    trainable_parameters,
+)
+from pipeline.adapt.ranks import comparison_rows
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text
-from pipeline.adapt.lora import adaptable_layers, add_lora_spec, lora_spec, save_adapter, spec_ranks, trainable_parameters
-from pipeline.adapt.ranks import comparison_rows
 from pipeline.model.nets.generator import E2GANGenerator
 from pipeline.model.nets.pix2pix import ResnetGenerator
 from pipeline.model.train import build_models, gan_step, lpips_loss
@@ -98,7 +106,11 @@ def build(key: str, model: str, base, spec: dict, params) -> tuple[torch.nn.Modu
         return copy.deepcopy(base).requires_grad_(True), False, None
     s = params.search_ranks
     if model == "lora_all":
-        return add_lora_spec(copy.deepcopy(base), lora_spec({n: 4 for n in adaptable_layers(base)}, s.alpha_scale)), True, None
+        return (
+            add_lora_spec(copy.deepcopy(base), lora_spec({n: 4 for n in adaptable_layers(base)}, s.alpha_scale)),
+            True,
+            None,
+        )
     modules = dict(base.named_modules())
     crucial = {n: modules[n] for n in spec["target_modules"]}
     row = {r.key: r for r in comparison_rows(crucial, spec_ranks(spec), s, params.finetune_lora.subset)}[key]
@@ -109,8 +121,10 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
     fcfg = params.finetune_lora.train
     cb = ConceptBench.load(c, scale["eval_limit"], params)
     if scale["size"] and cb.meta.get("image_size") != scale["size"]:
-        raise SystemExit(f"this scale needs the pipeline at {scale['size']}² (data.image_size: {scale['size']}; "
-                         f"the base was trained at {cb.meta.get('image_size')}²): set it and run `dvc repro` first")
+        raise SystemExit(
+            f"this scale needs the pipeline at {scale['size']}² (data.image_size: {scale['size']}; "
+            f"the base was trained at {cb.meta.get('image_size')}²): set it and run `dvc repro` first"
+        )
     subsets = {kind: cb.subset(kind) for kind in ("all", "kmeans", "random")}
     rows = []
     lora_steps = scale["lora_steps"] or fcfg.steps
@@ -126,14 +140,34 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
         flops = step_flops(G, data, cfg)
         curve = train_curve(G, data, cfg, steps, scale["eval_every"], cb.lpips)
         best = min(curve, key=lambda r: r["lpips"])
-        rows.append({"key": key, "method": label, "pairs": len(subsets[data_kind]), "steps": steps,
-                     "lpips_final": curve[-1]["lpips"], "lpips_best": best["lpips"], "steps_to_best": best["step"],
-                     "seconds_to_best": best["train_seconds"], "kid": cb.kid(G),
-                     "trainable_params": trainable_parameters(G), "stored_bytes": stored_bytes(G, is_adapter),
-                     "train_seconds": curve[-1]["train_seconds"], "train_flops": flops * steps, "curve": curve})
-    return {"concept": c, "heldout_pairs": len(cb.inputs), "train_pairs": len(cb.pairs.inputs),
-            "lpips_identity": cb.lpips_identity(), "lpips_base": cb.lpips(cb.base), "kid_identity": cb.kid(),
-            "rows": rows, "ratios": ratios(rows)}
+        rows.append(
+            {
+                "key": key,
+                "method": label,
+                "pairs": len(subsets[data_kind]),
+                "steps": steps,
+                "lpips_final": curve[-1]["lpips"],
+                "lpips_best": best["lpips"],
+                "steps_to_best": best["step"],
+                "seconds_to_best": best["train_seconds"],
+                "kid": cb.kid(G),
+                "trainable_params": trainable_parameters(G),
+                "stored_bytes": stored_bytes(G, is_adapter),
+                "train_seconds": curve[-1]["train_seconds"],
+                "train_flops": flops * steps,
+                "curve": curve,
+            }
+        )
+    return {
+        "concept": c,
+        "heldout_pairs": len(cb.inputs),
+        "train_pairs": len(cb.pairs.inputs),
+        "lpips_identity": cb.lpips_identity(),
+        "lpips_base": cb.lpips(cb.base),
+        "kid_identity": cb.kid(),
+        "rows": rows,
+        "ratios": ratios(rows),
+    }
 
 
 def ratios(rows: list[dict]) -> dict:
@@ -158,23 +192,31 @@ def ratios(rows: list[dict]) -> dict:
 def markdown(result: dict) -> str:
     out = []
     for r in result["concepts"]:
-        out += [f"### {r['concept']} ({r['train_pairs']} training pairs, {r['heldout_pairs']} held-out; "
-                f"LPIPS base {r['lpips_base']:.3f}, identity {r['lpips_identity']:.3f}; KID identity "
-                f"{r['kid_identity']:.4f})", "",
-                "| method | pairs | steps | LPIPS final | LPIPS best | KID | trainable params | stored bytes | train s | "
-                "train TFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"### {r['concept']} ({r['train_pairs']} training pairs, {r['heldout_pairs']} held-out; "
+            f"LPIPS base {r['lpips_base']:.3f}, identity {r['lpips_identity']:.3f}; KID identity "
+            f"{r['kid_identity']:.4f})",
+            "",
+            "| method | pairs | steps | LPIPS final | LPIPS best | KID | trainable params | stored bytes | train s | "
+            "train TFLOPs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for x in r["rows"]:
-            out.append(f"| {x['method']} | {x['pairs']} | {x['steps']} | {x['lpips_final']:.4f} | {x['lpips_best']:.4f} | "
-                       f"{x['kid']:.4f} | {x['trainable_params']:,} | {x['stored_bytes']:,} | {x['train_seconds']:.0f} | "
-                       f"{x['train_flops'] / 1e12:.2f} |")
+            out.append(
+                f"| {x['method']} | {x['pairs']} | {x['steps']} | {x['lpips_final']:.4f} | {x['lpips_best']:.4f} | "
+                f"{x['kid']:.4f} | {x['trainable_params']:,} | {x['stored_bytes']:,} | {x['train_seconds']:.0f} | "
+                f"{x['train_flops'] / 1e12:.2f} |"
+            )
         q = r.get("ratios") or {}
         if q:
             reach = q["time_to_pix2pix_best"]
             reached = f"reached that LPIPS at {reach:.3f}×" if reach else "did not reach that LPIPS"
-            line = (f"E²GAN vs pix2pix from scratch: training time {q['time_vs_pix2pix_to_best']:.3f}× pix2pix's "
-                    f"time to its best LPIPS ({reached}); {q['flops_vs_pix2pix_to_best']:.3f}× its FLOPs; "
-                    f"{q['stored_bytes']:.4f}× its stored bytes; LPIPS {q['lpips_e2gan_minus_pix2pix_best']:+.4f} "
-                    f"vs its best; KID {q['kid_e2gan_minus_pix2pix']:+.4f}.")
+            line = (
+                f"E²GAN vs pix2pix from scratch: training time {q['time_vs_pix2pix_to_best']:.3f}× pix2pix's "
+                f"time to its best LPIPS ({reached}); {q['flops_vs_pix2pix_to_best']:.3f}× its FLOPs; "
+                f"{q['stored_bytes']:.4f}× its stored bytes; LPIPS {q['lpips_e2gan_minus_pix2pix_best']:+.4f} "
+                f"vs its best; KID {q['kid_e2gan_minus_pix2pix']:+.4f}."
+            )
             out += ["", line]
         out.append("")
     return "\n".join(out)
@@ -193,10 +235,16 @@ def main() -> None:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     params, scale = load_params(), SCALES[args.scale]
     t0 = time.perf_counter()
-    result = {"scale": args.scale, "settings": scale, "resolution": params.data.image_size,
-              "threads": torch.get_num_threads(), "lambda_l1": params.finetune_lora.train.lambda_l1,
-              "lambda_gan": params.finetune_lora.train.lambda_gan, "lambda_lpips": params.finetune_lora.train.lambda_lpips,
-              "concepts": []}
+    result = {
+        "scale": args.scale,
+        "settings": scale,
+        "resolution": params.data.image_size,
+        "threads": torch.get_num_threads(),
+        "lambda_l1": params.finetune_lora.train.lambda_l1,
+        "lambda_gan": params.finetune_lora.train.lambda_gan,
+        "lambda_lpips": params.finetune_lora.train.lambda_lpips,
+        "concepts": [],
+    }
     for c in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         result["concepts"].append(run_concept(c, methods, scale, params))
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)

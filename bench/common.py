@@ -2,6 +2,7 @@
 (`ConceptBench`), and a training curve through the pipeline's own loop (`train_curve`: `fit` with its
 untimed evaluation hook), on the device from E2GAN_DEVICE (auto: CUDA when there is one).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,8 +43,9 @@ class ConceptBench:
     mask: torch.Tensor
 
     @classmethod
-    def load(cls, name: str, eval_limit: int = 48, params: PipelineConfig | None = None,
-             root: Path = Path(".")) -> ConceptBench:
+    def load(
+        cls, name: str, eval_limit: int = 48, params: PipelineConfig | None = None, root: Path = Path(".")
+    ) -> ConceptBench:
         params = params or load_params()
         paths = stage_paths("finetune_lora", name, root)  # where the pipeline keeps this concept's inputs
         base, meta = load_generator(paths["base"])
@@ -66,8 +68,9 @@ class ConceptBench:
 
     def kid(self, G=None) -> float:
         """KID of G's held-out outputs (the inputs when G is None) against the teacher's."""
-        return kid_from_features(inception_features(self.outputs(G) if G is not None else self.inputs),
-                                 self.teacher_features)
+        return kid_from_features(
+            inception_features(self.outputs(G) if G is not None else self.inputs), self.teacher_features
+        )
 
     def lpips_identity(self) -> float:
         return float(np.mean(lpips_distance(self.inputs, self.teacher)))

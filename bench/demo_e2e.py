@@ -9,6 +9,7 @@ Writes bench/results/demo_e2e.json and bench/results/demo.png (a screenshot of t
 `make demo-deps` (npm ci in demo/) and Debian's chromium. tests/test_demo.py runs the same on the
 synthetic models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,26 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.model.train_base import build_generator
+    from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
     from pipeline.config import load_params
     from pipeline.deploy.artifact import adapter_artifact, pad_tokens
     from pipeline.deploy.export import ImageOnly, export_onnx
-    from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
+    from pipeline.model.train_base import build_generator
 
     G = build_generator(load_params().train_base, 384).eval()  # the default base's architecture (MiniLM text)
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    ranks = {"ds.conv": 8, "tb.attn_cross.to_k": 4, "tb.attn_cross.to_v": 4, "us.conv": 4, "up.1.conv": 6, "out": 2,
-             "res.2.norm1.to_scale": 2, "up.0.norm.to_shift": 2}
+    ranks = {
+        "ds.conv": 8,
+        "tb.attn_cross.to_k": 4,
+        "tb.attn_cross.to_v": 4,
+        "us.conv": 4,
+        "up.1.conv": 6,
+        "out": 2,
+        "res.2.norm1.to_scale": 2,
+        "up.0.norm.to_shift": 2,
+    }
     adapted = add_lora_spec(copy.deepcopy(G), lora_spec(ranks, alpha_scale=2.0))  # peft wraps in place
     with torch.no_grad():
         for n, p in adapted.named_parameters():
@@ -60,8 +69,9 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
     save_adapter(adapted, adapter)
     base_tokens, tokens = torch.randn(1, 6, 384), torch.randn(1, 11, 384)
     (out / "base").mkdir(parents=True, exist_ok=True)
-    export_onnx(ImageOnly(G, *pad_tokens(base_tokens, torch.ones(1, 6), 32)), out / "base" / "model.onnx", SIZE,
-                fold=False)
+    export_onnx(
+        ImageOnly(G, *pad_tokens(base_tokens, torch.ones(1, 6), 32)), out / "base" / "model.onnx", SIZE, fold=False
+    )
     (out / "base" / "card.json").write_text(json.dumps({"input": {"shape": [1, 3, SIZE, SIZE]}, "max_tokens": 32}))
     (out / concept).mkdir(exist_ok=True)
     save_file(adapter_artifact(adapter, tokens, torch.ones(1, 11)), str(out / concept / "adapter.safetensors"))
@@ -97,10 +107,21 @@ def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache:
     try:
         not_image = out / "notes.txt"
         not_image.write_text("this is not an image\n")
-        cfg = {"url": f"http://127.0.0.1:{server.server_address[1]}/", "photo": str(photo), "concept": concept,
-               "missing": missing, "notImage": str(not_image), "out": str(out)}
-        res = subprocess.run(["node", str(ROOT / "demo" / "e2e.mjs"), json.dumps(cfg)], capture_output=True,
-                             text=True, timeout=900, check=False)
+        cfg = {
+            "url": f"http://127.0.0.1:{server.server_address[1]}/",
+            "photo": str(photo),
+            "concept": concept,
+            "missing": missing,
+            "notImage": str(not_image),
+            "out": str(out),
+        }
+        res = subprocess.run(
+            ["node", str(ROOT / "demo" / "e2e.mjs"), json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         if res.returncode:
             raise RuntimeError(f"demo/e2e.mjs failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     finally:
@@ -114,21 +135,31 @@ def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache:
     browser = np.asarray(page.pop("output"), dtype=np.float32).reshape(ref.shape)
     photo_px = np.asarray(Image.open(photo).convert("RGB"))
     result = {
-        "concept": concept, "size": SIZE, "models": str(models),
+        "concept": concept,
+        "size": SIZE,
+        "models": str(models),
         "browser_vs_python_max_abs_diff": float(np.abs(browser - ref).max()),
         "browser_vs_python_mean_abs_diff": float(np.abs(browser - ref).mean()),
         "input_pixels_max_diff": int(np.abs(rgba[..., :3].astype(int) - photo_px.astype(int)).max()),
         "output_range": [float(browser.min()), float(browser.max())],
-        "browser": page["measure"], "cross_origin_isolated": page["crossOriginIsolated"],
-        "backend_text": page["backend"], "download_text": page["download"], "camera_fps_text": page["cameraFps"],
+        "browser": page["measure"],
+        "cross_origin_isolated": page["crossOriginIsolated"],
+        "backend_text": page["backend"],
+        "download_text": page["download"],
+        "camera_fps_text": page["cameraFps"],
         "python_onnxruntime": {"threads_1": ort_latency(direct, SIZE, 1), "threads_all": ort_latency(direct, SIZE, 0)},
-        "messages": {"not_an_image": page["notImageMessage"], "missing_model": page["missingMessage"],
-                     "camera_refused": page["cameraDeniedMessage"]},
-        "failed_requests": page["failedRequests"], "page_errors": page["pageErrors"],
+        "messages": {
+            "not_an_image": page["notImageMessage"],
+            "missing_model": page["missingMessage"],
+            "camera_refused": page["cameraDeniedMessage"],
+        },
+        "failed_requests": page["failedRequests"],
+        "page_errors": page["pageErrors"],
         "console_errors": page["consoleErrors"],
     }
     result["browser_fps_vs_python_fps_all_threads"] = round(
-        result["browser"]["fps"] / (1000 / result["python_onnxruntime"]["threads_all"]["median_ms"]), 3)
+        result["browser"]["fps"] / (1000 / result["python_onnxruntime"]["threads_all"]["median_ms"]), 3
+    )
     (out / "demo_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -13,6 +13,7 @@ The new-concept run adds the filters concept `sepia` to params.yaml, runs `dvc r
 restores params.yaml and dvc.lock and removes its outputs afterwards (they stay in the DVC cache). Results go to
 bench/results/dvc_timing.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ def _timed(args: list[str]) -> tuple[float, str]:
 
 def _untracked() -> set[str]:
     """Paths git does not track (ignored included), as `git status` names them."""
-    out = subprocess.run(["git", "status", "--porcelain", "--ignored=traditional", "--untracked-files=all"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=traditional", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {line[3:].rstrip("/") for line in out.splitlines() if line[:2] in ("??", "!!")}
 
 
@@ -56,23 +61,33 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-concept", action="store_true", help="Also time a new concept end to end (~8 min).")
-    ap.add_argument("--full-run-minutes", type=float, default=50.0,
-                    help="Measured wall time of `make run` on the default (for the ratios).")
+    ap.add_argument(
+        "--full-run-minutes",
+        type=float,
+        default=50.0,
+        help="Measured wall time of `make run` on the default (for the ratios).",
+    )
     args = ap.parse_args(argv)
     stale = json.loads(_timed(dvc_cmd("status", "--json"))[1] or "{}")
     if stale:
         raise SystemExit(f"the pipeline is not up to date ({', '.join(sorted(stale))}): run `dvc repro` first")
     status_s = statistics.median(_timed(dvc_cmd("status"))[0] for _ in range(args.repeats))
     noop = [_timed(dvc_cmd("repro"))[0] for _ in range(args.repeats)]
-    result: dict = {"noop_repro_s": round(statistics.median(noop), 2), "noop_repro_runs_s": [round(t, 2) for t in noop],
-                    "dvc_status_s": round(status_s, 2), "full_run_s": args.full_run_minutes * 60}
+    result: dict = {
+        "noop_repro_s": round(statistics.median(noop), 2),
+        "noop_repro_runs_s": [round(t, 2) for t in noop],
+        "dvc_status_s": round(status_s, 2),
+        "full_run_s": args.full_run_minutes * 60,
+    }
     result["noop_vs_status"] = round(result["noop_repro_s"] / status_s, 2)
     result["noop_vs_full_run"] = round(result["noop_repro_s"] / result["full_run_s"], 5)
     if args.new_concept:
         params_text, lock_text = Path("params.yaml").read_text(), Path("dvc.lock").read_text()
         params = yaml.safe_load(params_text)
-        params["concepts"]["sepia"] = {"prompt": "give the photo a warm sepia tone",
-                                       "teacher": {"kind": "filters", "op": "sepia"}}
+        params["concepts"]["sepia"] = {
+            "prompt": "give the photo a warm sepia tone",
+            "teacher": {"kind": "filters", "op": "sepia"},
+        }
         before = _untracked()
         staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
         try:
@@ -90,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             for d in sorted({str(p) for f in new for p in Path(f).parents if str(p) != "."}, key=len, reverse=True):
                 if Path(d).is_dir() and not any(Path(d).iterdir()):
                     Path(d).rmdir()
-        result["new_concept"] = {"concept": "sepia", "seconds": round(dt, 1), "stages_ran": ran,
-                                 "vs_full_run": round(dt / result["full_run_s"], 3)}
+        result["new_concept"] = {
+            "concept": "sepia",
+            "seconds": round(dt, 1),
+            "stages_ran": ran,
+            "vs_full_run": round(dt / result["full_run_s"], 3),
+        }
         baselines = RESULTS / "baselines.json"
         if baselines.is_file():
-            rows = [r for c in json.loads(baselines.read_text())["concepts"] for r in c["rows"] if r["key"] == "pix2pix"]
+            rows = [
+                r for c in json.loads(baselines.read_text())["concepts"] for r in c["rows"] if r["key"] == "pix2pix"
+            ]
             best = rows[0]["seconds_to_best"] if rows else None
             if best:
                 result["new_concept"]["pix2pix_seconds_to_best"] = best

@@ -4,6 +4,7 @@ Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20]  ->  bench/
 Uses the trained base model from models/base when present (else a freshly initialised one: latency
 does not depend on the weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.deploy.export import ImageOnly, export_onnx, ort_latency
 from pipeline.core.io import atomic_write_json
+from pipeline.deploy.export import ImageOnly, export_onnx, ort_latency
 from pipeline.model.nets.pix2pix import ResnetGenerator
 
 
@@ -46,12 +47,14 @@ def main() -> None:
 
         G, _ = load_generator(base)
     else:  # the default architecture from params.yaml
-        from pipeline.model.train_base import build_generator
         from pipeline.config import load_params
+        from pipeline.model.train_base import build_generator
 
         G = build_generator(load_params().train_base, 384)
-    models = {"e2gan": ImageOnly(G, torch.randn(1, 8, G.cfg.text_dim), torch.ones(1, 8)),
-              "resnet9": ImageOnly(ResnetGenerator(ngf=64))}
+    models = {
+        "e2gan": ImageOnly(G, torch.randn(1, 8, G.cfg.text_dim), torch.ones(1, 8)),
+        "resnet9": ImageOnly(ResnetGenerator(ngf=64)),
+    }
     threads = sorted({1, os.cpu_count() or 1})
     result: dict = {"threads": threads, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,16 +63,28 @@ def main() -> None:
             for size in args.sizes:
                 path = export_onnx(model, Path(tmp) / f"{name}-{size}.onnx", size)
                 entry["onnx_weights"] = _onnx_weights(path)  # what ships: folded text norms are per-channel constants
-                entry["sizes"][size] = {"gmacs": round(_macs(model.eval(), size) / 1e9, 3),
-                                        **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads}}
+                entry["sizes"][size] = {
+                    "gmacs": round(_macs(model.eval(), size) / 1e9, 3),
+                    **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads},
+                }
             result["models"][name] = entry
     e, r = result["models"]["e2gan"], result["models"]["resnet9"]
-    result["ratios"] = {"params": round(e["params"] / r["params"], 4),
-                        "onnx_weights": round(e["onnx_weights"] / r["onnx_weights"], 4),
-                        **{f"{s}": {"macs": round(e["sizes"][s]["gmacs"] / r["sizes"][s]["gmacs"], 3),
-                                    **{f"latency_threads_{t}": round(e["sizes"][s][f"threads_{t}"]["median_ms"]
-                                                                     / r["sizes"][s][f"threads_{t}"]["median_ms"], 3)
-                                       for t in threads}} for s in args.sizes}}
+    result["ratios"] = {
+        "params": round(e["params"] / r["params"], 4),
+        "onnx_weights": round(e["onnx_weights"] / r["onnx_weights"], 4),
+        **{
+            f"{s}": {
+                "macs": round(e["sizes"][s]["gmacs"] / r["sizes"][s]["gmacs"], 3),
+                **{
+                    f"latency_threads_{t}": round(
+                        e["sizes"][s][f"threads_{t}"]["median_ms"] / r["sizes"][s][f"threads_{t}"]["median_ms"], 3
+                    )
+                    for t in threads
+                },
+            }
+            for s in args.sizes
+        },
+    }
     atomic_write_json(args.out, result)
     print(json.dumps(result["ratios"], indent=1))
 

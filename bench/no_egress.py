@@ -7,6 +7,7 @@ process included) recording connect/sendto/sendmsg, and lists the addresses that
 DNS lookups show up too (a connect to the resolver), so a run that only *tries* to reach a model hub is
 caught even when the lookup fails. Needs `strace` (Debian: apt-get install strace).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def parse(trace: str) -> list[dict]:
         port = _PORT.search(line)
         call = re.search(r"\b(connect|sendto|sendmsg)\(", line).group(1)
         key = (addr, int(port.group(1)) if port else None, call)
-        entry = seen.setdefault(key, {"address": addr, "port": key[1], "call": call, "count": 0,
-                                      "loopback": _loopback(addr)})
+        entry = seen.setdefault(
+            key, {"address": addr, "port": key[1], "call": call, "count": 0, "loopback": _loopback(addr)}
+        )
         entry["count"] += 1
     return list(seen.values())
 
@@ -55,15 +57,33 @@ def _loopback(addr: str) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
-def traced_run(cmd: list[str], cwd: Path | str = ".", env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def traced_run(
+    cmd: list[str], cwd: Path | str = ".", env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run `cmd` under strace; returns the finished process and the destinations it (or a child) used."""
     if not available():
         raise RuntimeError("strace is not installed (Debian: apt-get install strace)")
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trace"
-        res = subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg",
-                              "-e", "signal=none", "-o", str(log), *cmd], cwd=cwd, env=env, capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "--seccomp-bpf",
+                "-e",
+                "trace=connect,sendto,sendmsg",
+                "-e",
+                "signal=none",
+                "-o",
+                str(log),
+                *cmd,
+            ],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         trace = log.read_text() if log.exists() else ""
     return res, parse(trace)
 
@@ -79,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res, dests = traced_run(cmd)
     outside = [d for d in dests if not d["loopback"]]
-    result = {"command": " ".join(cmd), "exit_code": res.returncode, "seconds": round(time.perf_counter() - t0, 1),
-              "destinations": dests, "left_the_machine": outside}
+    result = {
+        "command": " ".join(cmd),
+        "exit_code": res.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "destinations": dests,
+        "left_the_machine": outside,
+    }
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

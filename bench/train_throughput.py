@@ -8,6 +8,7 @@ depend on the pixels.
 
 Reports steps/s per device, the GPU/CPU ratio and the projected time of `train_base`'s steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model.train_base import build_generator
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json
 from pipeline.data.dataset import PairData
 from pipeline.model.train import build_models, fit
+from pipeline.model.train_base import build_generator
 
 RESULTS = Path("bench/results")
 
@@ -33,8 +34,9 @@ def synthetic_pairs(n: int, size: int, text_dim: int, tokens: int = 16) -> PairD
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    return PairData(x, y, [[i % 4] for i in range(n)], torch.randn(4, tokens, text_dim, generator=g),
-                    torch.ones(4, tokens))
+    return PairData(
+        x, y, [[i % 4] for i in range(n)], torch.randn(4, tokens, text_dim, generator=g), torch.ones(4, tokens)
+    )
 
 
 def steps_per_second(device: str, data: PairData, steps: int, warmup: int, batch: int) -> dict:
@@ -45,15 +47,25 @@ def steps_per_second(device: str, data: PairData, steps: int, warmup: int, batch
     with tempfile.TemporaryDirectory() as tmp:
         G = build_generator(tb, data.tokens.shape[-1])
         m = build_models(G, cfg0)
-        fit(m, data, cfg0.model_copy(update={"steps": warmup, "ckpt_every": warmup}), Path(tmp), desc=f"warm-up {device}")
+        fit(
+            m,
+            data,
+            cfg0.model_copy(update={"steps": warmup, "ckpt_every": warmup}),
+            Path(tmp),
+            desc=f"warm-up {device}",
+        )
         cfg = cfg0.model_copy(update={"steps": warmup + steps, "ckpt_every": 10**9})
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fit(m, data, cfg, Path(tmp), desc=f"timed {device}")  # ends with the models back on the CPU: synchronised
         seconds = time.perf_counter() - t0
-    return {"steps": steps, "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 3),
-            "train_base_projected_s": round(tb.train.steps * seconds / steps, 1)}
+    return {
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "steps_per_s": round(steps / seconds, 3),
+        "train_base_projected_s": round(tb.train.steps * seconds / steps, 1),
+    }
 
 
 def main() -> None:
@@ -69,16 +81,26 @@ def main() -> None:
     size, batch = args.size or params.data.image_size, args.batch or cfg.batch_size
     data = synthetic_pairs(64, size, 384)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    result = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-              "cpu_threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "image_size": size, "batch": batch, "norm": arch.norm, "skip": arch.skip,
-              "lambda_lpips": cfg.lambda_lpips, "train_base_steps": cfg.steps, "devices": {}}
+    result = {
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "image_size": size,
+        "batch": batch,
+        "norm": arch.norm,
+        "skip": arch.skip,
+        "lambda_lpips": cfg.lambda_lpips,
+        "train_base_steps": cfg.steps,
+        "devices": {},
+    }
     for dev in devices:
         result["devices"][dev] = steps_per_second(dev, data, args.steps, args.warmup, batch)
         print(dev, json.dumps(result["devices"][dev]), flush=True)
     if "cuda" in result["devices"]:
-        result["ratio_gpu_vs_cpu"] = round(result["devices"]["cuda"]["steps_per_s"] / result["devices"]["cpu"]["steps_per_s"], 2)
+        result["ratio_gpu_vs_cpu"] = round(
+            result["devices"]["cuda"]["steps_per_s"] / result["devices"]["cpu"]["steps_per_s"], 2
+        )
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=1))
 

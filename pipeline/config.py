@@ -2,6 +2,7 @@
 
 Each section's model is declared by the component it configures (the generator owns its architecture, the
 training loop its settings, each stage its own section); this module only puts them together."""
+
 from __future__ import annotations
 
 import difflib
@@ -58,8 +59,10 @@ class PipelineConfig(FrozenConfig):
         if isinstance(v, dict):
             for name in v:
                 if not is_slug(name):
-                    raise ValueError(f"concept name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. "
-                                     f"'{suggest_slug(name)}'")
+                    raise ValueError(
+                        f"concept name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. "
+                        f"'{suggest_slug(name)}'"
+                    )
         return v
 
 

@@ -3,6 +3,7 @@ calls: `python -m stages <stage> [--concept C] --<name> <path> ...`.
 
 Paths come only from dvc.yaml's `cmd`: each stage declares the names it takes (`PATHS`), and the entry point
 refuses a missing or unknown one. Stage modules hold no algorithm; they call functions in `pipeline/`."""
+
 from __future__ import annotations
 
 import importlib
@@ -33,10 +34,14 @@ def parse(stage: str, argv: list[str], names: tuple[str, ...]) -> tuple[str | No
         raise E2GANError(f"{stage}: {'--concept is required' if concept is None else '--concept is not taken'}")
     missing, unknown = sorted(set(names) - set(given)), sorted(set(given) - set(names))
     if missing or unknown:
-        raise E2GANError(f"{stage}: paths {'missing: ' + ', '.join(missing) if missing else ''}"
-                         f"{'; ' if missing and unknown else ''}{'unknown: ' + ', '.join(unknown) if unknown else ''}"
-                         f"; it takes --{' --'.join(n.replace('_', '-') for n in names)} (see dvc.yaml)")
-    return (check_slug(concept) if concept is not None else None), SimpleNamespace(**{k: Path(v) for k, v in given.items()})
+        raise E2GANError(
+            f"{stage}: paths {'missing: ' + ', '.join(missing) if missing else ''}"
+            f"{'; ' if missing and unknown else ''}{'unknown: ' + ', '.join(unknown) if unknown else ''}"
+            f"; it takes --{' --'.join(n.replace('_', '-') for n in names)} (see dvc.yaml)"
+        )
+    return (check_slug(concept) if concept is not None else None), SimpleNamespace(
+        **{k: Path(v) for k, v in given.items()}
+    )
 
 
 @exit_on_user_error

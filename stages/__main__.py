@@ -1,4 +1,5 @@
 """`python -m stages <stage> ...`: the entry point dvc.yaml calls."""
+
 from stages import main
 
 main()

@@ -1,5 +1,6 @@
 """DVC stage evaluate@C: held-out quality of the concept's student against the teacher -> metrics (JSON) and
 the input | teacher | base | student grid (PNG)."""
+
 from __future__ import annotations
 
 from pipeline.evaluate.concept import evaluate_student, write_evaluation

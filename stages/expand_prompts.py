@@ -1,4 +1,5 @@
 """DVC stage expand_prompts@C: the concept's prompt -> edit instructions + text embeddings."""
+
 from __future__ import annotations
 
 from pipeline.data.prompts import write_prompts

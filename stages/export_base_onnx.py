@@ -1,5 +1,6 @@
 """DVC stage export_base_onnx: the base generator as ONNX with every weight a named initializer, the model that
 per-concept adapter artifacts patch."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """DVC stage finetune_lora@C: LoRA adapters (peft) for one concept on the frozen base -> the adapter folder
 (adapter_config.json, adapter_model.safetensors, e2gan.json) + metrics, curves and samples."""
+
 from __future__ import annotations
 
 import json
@@ -23,21 +24,35 @@ def run(params, paths, concept: str) -> None:
     base, meta = load_generator(paths.base)
     data = load_concepts({c: paths.pairs}, meta["text_encoder"], {c: paths.prompts})[c]
     base_sha = sha256_file(paths.base / "generator.safetensors")
-    key = fingerprint(c, cfg.model_dump(), spec, base_sha, (paths.pairs / "metadata.jsonl").read_text(),
-                      paths.prompts.read_text())
+    key = fingerprint(
+        c, cfg.model_dump(), spec, base_sha, (paths.pairs / "metadata.jsonl").read_text(), paths.prompts.read_text()
+    )
     before = evaluate_concept(base, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
     model, history, facts = finetune_concept(base, spec, data, cfg, paths.work / f"{c}-{key}")
     after = evaluate_concept(model, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", f"finetune_lora {c}")
-    write_samples(model, {c: paths.pairs}, meta["text_encoder"], paths.reports / "samples.png",
-                  prompts={c: paths.prompts})
-    card = {"concept": c, "prompt": concept_prompt(paths.prompts), "base_sha256": base_sha,
-            "text_encoder": meta["text_encoder"], "image_size": meta.get("image_size")}
+    write_samples(
+        model, {c: paths.pairs}, meta["text_encoder"], paths.reports / "samples.png", prompts={c: paths.prompts}
+    )
+    card = {
+        "concept": c,
+        "prompt": concept_prompt(paths.prompts),
+        "base_sha256": base_sha,
+        "text_encoder": meta["text_encoder"],
+        "image_size": meta.get("image_size"),
+    }
     sizes = save_adapter_folder(model, spec, card, paths.out)
     n_base = sum(p.numel() for p in base.parameters())
-    atomic_write_json(paths.reports / "metrics.json", {
-        **facts, **sizes, "trainable_share": facts["trainable_params"] / n_base, "base_params": n_base,
-        "steps": cfg.train.steps,
-        "heldout": {"base": before["student"], "lora": after["student"], "identity": after["identity"]},
-        "lpips_gain_vs_base": before["student"]["lpips"] - after["student"]["lpips"],
-        "lpips_gain_vs_identity": after["lpips_gain_vs_identity"]})
+    atomic_write_json(
+        paths.reports / "metrics.json",
+        {
+            **facts,
+            **sizes,
+            "trainable_share": facts["trainable_params"] / n_base,
+            "base_params": n_base,
+            "steps": cfg.train.steps,
+            "heldout": {"base": before["student"], "lora": after["student"], "identity": after["identity"]},
+            "lpips_gain_vs_base": before["student"]["lpips"] - after["student"]["lpips"],
+            "lpips_gain_vs_identity": after["lpips_gain_vs_identity"],
+        },
+    )

@@ -1,4 +1,5 @@
 """DVC stage generate_pairs@C: source crops + the concept's teacher -> quality-filtered pairs, metrics, a grid."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ PATHS = ("sources", "prompts", "out", "metrics", "grid", "work")
 def run(params, paths, concept: str) -> None:
     cfg = params.concept(concept)
     prompts = json.loads((paths.prompts / "prompts.json").read_text())
-    summary = generate_pairs(concept, cfg, params.generate_pairs, build_teacher(cfg.teacher), paths.sources, prompts,
-                             paths.out, paths.work)
+    summary = generate_pairs(
+        concept, cfg, params.generate_pairs, build_teacher(cfg.teacher), paths.sources, prompts, paths.out, paths.work
+    )
     write_grid(paths.out, paths.grid)
     atomic_write_json(paths.metrics, summary)

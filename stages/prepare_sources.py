@@ -1,4 +1,5 @@
 """DVC stage prepare_sources: photos -> train/held-out crops (data/sources) + their counts."""
+
 from __future__ import annotations
 
 from pipeline.core.io import atomic_write_json

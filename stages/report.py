@@ -1,4 +1,5 @@
 """DVC stage report: a self-contained HTML report and a Markdown summary over every concept."""
+
 from __future__ import annotations
 
 from pipeline.evaluate.report import ReportInputs, write_report
@@ -7,6 +8,7 @@ PATHS = ("selection", "train_base", "layers", "ranks", "evaluate", "finetune", "
 
 
 def run(params, paths) -> None:
-    inputs = ReportInputs(paths.selection, paths.train_base, paths.layers, paths.ranks, paths.evaluate, paths.finetune,
-                          paths.export)
+    inputs = ReportInputs(
+        paths.selection, paths.train_base, paths.layers, paths.ranks, paths.evaluate, paths.finetune, paths.export
+    )
     write_report(inputs, list(params.concepts), paths.html, paths.md)

@@ -1,5 +1,6 @@
 """DVC stage search_ranks: per-layer LoRA ranks for the crucial layers -> the peft spec (target_modules, r,
 lora_alpha, rank_pattern, alpha_pattern) + the comparison table and a plot."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,16 @@ def run(params, paths) -> None:
     crucial = json.loads((paths.analysis / "crucial.json").read_text())
     deltas = load_file(str(paths.analysis / "deltas.safetensors"))
     calib = load_concepts({c: paths.pairs / c for c in crucial["calibration"]}, meta["text_encoder"])
-    key = fingerprint(params.search_ranks.model_dump(), params.finetune_lora.model_dump(), crucial,
-                      sha256_file(paths.base / "generator.safetensors"),
-                      sha256_file(paths.analysis / "deltas.safetensors"))
-    spec, report = search_ranks(base, crucial["crucial_layers"], deltas, calib, params.search_ranks,
-                                params.finetune_lora, paths.work / key)
+    key = fingerprint(
+        params.search_ranks.model_dump(),
+        params.finetune_lora.model_dump(),
+        crucial,
+        sha256_file(paths.base / "generator.safetensors"),
+        sha256_file(paths.analysis / "deltas.safetensors"),
+    )
+    spec, report = search_ranks(
+        base, crucial["crucial_layers"], deltas, calib, params.search_ranks, params.finetune_lora, paths.work / key
+    )
     with atomic_dir(paths.out) as tmp:
         atomic_write_json(tmp / "lora.json", spec)
     atomic_write_json(paths.reports / "table.json", report)

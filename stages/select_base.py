@@ -1,4 +1,5 @@
 """DVC stage select_base: k-means over the concept pool's prompts -> base and calibration concepts + a plot."""
+
 from __future__ import annotations
 
 from pipeline.core.io import atomic_write_json

@@ -1,6 +1,7 @@
 """DVC stage train_base: one text-conditioned generator on the base concepts -> the base model + its reports.
 
 Data-parallel on N processes (GPUs, or CPU with gloo): torchrun --nproc_per_node N -m stages train_base ..."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def run(params, paths) -> None:
     cfg, encoder = params.train_base, params.expand_prompts.text_encoder
     sel = json.loads(paths.selection.read_text())
     folders = {op: paths.pairs / op for op in sel["base"]}
-    key = fingerprint(cfg.model_dump(), encoder, sel["base"],
-                      [(f / "metadata.jsonl").read_text() for f in folders.values() if (f / "metadata.jsonl").is_file()])
+    key = fingerprint(
+        cfg.model_dump(),
+        encoder,
+        sel["base"],
+        [(f / "metadata.jsonl").read_text() for f in folders.values() if (f / "metadata.jsonl").is_file()],
+    )
     t0 = time.perf_counter()
     G, history = train_base(folders, cfg, encoder, paths.work / key)
     seconds = round(time.perf_counter() - t0, 1)
@@ -35,9 +40,23 @@ def run(params, paths) -> None:
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", "train_base")
     quality = evaluate_concepts(G, {**folders, **{op: paths.pairs / op for op in sel["calibration"]}}, encoder)
     write_samples(G, folders, encoder, paths.reports / "samples.png")
-    save_generator(G, paths.out, {"text_encoder": encoder, "base_concepts": sel["base"],
-                                  "image_size": params.data.image_size, "steps": cfg.train.steps,
-                                  "train_seconds": seconds})
-    atomic_write_json(paths.reports / "quality.json", {"train_seconds": seconds, "steps": cfg.train.steps,
-                                                       "concepts": quality,
-                                                       "text_conditioning": conditioning_matrix(G, folders, encoder)})
+    save_generator(
+        G,
+        paths.out,
+        {
+            "text_encoder": encoder,
+            "base_concepts": sel["base"],
+            "image_size": params.data.image_size,
+            "steps": cfg.train.steps,
+            "train_seconds": seconds,
+        },
+    )
+    atomic_write_json(
+        paths.reports / "quality.json",
+        {
+            "train_seconds": seconds,
+            "steps": cfg.train.steps,
+            "concepts": quality,
+            "text_conditioning": conditioning_matrix(G, folders, encoder),
+        },
+    )

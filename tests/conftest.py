@@ -1,4 +1,5 @@
 """Shared fixtures: real cached photos (fetched by `make test`), tiny synthetic images, a params dict."""
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,7 @@ def synthetic_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth random colour image with some edges (for fast, photo-free tests)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([np.sin(6 * x + rng.uniform(0, 6)) , np.cos(5 * y + rng.uniform(0, 6)), x * y], -1)
+    img = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), x * y], -1)
     img = (img - img.min()) / (np.ptp(img) + 1e-9) * 255
     img[h // 3 : h // 2, w // 4 : w // 2] = rng.integers(0, 255, 3)
     return img.astype(np.uint8)

@@ -1,4 +1,5 @@
 """params.yaml validation: the real file parses; each malformed case gives one line naming key and fix."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,10 +7,10 @@ import sys
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, load_params, parse_params, read_params
 from pipeline.core.errors import ConfigError
-
 from tests.conftest import ROOT
 
 
@@ -17,7 +18,7 @@ def test_real_params_parse_and_are_frozen():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, PipelineConfig) and p.concepts
     assert load_params(ROOT / "params.yaml") is p  # loaded once
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         p.data.image_size = 64  # type: ignore[misc]
 
 
@@ -41,16 +42,29 @@ def _rename_concept(d: dict, new: str) -> None:
 
 # (case id, mutation, substrings the one-line message must contain)
 CASES = [
-    ("typo", lambda d: d["data"].__setitem__("imag_size", 64), ["data.imag_size", "unknown key", "did you mean 'image_size'"]),
+    (
+        "typo",
+        lambda d: d["data"].__setitem__("imag_size", 64),
+        ["data.imag_size", "unknown key", "did you mean 'image_size'"],
+    ),
     ("wrong_type", lambda d: _set(d, "data.image_size", "big"), ["data.image_size", "integer", "'big'"]),
     ("not_multiple_of_16", lambda d: _set(d, "data.image_size", 100), ["data.image_size", "multiple of 16", "try 96"]),
     ("out_of_range", lambda d: _set(d, "data.heldout_fraction", 1.5), ["data.heldout_fraction", "less than 1"]),
-    ("unknown_teacher", lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "midjourney"}),
-     ["concepts.watercolor.teacher", "unknown teacher kind 'midjourney'", "'filters' or 'diffusers'"]),
-    ("unknown_filter", lambda d: _set(d, "concepts.watercolor.teacher.op", "watercolour"),
-     ["concepts.watercolor.teacher.op", "'watercolour' is not a filter", "did you mean 'watercolor'"]),
-    ("teacher_typo", lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "diffusers", "stpes": 5}),
-     ["concepts.watercolor.teacher.stpes", "did you mean 'steps'"]),
+    (
+        "unknown_teacher",
+        lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "midjourney"}),
+        ["concepts.watercolor.teacher", "unknown teacher kind 'midjourney'", "'filters' or 'diffusers'"],
+    ),
+    (
+        "unknown_filter",
+        lambda d: _set(d, "concepts.watercolor.teacher.op", "watercolour"),
+        ["concepts.watercolor.teacher.op", "'watercolour' is not a filter", "did you mean 'watercolor'"],
+    ),
+    (
+        "teacher_typo",
+        lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "diffusers", "stpes": 5}),
+        ["concepts.watercolor.teacher.stpes", "did you mean 'steps'"],
+    ),
     ("slug_spaces", lambda d: _rename_concept(d, "Water Color"), ["not a lowercase slug", "'water_color'"]),
     ("slug_path", lambda d: _rename_concept(d, "../etc"), ["'../etc'", "not a lowercase slug"]),
     ("missing_section", lambda d: _del(d, "expand_prompts"), ["expand_prompts", "missing section"]),
@@ -85,13 +99,16 @@ def test_top_level_must_be_mapping():
         parse_params(["data"])
 
 
-@pytest.mark.parametrize("module", ["pipeline.orchestrate.cli params check", "stages prepare_sources --out o --metrics m.json"])
+@pytest.mark.parametrize(
+    "module", ["pipeline.orchestrate.cli params check", "stages prepare_sources --out o --metrics m.json"]
+)
 def test_bad_params_exit_nonzero_with_one_line_no_traceback(tmp_path, params_dict, module):
     params_dict["data"]["image_size"] = "big"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
     cmd = [sys.executable, "-m", *module.split()]
-    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    res = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    )
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

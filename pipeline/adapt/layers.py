@@ -11,6 +11,7 @@ Two scorers, both on the calibration concepts (held back from the base, so they 
 The crucial groups are the `top_k` by the chosen scorer whose probe gain exceeds `min_gain`.
 Each probe's result is recorded as it finishes, so a killed run resumes at the next probe.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,6 +34,7 @@ from pipeline.model.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
+
 class AnalyzeLayersConfig(FrozenConfig):
     """analyze_layers: which layer groups of the base are worth adapting (scored on calibration concepts)."""
 
@@ -49,9 +51,16 @@ class AnalyzeLayersConfig(FrozenConfig):
 
 # group -> layer-name prefixes, in the generator's order (see pipeline/model/nets/generator.py)
 GROUPS: dict[str, tuple[str, ...]] = {
-    "down": ("down.",), "res_enc": ("res.0.", "res.1."), "ds": ("ds.",), "tb_self": ("tb.attn_self.",),
-    "tb_cross": ("tb.attn_cross.",), "tb_mlp": ("tb.mlp.",), "us": ("us.",), "res_dec": ("res.2.",),
-    "up": ("up.",), "out": ("out",),
+    "down": ("down.",),
+    "res_enc": ("res.0.", "res.1."),
+    "ds": ("ds.",),
+    "tb_self": ("tb.attn_self.",),
+    "tb_cross": ("tb.attn_cross.",),
+    "tb_mlp": ("tb.mlp.",),
+    "us": ("us.",),
+    "res_dec": ("res.2.",),
+    "up": ("up.",),
+    "out": ("out",),
 }
 PAPER_CHOICE = ["down", "ds", "tb_self", "tb_cross", "tb_mlp", "us", "up"]  # sampling layers + transformer block
 
@@ -70,8 +79,16 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
 def probe_config(fcfg: FinetuneConfig, steps: int, batch: int, seed: int) -> TrainConfig:
     """The fine-tune loop's settings for a short analysis run: no EMA, one checkpoint at the end."""
     t = fcfg.train
-    return t.model_copy(update={"steps": steps, "batch_size": batch, "ema": 0.0, "seed": seed,
-                                "ckpt_every": steps, "log_every": max(1, min(t.log_every, steps))})
+    return t.model_copy(
+        update={
+            "steps": steps,
+            "batch_size": batch,
+            "ema": 0.0,
+            "seed": seed,
+            "ckpt_every": steps,
+            "log_every": max(1, min(t.log_every, steps)),
+        }
+    )
 
 
 def relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], layers: list[str]) -> float:
@@ -90,23 +107,39 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else 1.0
 
 
-def _probes(base: nn.Module, groups: dict[str, list[str]], data: dict[str, ConceptData], cfg: AnalyzeLayersConfig,
-            fcfg: FinetuneConfig, work: Path, perceptual) -> dict:
+def _probes(
+    base: nn.Module,
+    groups: dict[str, list[str]],
+    data: dict[str, ConceptData],
+    cfg: AnalyzeLayersConfig,
+    fcfg: FinetuneConfig,
+    work: Path,
+    perceptual,
+) -> dict:
     """Scorer 'probe': LoRA on one group alone per calibration concept; {"<group>/<concept>": {lpips, seconds}}."""
     pcfg = probe_config(fcfg, cfg.probe_steps, cfg.probe_batch, cfg.seed)
 
     def probe(g: str, c: str) -> dict:
         spec = lora_spec({n: cfg.probe_rank for n in groups[g]})
-        model, _, seconds = finetune(base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {g}/{c}",
-                                     perceptual)
+        model, _, seconds = finetune(
+            base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {g}/{c}", perceptual
+        )
         return {"lpips": concept_lpips(model, data[c], cfg.eval_limit), "seconds": round(seconds, 2)}
 
-    return run_recorded([(g, c) for g in groups for c in data], work / "probes.json", "analyze_layers: probes",
-                        "probe", probe)
+    return run_recorded(
+        [(g, c) for g in groups for c in data], work / "probes.json", "analyze_layers: probes", "probe", probe
+    )
 
 
-def _full_finetunes(base: nn.Module, groups: dict[str, list[str]], data: dict[str, ConceptData],
-                    cfg: AnalyzeLayersConfig, fcfg: FinetuneConfig, work: Path, perceptual) -> tuple[dict, dict, dict]:
+def _full_finetunes(
+    base: nn.Module,
+    groups: dict[str, list[str]],
+    data: dict[str, ConceptData],
+    cfg: AnalyzeLayersConfig,
+    fcfg: FinetuneConfig,
+    work: Path,
+    perceptual,
+) -> tuple[dict, dict, dict]:
     """Scorer 'delta': a short full fine-tune per concept; returns (dW per "<concept>/<layer>", the relative
     change per group and concept, the fine-tuned model's held-out LPIPS per concept)."""
     layers = [n for g in groups.values() for n in g]
@@ -126,21 +159,35 @@ def _full_finetunes(base: nn.Module, groups: dict[str, list[str]], data: dict[st
     return deltas, rel, lpips
 
 
-def _group_rows(base: nn.Module, groups: dict[str, list[str]], concepts: list[str], base_lpips: dict, done: dict,
-                rel: dict, cfg: AnalyzeLayersConfig) -> list[dict]:
+def _group_rows(
+    base: nn.Module,
+    groups: dict[str, list[str]],
+    concepts: list[str],
+    base_lpips: dict,
+    done: dict,
+    rel: dict,
+    cfg: AnalyzeLayersConfig,
+) -> list[dict]:
     """One row per group with both scorers' values and ranks."""
     mods = dict(base.named_modules())
     rows = []
     for g, names in groups.items():
         gains = [base_lpips[c] - done[f"{g}/{c}"]["lpips"] for c in concepts]
         n_params = sum(lora_parameters(mods[n], cfg.probe_rank) for n in names)
-        rows.append({"group": g, "layers": names, "weights": sum(mods[n].weight.numel() for n in names),
-                     "probe_lora_params": n_params, "probe_gain": float(np.mean(gains)),
-                     "probe_gain_per_concept": dict(zip(concepts, map(float, gains))),
-                     "probe_gain_per_1k_params": float(np.mean(gains)) / (n_params / 1000),
-                     "delta_rel_change": float(np.mean(list(rel[g].values()))),
-                     "delta_rel_change_per_concept": rel[g],
-                     "in_paper_choice": g in PAPER_CHOICE})
+        rows.append(
+            {
+                "group": g,
+                "layers": names,
+                "weights": sum(mods[n].weight.numel() for n in names),
+                "probe_lora_params": n_params,
+                "probe_gain": float(np.mean(gains)),
+                "probe_gain_per_concept": dict(zip(concepts, map(float, gains))),
+                "probe_gain_per_1k_params": float(np.mean(gains)) / (n_params / 1000),
+                "delta_rel_change": float(np.mean(list(rel[g].values()))),
+                "delta_rel_change_per_concept": rel[g],
+                "in_paper_choice": g in PAPER_CHOICE,
+            }
+        )
     probe_rank = np.argsort(np.argsort([-r["probe_gain"] for r in rows]))
     delta_rank = np.argsort(np.argsort([-r["delta_rel_change"] for r in rows]))
     for r, pr, dr in zip(rows, probe_rank, delta_rank):
@@ -148,8 +195,9 @@ def _group_rows(base: nn.Module, groups: dict[str, list[str]], concepts: list[st
     return rows
 
 
-def analyze_layers(base: nn.Module, calib: dict[str, ConceptData], cfg: AnalyzeLayersConfig, fcfg: FinetuneConfig,
-                   work: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def analyze_layers(
+    base: nn.Module, calib: dict[str, ConceptData], cfg: AnalyzeLayersConfig, fcfg: FinetuneConfig, work: Path
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Score every layer group; returns (the table as JSON-able dict, {"<concept>/<layer>": dW})."""
     from pipeline.model.train import lpips_loss
 
@@ -167,14 +215,24 @@ def analyze_layers(base: nn.Module, calib: dict[str, ConceptData], cfg: AnalyzeL
     order = sorted(rows, key=lambda r: (r[f"{cfg.select_by}_rank"], r["probe_rank"]))
     crucial = [r["group"] for r in order if r["probe_gain"] > cfg.min_gain][: cfg.top_k]
     if not crucial:
-        raise E2GANError(f"analyze_layers: no layer group gained more than min_gain={cfg.min_gain} LPIPS in the "
-                         "probes; lower analyze_layers.min_gain or raise probe_steps")
-    table = {"calibration": list(calib), "base_lpips": base_lpips, "full_finetune_gain": full_gain,
-             "select_by": cfg.select_by, "top_k": cfg.top_k, "crucial_groups": crucial,
-             "crucial_layers": [n for g in crucial for n in groups[g]],
-             "paper_choice": PAPER_CHOICE, "overlap_with_paper": sorted(set(crucial) & set(PAPER_CHOICE)),
-             "spearman_probe_vs_delta": spearman([r["probe_gain"] for r in rows], [r["delta_rel_change"] for r in rows]),
-             "settings": cfg.model_dump(), "groups": order}
+        raise E2GANError(
+            f"analyze_layers: no layer group gained more than min_gain={cfg.min_gain} LPIPS in the "
+            "probes; lower analyze_layers.min_gain or raise probe_steps"
+        )
+    table = {
+        "calibration": list(calib),
+        "base_lpips": base_lpips,
+        "full_finetune_gain": full_gain,
+        "select_by": cfg.select_by,
+        "top_k": cfg.top_k,
+        "crucial_groups": crucial,
+        "crucial_layers": [n for g in crucial for n in groups[g]],
+        "paper_choice": PAPER_CHOICE,
+        "overlap_with_paper": sorted(set(crucial) & set(PAPER_CHOICE)),
+        "spearman_probe_vs_delta": spearman([r["probe_gain"] for r in rows], [r["delta_rel_change"] for r in rows]),
+        "settings": cfg.model_dump(),
+        "groups": order,
+    }
     return table, deltas
 
 

@@ -1,4 +1,5 @@
 """LoRA adapters (peft) on chosen layers of a frozen generator: build, count, save, load, merge."""
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,9 @@ def adaptable_layers(model: nn.Module) -> list[str]:
 def lora_parameters(layer: nn.Module, r: int) -> int:
     """Trainable parameters of a rank-r LoRA on `layer`: A (r x fan_in) + B (fan_out x r)."""
     if isinstance(layer, nn.Conv2d):
-        return r * (layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1] + layer.out_channels)
+        return r * (
+            layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1] + layer.out_channels
+        )
     if isinstance(layer, nn.Linear):
         return r * (layer.in_features + layer.out_features)
     raise E2GANError(f"{type(layer).__name__} is not a layer LoRA can adapt here (Linear or Conv2d)")
@@ -45,9 +48,13 @@ def lora_spec(ranks: dict[str, int], alpha_scale: float = 1.0) -> dict:
     if not ranks:
         raise E2GANError("no LoRA target layers; analyze_layers chose none (lower analyze_layers.min_gain)")
     r = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank is the default
-    return {"target_modules": sorted(ranks), "r": r, "lora_alpha": alpha_scale * r,
-            "rank_pattern": {f"^{k}$": v for k, v in sorted(ranks.items()) if v != r},
-            "alpha_pattern": {f"^{k}$": alpha_scale * v for k, v in sorted(ranks.items()) if v != r}}
+    return {
+        "target_modules": sorted(ranks),
+        "r": r,
+        "lora_alpha": alpha_scale * r,
+        "rank_pattern": {f"^{k}$": v for k, v in sorted(ranks.items()) if v != r},
+        "alpha_pattern": {f"^{k}$": alpha_scale * v for k, v in sorted(ranks.items()) if v != r},
+    }
 
 
 def spec_ranks(spec: dict) -> dict[str, int]:
@@ -68,10 +75,10 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
     known = set(adaptable_layers(model))
     unknown = [t for t in targets if t not in known]
     if unknown:
-        raise E2GANError(f"LoRA targets {unknown} are not Linear/Conv2d layers of the generator; "
-                         f"choose from: {', '.join(sorted(known))}")
-
-
+        raise E2GANError(
+            f"LoRA targets {unknown} are not Linear/Conv2d layers of the generator; "
+            f"choose from: {', '.join(sorted(known))}"
+        )
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -110,9 +117,17 @@ def load_adapter(base: nn.Module, folder: Path, merge: bool = False) -> nn.Modul
     return model.merge_and_unload() if merge else model
 
 
-
-def finetune(base: nn.Module, spec: dict | None, data, cfg: TrainConfig, work: Path, desc: str = "finetune",
-             perceptual=None, evaluate=None, eval_every: int = 0):
+def finetune(
+    base: nn.Module,
+    spec: dict | None,
+    data,
+    cfg: TrainConfig,
+    work: Path,
+    desc: str = "finetune",
+    perceptual=None,
+    evaluate=None,
+    eval_every: int = 0,
+):
     """Train a copy of `base` on `data` with the shared loop: LoRA per `spec`, or every weight when spec is None.
 
     Returns (model, history, seconds); the model is a PeftModel when a spec is given. `evaluate` and
@@ -126,7 +141,9 @@ def finetune(base: nn.Module, spec: dict | None, data, cfg: TrainConfig, work: P
     return (m.ema if m.ema is not None else model).eval(), history, time.perf_counter() - t0
 
 
-def finetune_concept(base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, work: Path) -> tuple[nn.Module, list[dict], dict]:
+def finetune_concept(
+    base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, work: Path
+) -> tuple[nn.Module, list[dict], dict]:
     """finetune_lora@C: LoRA per `spec` on the frozen base, the concept's subset of pairs, the shared loop.
 
     `concept` is a data.dataset.ConceptData. Returns (the PeftModel, the loss history, facts for the metrics)."""
@@ -134,15 +151,20 @@ def finetune_concept(base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, 
 
     pairs = concept.pairs
     kept = choose_subset(pairs.inputs, cfg.subset, cfg.subset_fraction, cfg.subset_features, cfg.train.seed)
-    facts = {"pairs_total": len(pairs.inputs), "pairs_used": len(kept), "subset": cfg.subset,
-             "subset_fraction": cfg.subset_fraction}
+    facts = {
+        "pairs_total": len(pairs.inputs),
+        "pairs_used": len(kept),
+        "subset": cfg.subset,
+        "subset_fraction": cfg.subset_fraction,
+    }
     if cfg.subset != "all" and len(kept) < len(pairs.inputs):
         feats = image_features(pairs.inputs, cfg.subset_features) if cfg.subset_features == "lpips" else None
         if feats is not None:  # how well the kept inputs cover all inputs, vs a random subset of the same size
             facts["subset_coverage"] = coverage(feats, kept)
             facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
-    model, history, seconds = finetune(base, spec, pairs.subset(kept), cfg.train, work,
-                                       desc=f"finetune_lora {concept.name}")
+    model, history, seconds = finetune(
+        base, spec, pairs.subset(kept), cfg.train, work, desc=f"finetune_lora {concept.name}"
+    )
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)
     return model, history, facts

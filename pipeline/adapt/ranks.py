@@ -14,6 +14,7 @@ alpha_pattern). It is then checked the way the paper does: short fine-tunes on t
 concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
 ranks on a random subset and on all the data).
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,15 +76,18 @@ def spectra(deltas: dict[str, torch.Tensor], layers: list[str], concepts: list[s
     return out
 
 
-def greedy_ranks(modules: dict[str, nn.Module], energy: dict[str, np.ndarray], cfg: SearchRanksConfig,
-                 budget: int) -> tuple[dict[str, int], list[dict]]:
+def greedy_ranks(
+    modules: dict[str, nn.Module], energy: dict[str, np.ndarray], cfg: SearchRanksConfig, budget: int
+) -> tuple[dict[str, int], list[dict]]:
     """The greedy search described above; returns (ranks, the trace of accepted steps)."""
     allowed = {n: [r for r in cfg.ranks if r <= len(energy[n]) - 1] or [1] for n in modules}
     ranks = {n: allowed[n][0] for n in modules}
     params = sum(lora_parameters(modules[n], r) for n, r in ranks.items())
     if params > budget:
-        raise E2GANError(f"search_ranks: the smallest ranks already need {params} parameters, over the budget of "
-                         f"{budget}; raise search_ranks.budget or lower analyze_layers.top_k")
+        raise E2GANError(
+            f"search_ranks: the smallest ranks already need {params} parameters, over the budget of "
+            f"{budget}; raise search_ranks.budget or lower analyze_layers.top_k"
+        )
     kept = lambda: sum(float(energy[n][r]) for n, r in ranks.items())  # noqa: E731
     trace = [{"step": 0, "layer": None, "rank": None, "params": params, "energy": kept()}]
     while kept() < cfg.energy:
@@ -121,8 +125,11 @@ def random_ranks(modules: dict[str, nn.Module], target_params: int, choices: lis
     while open_layers:
         n = open_layers[int(rng.integers(len(open_layers)))]
         i = choices.index(ranks[n])
-        extra = (lora_parameters(modules[n], choices[i + 1]) - lora_parameters(modules[n], ranks[n])
-                 if i + 1 < len(choices) else None)
+        extra = (
+            lora_parameters(modules[n], choices[i + 1]) - lora_parameters(modules[n], ranks[n])
+            if i + 1 < len(choices)
+            else None
+        )
         if extra is None:
             open_layers.remove(n)
             continue
@@ -150,51 +157,78 @@ class ComparisonRow:
     subset: str  # kmeans | random | all
 
 
-def comparison_rows(modules: dict[str, nn.Module], searched: dict[str, int], cfg: SearchRanksConfig,
-                    subset: str) -> list[ComparisonRow]:
+def comparison_rows(
+    modules: dict[str, nn.Module], searched: dict[str, int], cfg: SearchRanksConfig, subset: str
+) -> list[ComparisonRow]:
     """The searched ranks against uniform-low, uniform-high and random ranks of the same size, and the searched
     ranks on a random subset and on all the data (and on the k-means subset when that is not the default)."""
     crucial = list(modules)
-    rows = [ComparisonRow("e2gan", "searched", searched, subset),
-            ComparisonRow("uniform_low", f"uniform {cfg.uniform_low}x", {n: cfg.uniform_low for n in crucial}, subset),
-            ComparisonRow("uniform_high", f"uniform {cfg.uniform_high}x", {n: cfg.uniform_high for n in crucial},
-                          subset),
-            ComparisonRow("random_ranks", "random ranks",
-                          random_ranks(modules, count(modules, searched), cfg.ranks, cfg.seed), subset),
-            ComparisonRow("e2gan_random", "searched, random subset", searched, "random"),
-            ComparisonRow("e2gan_all", "searched, all data", searched, "all")]
+    rows = [
+        ComparisonRow("e2gan", "searched", searched, subset),
+        ComparisonRow("uniform_low", f"uniform {cfg.uniform_low}x", {n: cfg.uniform_low for n in crucial}, subset),
+        ComparisonRow("uniform_high", f"uniform {cfg.uniform_high}x", {n: cfg.uniform_high for n in crucial}, subset),
+        ComparisonRow(
+            "random_ranks", "random ranks", random_ranks(modules, count(modules, searched), cfg.ranks, cfg.seed), subset
+        ),
+        ComparisonRow("e2gan_random", "searched, random subset", searched, "random"),
+        ComparisonRow("e2gan_all", "searched, all data", searched, "all"),
+    ]
     if subset != "kmeans":
         rows.append(ComparisonRow("e2gan_kmeans", "searched, kmeans subset", searched, "kmeans"))
     return rows
 
 
-def _compare(base: nn.Module, rows: list[ComparisonRow], calib: dict[str, ConceptData], cfg: SearchRanksConfig,
-             fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
+def _compare(
+    base: nn.Module,
+    rows: list[ComparisonRow],
+    calib: dict[str, ConceptData],
+    cfg: SearchRanksConfig,
+    fcfg: FinetuneConfig,
+    work: Path,
+) -> tuple[dict, dict]:
     """Short fine-tunes of every row on every calibration concept (resumable); returns (results, subsets)."""
     from pipeline.model.train import lpips_loss
 
     pcfg = probe_config(fcfg, cfg.compare_steps, cfg.compare_batch, cfg.seed)
     perceptual = lpips_loss()
-    subsets = {(c, strategy): choose_subset(d.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features,
-                                            fcfg.train.seed)
-               for c, d in calib.items() for strategy in dict.fromkeys(r.subset for r in rows)}
+    subsets = {
+        (c, strategy): choose_subset(
+            d.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features, fcfg.train.seed
+        )
+        for c, d in calib.items()
+        for strategy in dict.fromkeys(r.subset for r in rows)
+    }
     by_name = {r.name: r for r in rows}
 
     def compare(name: str, c: str) -> dict:
         row = by_name[name]
         data = calib[c].pairs.subset(subsets[(c, row.subset)])
-        model, _, seconds = finetune(base, lora_spec(row.ranks, cfg.alpha_scale), data, pcfg,
-                                     work / "runs" / name.replace(" ", "_").replace(",", "") / c, f"{name}/{c}",
-                                     perceptual)
+        model, _, seconds = finetune(
+            base,
+            lora_spec(row.ranks, cfg.alpha_scale),
+            data,
+            pcfg,
+            work / "runs" / name.replace(" ", "_").replace(",", "") / c,
+            f"{name}/{c}",
+            perceptual,
+        )
         return {"lpips": concept_lpips(model, calib[c], cfg.eval_limit), "seconds": round(seconds, 2)}
 
-    done = run_recorded([(r.name, c) for r in rows for c in calib], work / "rows.json", "search_ranks: comparison",
-                        "run", compare)
+    done = run_recorded(
+        [(r.name, c) for r in rows for c in calib], work / "rows.json", "search_ranks: comparison", "run", compare
+    )
     return done, subsets
 
 
-def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Tensor], calib: dict[str, ConceptData],
-                 cfg: SearchRanksConfig, fcfg: FinetuneConfig, work: Path) -> tuple[dict, dict]:
+def search_ranks(
+    base: nn.Module,
+    crucial: list[str],
+    deltas: dict[str, torch.Tensor],
+    calib: dict[str, ConceptData],
+    cfg: SearchRanksConfig,
+    fcfg: FinetuneConfig,
+    work: Path,
+) -> tuple[dict, dict]:
     """Returns (the LoRA spec for peft, the report with the search trace and the comparison rows)."""
     # 1. the greedy search on the spectra of dW
     mods = dict(base.named_modules())
@@ -212,17 +246,33 @@ def search_ranks(base: nn.Module, crucial: list[str], deltas: dict[str, torch.Te
     for row in rows_def:
         name, r, strategy = row.name, row.ranks, row.subset
         lp = {c: done[f"{name}/{c}"]["lpips"] for c in calib}
-        rows.append({"row": name, "params": count(modules, r), "params_share": count(modules, r) / n_base,
-                     "subset": strategy, "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
-                     "lpips": float(np.mean(list(lp.values()))), "lpips_per_concept": lp,
-                     "gain_vs_base": float(np.mean([base_lpips[c] - lp[c] for c in calib])),
-                     "seconds": float(np.mean([done[f"{name}/{c}"]["seconds"] for c in calib])),
-                     "ranks": r})
-    report = {"budget_params": budget, "base_params": n_base, "ranks": ranks, "params": count(modules, ranks),
-              "energy_kept": trace[-1]["energy"], "trace": trace, "base_lpips": base_lpips,
-              "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])}
-                                 for n in crucial},
-              "comparison": rows, "settings": cfg.model_dump(), "calibration": list(calib)}
+        rows.append(
+            {
+                "row": name,
+                "params": count(modules, r),
+                "params_share": count(modules, r) / n_base,
+                "subset": strategy,
+                "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
+                "lpips": float(np.mean(list(lp.values()))),
+                "lpips_per_concept": lp,
+                "gain_vs_base": float(np.mean([base_lpips[c] - lp[c] for c in calib])),
+                "seconds": float(np.mean([done[f"{name}/{c}"]["seconds"] for c in calib])),
+                "ranks": r,
+            }
+        )
+    report = {
+        "budget_params": budget,
+        "base_params": n_base,
+        "ranks": ranks,
+        "params": count(modules, ranks),
+        "energy_kept": trace[-1]["energy"],
+        "trace": trace,
+        "base_lpips": base_lpips,
+        "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])} for n in crucial},
+        "comparison": rows,
+        "settings": cfg.model_dump(),
+        "calibration": list(calib),
+    }
     return spec, report
 
 
@@ -243,7 +293,9 @@ def plot_ranks(report: dict, out_png: Path) -> None:
     axes[1].set_xlabel("trainable params (thousands)")
     axes[1].set_ylabel("held-out LPIPS vs teacher (lower is better)")
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"search_ranks: {report['params']} params (budget {report['budget_params']}), "
-                 f"{report['energy_kept']:.0%} of dW energy kept")
+    fig.suptitle(
+        f"search_ranks: {report['params']} params (budget {report['budget_params']}), "
+        f"{report['energy_kept']:.0%} of dW energy kept"
+    )
     fig.tight_layout()
     save_fig(fig, out_png)

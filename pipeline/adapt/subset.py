@@ -5,6 +5,7 @@ average-pooled and unit-normalised; with a CLIP id/path: CLIP image embeddings);
 k = round(fraction * N) centres the nearest not-yet-kept sample is kept. A random subset of the same
 size is the ablation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,9 @@ def random_subset(n: int, n_keep: int, seed: int = 0) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, min(n, n_keep), replace=False))
 
 
-def choose_subset(images: torch.Tensor, strategy: str, fraction: float, features: str = "lpips",
-                  seed: int = 0) -> list[int]:
+def choose_subset(
+    images: torch.Tensor, strategy: str, fraction: float, features: str = "lpips", seed: int = 0
+) -> list[int]:
     """The kept training indices for `strategy` (kmeans | random | all) and the kept `fraction`."""
     n = len(images)
     if n == 0:

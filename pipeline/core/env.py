@@ -1,4 +1,5 @@
 """Process environment: no analytics from dvc or prefect, offline model hubs unless the user says otherwise."""
+
 from __future__ import annotations
 
 import os

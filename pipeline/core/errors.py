@@ -1,4 +1,5 @@
 """User-facing errors: one line that names the problem and the fix, and a non-zero exit."""
+
 from __future__ import annotations
 
 import functools

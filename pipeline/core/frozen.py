@@ -1,4 +1,5 @@
 """The base of every configuration model: immutable, unknown keys rejected (each component declares its own)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

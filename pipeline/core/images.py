@@ -1,4 +1,5 @@
 """Safe image loading, deterministic crops and the train/held-out split (by photo, never by crop)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -107,8 +108,9 @@ def random_crops(img: np.ndarray, size: int, n: int, seed: int) -> list[np.ndarr
     rng = np.random.default_rng(seed)
     pil = Image.fromarray(img)
     if min(pil.size) > 3 * size:  # shrink once: every crop's scale is at most 3x the crop
-        pil = pil.resize((round(pil.width * 3 * size / min(pil.size)), round(pil.height * 3 * size / min(pil.size))),
-                         Image.LANCZOS)
+        pil = pil.resize(
+            (round(pil.width * 3 * size / min(pil.size)), round(pil.height * 3 * size / min(pil.size))), Image.LANCZOS
+        )
     w, h = pil.size
     out = []
     for _ in range(n):

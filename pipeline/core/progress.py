@@ -1,4 +1,5 @@
 """Progress bars (rich) for anything that takes more than a few seconds; quiet when not a terminal."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,16 @@ import os
 import sys
 from typing import Iterable, Iterator, Sequence, TypeVar
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 T = TypeVar("T")
@@ -43,20 +52,31 @@ class Bar:
 
 
 @contextlib.contextmanager
-def bar(description: str, total: float | None, unit: str = "it", completed: float = 0,
-        visible: bool | None = None) -> Iterator[Bar]:
+def bar(
+    description: str, total: float | None, unit: str = "it", completed: float = 0, visible: bool | None = None
+) -> Iterator[Bar]:
     """A rich bar with count, rate (`unit`/s), elapsed, eta and a free status text (`visible=False`: none,
     e.g. on every rank but the first of a distributed run)."""
     if visible is False or not _enabled():
         yield Bar(None, None)
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, transient=False, redirect_stdout=False) as p:
         yield Bar(p, p.add_task(description, total=total, completed=completed, status=""))
 
 
-def progress(items: Iterable[T] | Sequence[T], description: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+def progress(
+    items: Iterable[T] | Sequence[T], description: str, total: int | None = None, unit: str = "it"
+) -> Iterator[T]:
     """Iterate `items` with a progress bar on stderr."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

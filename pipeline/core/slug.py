@@ -1,4 +1,5 @@
 """Concept names: lowercase slugs, so a name can never be a path trick or a shell word."""
+
 from __future__ import annotations
 
 import re
@@ -23,6 +24,7 @@ def suggest_slug(name: object) -> str:
 def check_slug(name: object, what: str = "concept") -> str:
     """`name` if it is a slug, else an E2GANError naming the rule and a fix."""
     if not is_slug(name):
-        raise E2GANError(f"{what} name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. "
-                         f"'{suggest_slug(name)}'")
+        raise E2GANError(
+            f"{what} name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. '{suggest_slug(name)}'"
+        )
     return str(name)

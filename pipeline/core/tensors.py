@@ -1,4 +1,5 @@
 """RGB uint8 images <-> float tensors in [-1, 1]: the generator's range, converted in one place."""
+
 from __future__ import annotations
 
 from typing import Sequence

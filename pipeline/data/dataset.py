@@ -1,5 +1,6 @@
 """A concept's pairs in memory: the one place that reads a pairs folder and its prompts for training,
 evaluation and export (`read_pairs`, `PairData`, `ConceptData`, the held-out pairs and the text condition)."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def load_pair(r: dict) -> tuple[np.ndarray, np.ndarray]:
             raise E2GANError(f"pairs: {r[key]} is listed in metadata.jsonl but missing; rerun generate_pairs")
     a, b = load_rgb(r["input_path"]), load_rgb(r["edited_path"])
     if a.shape != b.shape:
-        raise E2GANError(f"pairs: {r['input_path']} is {a.shape[1]}x{a.shape[0]} but its edit is "
-                         f"{b.shape[1]}x{b.shape[0]}; rerun generate_pairs")
+        raise E2GANError(
+            f"pairs: {r['input_path']} is {a.shape[1]}x{a.shape[0]} but its edit is "
+            f"{b.shape[1]}x{b.shape[0]}; rerun generate_pairs"
+        )
     return a, b
 
 
@@ -99,8 +102,14 @@ class PairData:
     def subset(self, idx: list[int]) -> PairData:
         """The pairs at `idx` (e.g. a clustered subset), sharing the text tokens."""
         t = torch.as_tensor(idx, dtype=torch.long)
-        return PairData(self.inputs[t], self.targets[t], [self.text_rows[i] for i in idx], self.tokens, self.mask,
-                        [self.names[i] for i in idx] if self.names else [])
+        return PairData(
+            self.inputs[t],
+            self.targets[t],
+            [self.text_rows[i] for i in idx],
+            self.tokens,
+            self.mask,
+            [self.names[i] for i in idx] if self.names else [],
+        )
 
     def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
         """The batch for `step`: a pure function of (seed, step), so resuming needs no RNG state."""
@@ -114,8 +123,13 @@ class PairData:
         return x, y, self.tokens[rows], self.mask[rows]
 
 
-def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train", limit: int = 0,
-                   prompts_files: dict[str, Path] | None = None) -> PairData:
+def load_pair_data(
+    folders: dict[str, Path],
+    encoder: str,
+    split: str = "train",
+    limit: int = 0,
+    prompts_files: dict[str, Path] | None = None,
+) -> PairData:
     """Pairs of several concepts, each conditioned on its own instructions (its prompts.json: in the pairs
     folder, or given in `prompts_files`)."""
     from pipeline.data.text import text_encoder
@@ -139,8 +153,10 @@ def load_pair_data(folders: dict[str, Path], encoder: str, split: str = "train",
             rows.append(list(range(first, first + len(instr))))
             names.append(name)
     if not inputs:
-        raise E2GANError(f"no {split} pairs in {', '.join(map(str, folders.values()))}; check generate_pairs' "
-                         "metrics (every pair dropped?) or the pairs folders")
+        raise E2GANError(
+            f"no {split} pairs in {', '.join(map(str, folders.values()))}; check generate_pairs' "
+            "metrics (every pair dropped?) or the pairs folders"
+        )
     e = enc.encode(prompts)
     to_t = lambda arr: torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     return PairData(to_t(inputs), to_t(targets), rows, e.tokens, e.mask, names)
@@ -162,7 +178,13 @@ class ConceptData:
         return self.prompts if self.prompts is not None else self.folder
 
 
-def load_concepts(folders: dict[str, Path], encoder: str, prompts: dict[str, Path] | None = None) -> dict[str, ConceptData]:
+def load_concepts(
+    folders: dict[str, Path], encoder: str, prompts: dict[str, Path] | None = None
+) -> dict[str, ConceptData]:
     """ConceptData for each named pairs folder (prompts from `prompts`, else inside the folder)."""
-    return {c: ConceptData(c, Path(f), encoder, load_pair_data({c: Path(f)}, encoder, prompts_files=prompts),
-                           (prompts or {}).get(c)) for c, f in folders.items()}
+    return {
+        c: ConceptData(
+            c, Path(f), encoder, load_pair_data({c: Path(f)}, encoder, prompts_files=prompts), (prompts or {}).get(c)
+        )
+        for c, f in folders.items()
+    }

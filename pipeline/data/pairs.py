@@ -6,6 +6,7 @@ split, teacher settings and quality scores, and `index.parquet` with the same ro
 a scratch folder keyed by a fingerprint of everything the pairs depend on; each finished shard is
 recorded atomically, so a killed run restarts at the first unfinished shard.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,10 +18,8 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
 from pydantic import Field
 
 from pipeline.core.frozen import FrozenConfig
@@ -79,15 +78,22 @@ def plan_jobs(concept: str, sources: Path, instructions: list[str], seed: int) -
 # ----------------------------------------------------------------------------- quality
 
 
-def quality_scores(inputs: list[np.ndarray], edited: list[np.ndarray], prompts: list[str] | None = None,
-                   clip_model: str | None = None) -> list[dict[str, float]]:
+def quality_scores(
+    inputs: list[np.ndarray], edited: list[np.ndarray], prompts: list[str] | None = None, clip_model: str | None = None
+) -> list[dict[str, float]]:
     """LPIPS (alex), mean absolute change (0..1) and SSIM between each input and its edit; with a CLIP
     model, also the directional CLIP similarity of the edit to its instruction."""
     from pipeline.core.metrics import lpips_distance, ssim
 
     lp = lpips_distance(inputs, edited, net="alex")
-    scores = [{"lpips": round(float(d), 5), "change": round(float(np.abs(a.astype(np.float32) - b).mean() / 255.0), 5),
-               "ssim": round(ssim(a, b), 5)} for d, a, b in zip(lp, inputs, edited)]
+    scores = [
+        {
+            "lpips": round(float(d), 5),
+            "change": round(float(np.abs(a.astype(np.float32) - b).mean() / 255.0), 5),
+            "ssim": round(ssim(a, b), 5),
+        }
+        for d, a, b in zip(lp, inputs, edited)
+    ]
     if clip_model:
         for s, c in zip(scores, _clip(clip_model).directional(inputs, edited, prompts or [""] * len(inputs))):
             s["clip_direction"] = round(float(c), 5)
@@ -125,17 +131,36 @@ def _run_shard(jobs: list[Job], teacher: Teacher, work: Path, cfg: GeneratePairs
     for job, src, out, q in zip(jobs, inputs, edited, scores):
         save_png(src, work / "input" / f"{job.id}.png")
         save_png(out, work / "edited" / f"{job.id}.png")
-        rows.append({"id": job.id, "input_image": f"input/{job.id}.png", "edit_prompt": job.prompt,
-                     "edited_image": f"edited/{job.id}.png", "seed": job.seed, "split": job.split,
-                     **q, "rejected": verdict(q, cfg), "teacher_seconds": round(teacher_s, 5), "teacher": settings})
+        rows.append(
+            {
+                "id": job.id,
+                "input_image": f"input/{job.id}.png",
+                "edit_prompt": job.prompt,
+                "edited_image": f"edited/{job.id}.png",
+                "seed": job.seed,
+                "split": job.split,
+                **q,
+                "rejected": verdict(q, cfg),
+                "teacher_seconds": round(teacher_s, 5),
+                "teacher": settings,
+            }
+        )
     total_s = (time.perf_counter() - t0) / max(1, len(jobs))  # teacher + quality scores + writing
     for r in rows:
         r["pair_seconds"] = round(total_s, 5)
     return rows
 
 
-def generate_pairs(concept: str, ccfg: ConceptConfig, cfg: GeneratePairsConfig, teacher: Teacher,
-                   sources: Path, prompts: dict, out: Path, work_root: Path) -> dict:
+def generate_pairs(
+    concept: str,
+    ccfg: ConceptConfig,
+    cfg: GeneratePairsConfig,
+    teacher: Teacher,
+    sources: Path,
+    prompts: dict,
+    out: Path,
+    work_root: Path,
+) -> dict:
     """Make all pairs for `concept` into `out` (swapped in atomically); return the summary."""
     # 1. plan the work and find the checkpoint folder for exactly these inputs
     jobs = plan_jobs(concept, sources, prompts["instructions"], cfg.seed)
@@ -173,10 +198,16 @@ def generate_pairs(concept: str, ccfg: ConceptConfig, cfg: GeneratePairsConfig, 
     rows = [json.loads(line) for p in sorted(shards.glob("shard-*.jsonl")) for line in p.read_text().splitlines()]
     summary = _assemble(rows, work, out, concept, ccfg)
     teacher_s, total_s = sum(r["teacher_seconds"] for r in rows), sum(r["pair_seconds"] for r in rows)
-    summary.update({"made": made, "resumed": resumed, "teacher_seconds": round(teacher_s, 2),
-                    "seconds": round(total_s, 2),
-                    "teacher_pairs_per_second": round(len(rows) / teacher_s, 2) if teacher_s > 0 else None,
-                    "pairs_per_second": round(len(rows) / total_s, 2) if total_s > 0 else None})
+    summary.update(
+        {
+            "made": made,
+            "resumed": resumed,
+            "teacher_seconds": round(teacher_s, 2),
+            "seconds": round(total_s, 2),
+            "teacher_pairs_per_second": round(len(rows) / teacher_s, 2) if teacher_s > 0 else None,
+            "pairs_per_second": round(len(rows) / total_s, 2) if total_s > 0 else None,
+        }
+    )
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
@@ -190,7 +221,9 @@ def _assemble(rows: list[dict], work: Path, out: Path, concept: str, ccfg: Conce
             (tmp / sub).mkdir()
         for r in kept:
             for col in ("input_image", "edited_image"):
-                os.link(work / r[col], tmp / r[col]) if _same_fs(work, tmp) else shutil.copy2(work / r[col], tmp / r[col])
+                os.link(work / r[col], tmp / r[col]) if _same_fs(work, tmp) else shutil.copy2(
+                    work / r[col], tmp / r[col]
+                )
         atomic_write_text(tmp / "metadata.jsonl", "".join(json.dumps(_meta(r)) + "\n" for r in kept))
         flat = pd.DataFrame([{**_meta(r), "teacher": json.dumps(r["teacher"], sort_keys=True)} for r in kept])
         flat.to_parquet(tmp / "index.parquet", index=False)
@@ -200,11 +233,20 @@ def _assemble(rows: list[dict], work: Path, out: Path, concept: str, ccfg: Conce
         if r["rejected"]:
             reasons[r["rejected"]] = reasons.get(r["rejected"], 0) + 1
     lp = np.array([r["lpips"] for r in kept]) if kept else np.zeros(1)
-    return {"concept": concept, "prompt": ccfg.prompt, "teacher": ccfg.teacher.kind, "pairs": len(rows),
-            "kept": len(kept), "kept_train": sum(r["split"] == "train" for r in kept),
-            "kept_heldout": sum(r["split"] == "heldout" for r in kept), "dropped": len(rows) - len(kept),
-            "dropped_reasons": reasons, "lpips_mean": round(float(lp.mean()), 4),
-            "lpips_min": round(float(lp.min()), 4), "lpips_max": round(float(lp.max()), 4)}
+    return {
+        "concept": concept,
+        "prompt": ccfg.prompt,
+        "teacher": ccfg.teacher.kind,
+        "pairs": len(rows),
+        "kept": len(kept),
+        "kept_train": sum(r["split"] == "train" for r in kept),
+        "kept_heldout": sum(r["split"] == "heldout" for r in kept),
+        "dropped": len(rows) - len(kept),
+        "dropped_reasons": reasons,
+        "lpips_mean": round(float(lp.mean()), 4),
+        "lpips_min": round(float(lp.min()), 4),
+        "lpips_max": round(float(lp.max()), 4),
+    }
 
 
 def _meta(r: dict) -> dict:
@@ -214,8 +256,6 @@ def _meta(r: dict) -> dict:
 
 def _same_fs(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
-
-
 
 
 def write_grid(folder: Path, out_png: Path, n: int = 8) -> None:
@@ -248,8 +288,9 @@ def filter_concept(op: str) -> ConceptConfig:
     return ConceptConfig(prompt=FILTER_PROMPTS[op], teacher={"kind": "filters", "op": op})
 
 
-def generate_base_pairs(selection: dict, sources: Path, pcfg: GeneratePairsConfig, ecfg: ExpandPromptsConfig,
-                        out: Path, work: Path) -> dict:
+def generate_base_pairs(
+    selection: dict, sources: Path, pcfg: GeneratePairsConfig, ecfg: ExpandPromptsConfig, out: Path, work: Path
+) -> dict:
     """Prompts and pairs for every base and calibration concept into `out/<concept>/`."""
     summaries = {}
     with atomic_dir(out) as tmp:

@@ -1,4 +1,5 @@
 """Prompt expansion: one concept prompt -> N edit instructions, a negative prompt, and text embeddings."""
+
 from __future__ import annotations
 
 import logging
@@ -6,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-
 from pydantic import Field
 
 from pipeline.core.frozen import FrozenConfig
@@ -14,6 +14,7 @@ from pipeline.core.images import stable_seed
 from pipeline.data.teachers import ConceptConfig
 
 log = logging.getLogger(__name__)
+
 
 class ExpandPromptsConfig(FrozenConfig):
     """How one concept prompt becomes N edit instructions and their text embeddings."""
@@ -90,8 +91,15 @@ def expand_concept(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig) 
         extra = generate_paraphrases(concept.prompt, cfg.n_prompts, cfg.generator, cfg.seed)
         instructions = list(dict.fromkeys(instructions[:1] + extra + instructions[1:]))[: cfg.n_prompts]
     negative = getattr(concept.teacher, "negative_prompt", "") or NEGATIVE
-    return {"concept": name, "prompt": concept.prompt, "instructions": instructions, "negative_prompt": negative,
-            "text_encoder": cfg.text_encoder, "generator": cfg.generator, "seed": cfg.seed}
+    return {
+        "concept": name,
+        "prompt": concept.prompt,
+        "instructions": instructions,
+        "negative_prompt": negative,
+        "text_encoder": cfg.text_encoder,
+        "generator": cfg.generator,
+        "seed": cfg.seed,
+    }
 
 
 def write_prompts(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig, out: Path) -> dict:
@@ -106,7 +114,11 @@ def write_prompts(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig, o
     record["embedding_dim"] = int(enc.pooled.shape[1])
     with atomic_dir(out) as tmp:
         atomic_write_json(tmp / "prompts.json", record)
-        atomic_write_bytes(tmp / "embeddings.safetensors",
-                           save({"tokens": enc.tokens.contiguous(), "mask": enc.mask.contiguous(),
-                                 "pooled": enc.pooled.contiguous()}, metadata={"encoder": cfg.text_encoder}))
+        atomic_write_bytes(
+            tmp / "embeddings.safetensors",
+            save(
+                {"tokens": enc.tokens.contiguous(), "mask": enc.mask.contiguous(), "pooled": enc.pooled.contiguous()},
+                metadata={"encoder": cfg.text_encoder},
+            ),
+        )
     return record

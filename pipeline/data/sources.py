@@ -1,4 +1,5 @@
 """Source photos -> train/held-out crops at `data.image_size`, split by photo, with a manifest."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,16 @@ from pydantic import Field, field_validator
 
 from pipeline.core import assets
 from pipeline.core.frozen import FrozenConfig
-from pipeline.core.images import (ImageLoadError, list_images, load_rgb, probe, random_crops, save_png, split_photos,
-                             stable_seed)
+from pipeline.core.images import (
+    ImageLoadError,
+    list_images,
+    load_rgb,
+    probe,
+    random_crops,
+    save_png,
+    split_photos,
+    stable_seed,
+)
 from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.core.progress import progress
 
@@ -52,8 +61,10 @@ def find_photos(cfg: DataConfig) -> list[Photo]:
         entries = assets.cached_photos(include_grey=cfg.include_grey)
         if not entries:
             raise assets.AssetError("no photos in the asset cache; run 'e2gan assets fetch' (or 'make run') first")
-        photos = [Photo(e["name"], Path(e["path"]), e["license"], f"{e['registry']} {e['package']} {e['version']}")
-                  for e in entries]
+        photos = [
+            Photo(e["name"], Path(e["path"]), e["license"], f"{e['registry']} {e['package']} {e['version']}")
+            for e in entries
+        ]
     else:
         files = list_images(cfg.sources)
         if not files:
@@ -94,8 +105,16 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
             for k, crop in enumerate(random_crops(img, cfg.image_size, n, stable_seed(cfg.seed, photo.name))):
                 rel = f"{split}/{photo.name}_{k:02d}.png"
                 save_png(crop, tmp / rel)
-                records.append({"file": rel, "photo": photo.name, "split": split, "crop": k,
-                                "source": photo.source, "license": photo.license})
+                records.append(
+                    {
+                        "file": rel,
+                        "photo": photo.name,
+                        "split": split,
+                        "crop": k,
+                        "source": photo.source,
+                        "license": photo.license,
+                    }
+                )
         for r in records:
             r["sha256"] = sha256_file(tmp / r["file"])
         summary = {
@@ -108,8 +127,9 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
             "image_size": cfg.image_size,
         }
         if not summary["crops_train"] or not summary["crops_heldout"]:
-            raise ImageLoadError(f"data: {summary['photos']} usable photos give no train or no held-out crops; "
-                                 "add photos or lower data.min_size")
+            raise ImageLoadError(
+                f"data: {summary['photos']} usable photos give no train or no held-out crops; "
+                "add photos or lower data.min_size"
+            )
         atomic_write_json(tmp / "manifest.json", {"summary": summary, "skipped": skipped, "crops": records})
     return summary
-

@@ -3,6 +3,7 @@
 Both give the same interface: token states for cross-attention (B, T, D), a mask (B, T) and pooled,
 L2-normalised sentence vectors (B, D) for clustering. Encodings are cached per prompt.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,10 @@ class TextEncoder:
                 self.model = AutoModel.from_pretrained(path)
         except OSError as e:
             first = str(e).strip().splitlines()[0]
-            raise E2GANError(f"text encoder {self.name!r} cannot be loaded ({first}); use 'minilm' offline, or a CLIP "
-                             "model id/path such as 'openai/clip-vit-base-patch32' where a hub is reachable") from None
+            raise E2GANError(
+                f"text encoder {self.name!r} cannot be loaded ({first}); use 'minilm' offline, or a CLIP "
+                "model id/path such as 'openai/clip-vit-base-patch32' where a hub is reachable"
+            ) from None
         self.model.eval().requires_grad_(False)
 
     @property
@@ -58,7 +61,9 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer([prompt], padding=False, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        batch = self.tokenizer(
+            [prompt], padding=False, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         out = self.model(**batch)
         tokens = out.last_hidden_state[0]
         if self.is_clip:

@@ -1,4 +1,5 @@
 """Adapter artifacts: a concept as LoRA factors + text tokens that patch one shared base ONNX model."""
+
 from __future__ import annotations
 
 import json
@@ -22,26 +23,32 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
         cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
         weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
     except FileNotFoundError as e:
-        raise ExportError(f"{adapter_dir}: no adapter ({Path(e.filename).name} missing); "
-                          "run 'dvc repro finetune_lora' for this concept") from None
+        raise ExportError(
+            f"{adapter_dir}: no adapter ({Path(e.filename).name} missing); "
+            "run 'dvc repro finetune_lora' for this concept"
+        ) from None
     except Exception as e:  # safetensors raises its own errors for corrupt files
-        raise ExportError(f"{adapter_dir}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
-                          "delete the folder and rerun 'dvc repro finetune_lora'") from None
+        raise ExportError(
+            f"{adapter_dir}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
+            "delete the folder and rerun 'dvc repro finetune_lora'"
+        ) from None
     ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
     alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
     out: dict[str, torch.Tensor] = {"tokens": tokens.contiguous(), "mask": mask.contiguous()}
     # the layers from the weights: peft saves 20+ target modules as shortest unique suffixes
     # ('norm2.to_shift'), so adapter_config.json does not name every layer in full
     pre, suf_a, suf_b = "base_model.model.", ".lora_A.weight", ".lora_B.weight"
-    layers = sorted({k[len(pre):-len(suf)] for k in weights for suf in (suf_a, suf_b)
-                     if k.startswith(pre) and k.endswith(suf)})
+    layers = sorted(
+        {k[len(pre) : -len(suf)] for k in weights for suf in (suf_a, suf_b) if k.startswith(pre) and k.endswith(suf)}
+    )
     if not layers:
         raise ExportError(f"{adapter_dir}: the adapter holds no LoRA weights; rerun 'dvc repro finetune_lora'")
     for layer in layers:
         a, b = weights.get(pre + layer + suf_a), weights.get(pre + layer + suf_b)
         if a is None or b is None:
-            raise ExportError(f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; "
-                              "the adapter is incomplete")
+            raise ExportError(
+                f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; the adapter is incomplete"
+            )
         r = ranks.get(layer, cfg["r"])
         out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
         out[f"{layer}.scale"] = torch.tensor([alphas.get(layer, cfg["lora_alpha"]) / r], dtype=torch.float32)
@@ -74,8 +81,10 @@ def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
     try:
         t = load_file(str(artifact))
     except Exception as e:
-        raise ExportError(f"{artifact}: not a readable adapter artifact ({str(e).splitlines()[0][:200]}); "
-                          "rerun 'dvc repro export_onnx' for this concept") from None
+        raise ExportError(
+            f"{artifact}: not a readable adapter artifact ({str(e).splitlines()[0][:200]}); "
+            "rerun 'dvc repro export_onnx' for this concept"
+        ) from None
     model = onnx.load(str(base_onnx))
     inits = {i.name: i for i in model.graph.initializer}
     missing = [n for n in ("tokens", "mask") if n not in inits]
@@ -96,5 +105,3 @@ def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     return out
-
-

@@ -11,6 +11,7 @@ as that model.
 The server binds to 127.0.0.1, serves only whitelisted files (concept names are validated slugs), and
 sends the cross-origin isolation headers that multi-threaded WebAssembly needs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pipeline.core.errors import E2GANError
-from pipeline.core.slug import is_slug
 from pipeline.core.io import atomic_dir, atomic_write_json
+from pipeline.core.slug import is_slug
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,22 @@ def web_bundle(base_onnx: Path, out: Path) -> Path:
     try:
         model = onnx.load(str(base_onnx))
     except Exception as e:
-        raise DemoError(f"{base_onnx} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
-                        "rerun 'dvc repro -f export_base_onnx'") from None
+        raise DemoError(
+            f"{base_onnx} is not a readable ONNX model ({str(e).splitlines()[0][:200]}); "
+            "rerun 'dvc repro -f export_base_onnx'"
+        ) from None
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     with atomic_dir(folder) as tmp:
         onnx.save_model(model, str(tmp / "model.onnx"))
         index = {}
         for init in model.graph.initializer:
             info = {e.key: e.value for e in init.external_data}
-            index[init.name] = {"offset": int(info.get("offset", 0)), "length": int(info["length"]),
-                                "shape": list(init.dims), "dtype": onnx.TensorProto.DataType.Name(init.data_type)}
+            index[init.name] = {
+                "offset": int(info.get("offset", 0)),
+                "length": int(info["length"]),
+                "shape": list(init.dims),
+                "dtype": onnx.TensorProto.DataType.Name(init.data_type),
+            }
         atomic_write_json(tmp / "index.json", {"source": str(base_onnx), "sha256_16": digest, "tensors": index})
     return folder
 
@@ -85,8 +92,14 @@ def concepts(prompts: dict[str, str], models: Path) -> list[dict]:
     out = []
     for name, prompt in names.items():
         folder = models / name
-        out.append({"name": name, "prompt": prompt, "adapter": (folder / "adapter.safetensors").is_file(),
-                    "model": (folder / "model.onnx").is_file()})
+        out.append(
+            {
+                "name": name,
+                "prompt": prompt,
+                "adapter": (folder / "adapter.safetensors").is_file(),
+                "model": (folder / "model.onnx").is_file(),
+            }
+        )
     return out
 
 
@@ -109,9 +122,14 @@ class DemoHandler(SimpleHTTPRequestHandler):
     def _file(self, path: Path) -> None:
         if not path.is_file():
             return self._error(HTTPStatus.NOT_FOUND, f"{path.name} not found")
-        ctype = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript",
-                 ".onnx": "application/octet-stream", ".bin": "application/octet-stream",
-                 ".safetensors": "application/octet-stream"}.get(path.suffix) or mimetypes.guess_type(path.name)[0]
+        ctype = {
+            ".wasm": "application/wasm",
+            ".mjs": "text/javascript",
+            ".js": "text/javascript",
+            ".onnx": "application/octet-stream",
+            ".bin": "application/octet-stream",
+            ".safetensors": "application/octet-stream",
+        }.get(path.suffix) or mimetypes.guess_type(path.name)[0]
         data = path.read_bytes()
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", ctype or "application/octet-stream")
@@ -141,8 +159,9 @@ class DemoHandler(SimpleHTTPRequestHandler):
         if len(parts) == 2 and parts[0] == "ort":
             return self._file(ORT_DIST / parts[1])
         if parts == ["api", "concepts"]:
-            return self._json({"concepts": concepts(self.prompts, self.models),
-                               "base": (self.bundle / "index.json").is_file()})
+            return self._json(
+                {"concepts": concepts(self.prompts, self.models), "base": (self.bundle / "index.json").is_file()}
+            )
         if len(parts) == 3 and parts[:2] == ["models", "base"] and parts[2] in BASE_FILES:
             src = self.models / "base" / "card.json" if parts[2] == "card.json" else self.bundle / parts[2]
             return self._file(src)
@@ -156,13 +175,16 @@ class DemoHandler(SimpleHTTPRequestHandler):
 
 def check_installed() -> None:
     if not (ORT_DIST / "ort.all.min.mjs").is_file():
-        raise DemoError(f"the demo's front-end packages are not installed ({ORT_DIST} is missing): "
-                        "run 'make demo-deps' (npm ci in demo/) in the project folder, or set E2GAN_ORT_WEB to an "
-                        "onnxruntime-web dist folder")
+        raise DemoError(
+            f"the demo's front-end packages are not installed ({ORT_DIST} is missing): "
+            "run 'make demo-deps' (npm ci in demo/) in the project folder, or set E2GAN_ORT_WEB to an "
+            "onnxruntime-web dist folder"
+        )
 
 
-def make_server(models: Path, prompts: dict[str, str] | None = None, port: int = 8765,
-                cache: Path | None = None) -> ThreadingHTTPServer:
+def make_server(
+    models: Path, prompts: dict[str, str] | None = None, port: int = 8765, cache: Path | None = None
+) -> ThreadingHTTPServer:
     """The demo server on 127.0.0.1:`port` (0 = any free port) for the exported models in `models`; call
     .serve_forever()."""
     check_installed()

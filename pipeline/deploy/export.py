@@ -1,8 +1,8 @@
 """ONNX export of generators (the text condition folded in as a constant), fp16/int8 variants, onnxruntime
 sessions and latency, and a concept's merged model."""
+
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import warnings
@@ -35,8 +35,9 @@ class ExportError(E2GANError):
     """An ONNX model or adapter artifact is missing, corrupt or does not fit its base."""
 
 
-def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 17, dynamic_batch: bool = False,
-                fold: bool = True) -> Path:
+def export_onnx(
+    model: nn.Module, path: Path, size: int, opset: int = 17, dynamic_batch: bool = False, fold: bool = True
+) -> Path:
     """Export an image-only model with input `image` (N, 3, size, size) in [-1, 1] and output `edited`.
 
     Without `fold`, every weight stays an initializer named after its parameter (`G.ds.conv.weight`,
@@ -49,9 +50,17 @@ def export_onnx(model: nn.Module, path: Path, size: int, opset: int = 17, dynami
     dummy = torch.zeros(1, 3, size, size)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["edited"],
-                          opset_version=opset, dynamo=False, do_constant_folding=fold,
-                          dynamic_axes={"image": {0: "batch"}, "edited": {0: "batch"}} if dynamic_batch else None)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["edited"],
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=fold,
+            dynamic_axes={"image": {0: "batch"}, "edited": {0: "batch"}} if dynamic_batch else None,
+        )
         check_onnx(tmp)
     return path
 
@@ -65,8 +74,10 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # onnx raises ValidationError, DecodeError, ... for broken files
-        raise ExportError(f"{path}: not a valid ONNX model ({str(e).strip().splitlines()[0][:200]}); "
-                          "delete it and rerun 'dvc repro export_onnx'") from None
+        raise ExportError(
+            f"{path}: not a valid ONNX model ({str(e).strip().splitlines()[0][:200]}); "
+            "delete it and rerun 'dvc repro export_onnx'"
+        ) from None
 
 
 def run_onnx(path: Path, images: list[np.ndarray], threads: int = 0) -> list[np.ndarray]:
@@ -108,8 +119,15 @@ def to_int8(src: Path, dst: Path, calibration: list[np.ndarray]) -> Path:
     with atomic_path(dst.with_suffix(".pre.onnx")) as pre:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         with atomic_path(dst) as tmp:
-            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(pre),
+                str(tmp),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     dst.with_suffix(".pre.onnx").unlink(missing_ok=True)
     return dst
 
@@ -136,8 +154,12 @@ def ort_latency(path: Path, size: int, threads: int, runs: int = 20, warmup: int
         t0 = time.perf_counter()
         sess.run(None, {"image": x})
         times.append(1000 * (time.perf_counter() - t0))
-    return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2),
-            "runs": runs, "threads": threads}
+    return {
+        "median_ms": round(statistics.median(times), 2),
+        "p90_ms": round(float(np.percentile(times, 90)), 2),
+        "runs": runs,
+        "threads": threads,
+    }
 
 
 # ----------------------------------------------------------------------------- a concept's model

@@ -1,5 +1,6 @@
 """export_onnx@C and export_base_onnx: a concept's merged generator as checked ONNX models (fixed and dynamic
 batch, fp16, int8), its adapter artifact for the shared base model, and the model cards."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,28 @@ from pipeline.core.metrics import lpips_distance
 from pipeline.core.tensors import image_to_array
 from pipeline.data.dataset import concept_prompt, heldout_pairs
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
-from pipeline.deploy.export import (ExportError, ImageOnly, concept_model, export_onnx, onnx_outputs, ort_latency,
-                                    run_onnx, to_fp16, to_int8)
+from pipeline.deploy.export import (
+    ExportError,
+    ImageOnly,
+    concept_model,
+    export_onnx,
+    onnx_outputs,
+    ort_latency,
+    run_onnx,
+    to_fp16,
+    to_int8,
+)
 
-IO_SPEC = {"input": {"name": "image", "dtype": "float32", "range": [-1, 1], "normalisation": "x / 127.5 - 1 on RGB uint8",
-                     "layout": "NCHW RGB"},
-           "output": {"name": "edited", "range": [-1, 1], "denormalisation": "(y + 1) * 127.5, clipped to 0..255"}}
+IO_SPEC = {
+    "input": {
+        "name": "image",
+        "dtype": "float32",
+        "range": [-1, 1],
+        "normalisation": "x / 127.5 - 1 on RGB uint8",
+        "layout": "NCHW RGB",
+    },
+    "output": {"name": "edited", "range": [-1, 1], "denormalisation": "(y + 1) * 127.5, clipped to 0..255"},
+}
 
 
 class ExportOnnxConfig(FrozenConfig):
@@ -47,22 +64,30 @@ class ExportOnnxConfig(FrozenConfig):
 def _resize(images: list[np.ndarray], size: int) -> list[np.ndarray]:
     from PIL import Image
 
-    return [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) if im.shape[0] != size else im
-            for im in images]
+    return [
+        np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) if im.shape[0] != size else im
+        for im in images
+    ]
 
 
-def check_parity(model: torch.nn.Module, fixed: Path, dynamic: Path, x: np.ndarray, tol: float,
-                 where: str) -> tuple[dict, np.ndarray]:
+def check_parity(
+    model: torch.nn.Module, fixed: Path, dynamic: Path, x: np.ndarray, tol: float, where: str
+) -> tuple[dict, np.ndarray]:
     """onnxruntime vs torch on the same inputs (the fixed model one image at a time, the dynamic one as a batch);
     an ExportError when either differs by more than `tol`. Returns (the parity record, the fixed outputs)."""
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     fixed_out = np.concatenate([onnx_outputs(fixed, x[i : i + 1]) for i in range(len(x))])
-    parity = {"images": len(x), "max_abs_diff": float(np.abs(fixed_out - ref).max()),
-              "max_abs_diff_dynamic_batch": float(np.abs(onnx_outputs(dynamic, x) - ref).max()), "tolerance": tol}
+    parity = {
+        "images": len(x),
+        "max_abs_diff": float(np.abs(fixed_out - ref).max()),
+        "max_abs_diff_dynamic_batch": float(np.abs(onnx_outputs(dynamic, x) - ref).max()),
+        "tolerance": tol,
+    }
     if max(parity["max_abs_diff"], parity["max_abs_diff_dynamic_batch"]) > tol:
-        raise ExportError(f"{where}: onnxruntime differs from torch by {parity} > {tol}; the export is wrong, "
-                          "nothing was written")
+        raise ExportError(
+            f"{where}: onnxruntime differs from torch by {parity} > {tol}; the export is wrong, nothing was written"
+        )
     return parity, fixed_out
 
 
@@ -70,7 +95,9 @@ def check_artifact(artifact: Path, base_onnx: Path, fixed: Path, x: np.ndarray, 
     """The adapter artifact applied to the base ONNX model must give the directly exported model."""
     with tempfile.TemporaryDirectory() as td:
         patched = apply_artifact(base_onnx, artifact, Path(td) / "patched.onnx")
-        diff = max(float(np.abs(onnx_outputs(patched, x[i : i + 1]) - fixed_out[i : i + 1]).max()) for i in range(len(x)))
+        diff = max(
+            float(np.abs(onnx_outputs(patched, x[i : i + 1]) - fixed_out[i : i + 1]).max()) for i in range(len(x))
+        )
     out = {"bytes": artifact.stat().st_size, "model_bytes": fixed.stat().st_size, "max_abs_diff_vs_direct": diff}
     out["share_of_model"] = out["bytes"] / out["model_bytes"]
     return out
@@ -86,27 +113,54 @@ def variants(fixed: Path, folder: Path, photos: list[np.ndarray], cfg: ExportOnn
     out = {}
     for name, path in paths.items():
         imgs = run_onnx(path, photos[: cfg.parity_images])
-        out[name] = {"bytes": path.stat().st_size, "lpips_vs_fp32": float(np.mean(lpips_distance(imgs, fp32_imgs))),
-                     **{f"latency_threads_{t}": ort_latency(path, cfg.size, t, cfg.latency_runs) for t in threads}}
+        out[name] = {
+            "bytes": path.stat().st_size,
+            "lpips_vs_fp32": float(np.mean(lpips_distance(imgs, fp32_imgs))),
+            **{f"latency_threads_{t}": ort_latency(path, cfg.size, t, cfg.latency_runs) for t in threads},
+        }
     return out
 
 
-def model_card(concept: str, prompt: str, cfg: ExportOnnxConfig, base_sha: str, meta: dict, parity: dict,
-               metrics: dict) -> dict:
+def model_card(
+    concept: str, prompt: str, cfg: ExportOnnxConfig, base_sha: str, meta: dict, parity: dict, metrics: dict
+) -> dict:
     """What an app needs to know about a concept's exported files."""
     shape = [1, 3, cfg.size, cfg.size]
-    return {"concept": concept, "prompt": prompt,
-            "files": {"model.onnx": "fixed input", "model_dynamic.onnx": "dynamic batch",
-                      **({"model_fp16.onnx": "fp16 inside, fp32 I/O", "model_int8.onnx": "static int8 (QDQ)"}
-                         if cfg.quantize else {}),
-                      "adapter.safetensors": "LoRA factors + text tokens for the base ONNX model"},
-            "input": {**IO_SPEC["input"], "shape": shape}, "output": {**IO_SPEC["output"], "shape": shape},
-            "base_sha256": base_sha, "text_encoder": meta["text_encoder"], "trained_at": meta.get("image_size"),
-            "opset": cfg.opset, "parity": parity, "metrics": metrics}
+    return {
+        "concept": concept,
+        "prompt": prompt,
+        "files": {
+            "model.onnx": "fixed input",
+            "model_dynamic.onnx": "dynamic batch",
+            **(
+                {"model_fp16.onnx": "fp16 inside, fp32 I/O", "model_int8.onnx": "static int8 (QDQ)"}
+                if cfg.quantize
+                else {}
+            ),
+            "adapter.safetensors": "LoRA factors + text tokens for the base ONNX model",
+        },
+        "input": {**IO_SPEC["input"], "shape": shape},
+        "output": {**IO_SPEC["output"], "shape": shape},
+        "base_sha256": base_sha,
+        "text_encoder": meta["text_encoder"],
+        "trained_at": meta.get("image_size"),
+        "opset": cfg.opset,
+        "parity": parity,
+        "metrics": metrics,
+    }
 
 
-def export_concept(concept: str, base_dir: Path, base_onnx: Path, adapter: Path, pairs: Path, prompts: Path,
-                   training_metrics: dict, cfg: ExportOnnxConfig, out: Path) -> dict:
+def export_concept(
+    concept: str,
+    base_dir: Path,
+    base_onnx: Path,
+    adapter: Path,
+    pairs: Path,
+    prompts: Path,
+    training_metrics: dict,
+    cfg: ExportOnnxConfig,
+    out: Path,
+) -> dict:
     """Every exported file of a concept into `out` (swapped in atomically, only if every check passes);
     returns the export's metrics (parity, artifact, variants)."""
     from safetensors.torch import save_file
@@ -130,8 +184,15 @@ def export_concept(concept: str, base_dir: Path, base_onnx: Path, adapter: Path,
         m["adapter_artifact"] = check_artifact(tmp / "adapter.safetensors", base_onnx, fixed, x, fixed_out)
         # 4. lower-precision variants and the model card
         m["variants"] = variants(fixed, tmp, photos, cfg, threads)
-        card = model_card(concept, concept_prompt(prompts), cfg, sha256_file(base_dir / "generator.safetensors"), meta,
-                          m["parity"], training_metrics)
+        card = model_card(
+            concept,
+            concept_prompt(prompts),
+            cfg,
+            sha256_file(base_dir / "generator.safetensors"),
+            meta,
+            m["parity"],
+            training_metrics,
+        )
         atomic_write_json(tmp / "card.json", card)
     return m
 
@@ -151,9 +212,16 @@ def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOn
     with atomic_dir(out) as tmp:
         padded = ImageOnly(model.G, *pad_tokens(model.tokens, model.mask, cfg.max_tokens))
         export_onnx(padded, tmp / "model.onnx", cfg.size, cfg.opset, fold=False)
-        atomic_write_json(tmp / "card.json", {
-            "input": {"name": "image", "shape": shape, "range": [-1, 1], "layout": "NCHW RGB"},
-            "output": {"name": "edited", "shape": shape, "range": [-1, 1]},
-            "base_sha256": sha256_file(base_dir / "generator.safetensors"), "text_encoder": meta["text_encoder"],
-            "opset": cfg.opset, "text_constant_from": constant_from, "max_tokens": cfg.max_tokens,
-            "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact"})
+        atomic_write_json(
+            tmp / "card.json",
+            {
+                "input": {"name": "image", "shape": shape, "range": [-1, 1], "layout": "NCHW RGB"},
+                "output": {"name": "edited", "shape": shape, "range": [-1, 1]},
+                "base_sha256": sha256_file(base_dir / "generator.safetensors"),
+                "text_encoder": meta["text_encoder"],
+                "opset": cfg.opset,
+                "text_constant_from": constant_from,
+                "max_tokens": cfg.max_tokens,
+                "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact",
+            },
+        )

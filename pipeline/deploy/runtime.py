@@ -1,4 +1,5 @@
 """Running an exported concept model on image files with onnxruntime (no torch at run time): `e2gan apply`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,16 +34,21 @@ def model_path(models: Path, concept: str, variant: str) -> Path:
     model = models / concept / name
     if not model.is_file():
         known = sorted(p.name for p in models.iterdir() if (p / "model.onnx").is_file()) if models.is_dir() else []
-        raise E2GANError(f"{model}: no exported model for concept {concept!r}; run 'dvc repro export_onnx@{concept}'"
-                         + (f" (exported: {', '.join(known)})" if known else ""))
+        raise E2GANError(
+            f"{model}: no exported model for concept {concept!r}; run 'dvc repro export_onnx@{concept}'"
+            + (f" (exported: {', '.join(known)})" if known else "")
+        )
     check_onnx(model)
     return model
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
     """Images given directly or found (recursively) in the given folders."""
-    files = [f for p in inputs for f in (sorted(x for x in p.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES)
-                                         if p.is_dir() else [p])]
+    files = [
+        f
+        for p in inputs
+        for f in (sorted(x for x in p.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p])
+    ]
     if not files:
         raise E2GANError(f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -58,8 +64,9 @@ def _edit(sess, im: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC)) if (h, w) != (size, size) else y
 
 
-def apply_model(model: Path, inputs: list[Path], out: Path, fit: str = "resize", threads: int = 0,
-                desc: str = "apply") -> ApplyResult:
+def apply_model(
+    model: Path, inputs: list[Path], out: Path, fit: str = "resize", threads: int = 0, desc: str = "apply"
+) -> ApplyResult:
     """Run `model` on every image of `inputs`, writing PNGs under `out` (or to `out` for one image file);
     unreadable images, and with fit='refuse' images of another size, are skipped and counted."""
     from PIL import Image
@@ -80,8 +87,9 @@ def apply_model(model: Path, inputs: list[Path], out: Path, fit: str = "resize",
                 result.skipped.append(f"{f}: {e}")
                 continue
             if im.shape[:2] != (size, size) and fit == "refuse":
-                result.skipped.append(f"{f}: {im.shape[1]}x{im.shape[0]}, the model takes {size}x{size} "
-                                      "(use --fit resize)")
+                result.skipped.append(
+                    f"{f}: {im.shape[1]}x{im.shape[0]}, the model takes {size}x{size} (use --fit resize)"
+                )
                 continue
             root = next((p for p in inputs if p.is_dir() and p in f.parents), None)
             dest = out if single else out / (f.relative_to(root) if root else Path(f.name)).with_suffix(".png")

@@ -1,5 +1,6 @@
 """evaluate@C: the student's held-out outputs against the teacher's, beside the base without its adapter and the
 identity mapping; and the input | teacher | base | student grid."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ class EvaluateConfig(FrozenConfig):
     seed: int = 0
 
 
-def evaluate_student(concept: str, base_dir: Path, adapter: Path, pairs: Path, prompts: Path,
-                     cfg: EvaluateConfig) -> tuple[dict, np.ndarray]:
+def evaluate_student(
+    concept: str, base_dir: Path, adapter: Path, pairs: Path, prompts: Path, cfg: EvaluateConfig
+) -> tuple[dict, np.ndarray]:
     """All metrics of the concept's student, its base without the adapter and the identity against the teacher
     on every held-out pair; returns (the metrics, the grid image)."""
     # 1. check inputs
@@ -39,8 +41,9 @@ def evaluate_student(concept: str, base_dir: Path, adapter: Path, pairs: Path, p
         raise E2GANError(f"{adapter}: no adapter; run 'dvc repro finetune_lora@{concept}' first")
     inputs, teacher = heldout_pairs(pairs)
     if len(inputs) < 2:
-        raise E2GANError(f"{pairs}: {len(inputs)} held-out pairs; FID/KID need at least 2 (raise "
-                         "data.heldout_crops_per_photo)")
+        raise E2GANError(
+            f"{pairs}: {len(inputs)} held-out pairs; FID/KID need at least 2 (raise data.heldout_crops_per_photo)"
+        )
     # 2. the base and the student (base + merged adapter) on the held-out inputs
     base, meta = load_generator(base_dir)
     tokens, mask = concept_condition(prompts, meta["text_encoder"])
@@ -55,12 +58,19 @@ def evaluate_student(concept: str, base_dir: Path, adapter: Path, pairs: Path, p
     # 3. every metric of the three against the teacher (the teacher's Inception features once)
     prompt = concept_prompt(prompts)
     tf = inception_features(teacher)
-    result = {"concept": concept, "prompt": prompt, "heldout_pairs": len(inputs), "bootstrap": cfg.bootstrap,
-              "student": compare_sets(student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip,
-                                      cfg.fid_bootstrap, fid=cfg.fid),
-              "base_without_adapter": compare_sets(base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed,
-                                                   clip, fid=cfg.fid),
-              "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid)}
+    result = {
+        "concept": concept,
+        "prompt": prompt,
+        "heldout_pairs": len(inputs),
+        "bootstrap": cfg.bootstrap,
+        "student": compare_sets(
+            student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, cfg.fid_bootstrap, fid=cfg.fid
+        ),
+        "base_without_adapter": compare_sets(
+            base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid
+        ),
+        "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid),
+    }
     # 4. the picture: photos spread over the held-out set
     n = min(cfg.grid, len(inputs))
     step = max(1, len(inputs) // n)

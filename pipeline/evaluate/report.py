@@ -1,5 +1,6 @@
 """The pipeline's report: reports/index.html (self-contained: images inlined, no scripts, opens offline)
 and reports/summary.md with the same tables."""
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,7 @@ def _f(v, nd=4) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.2e}" if 0 < abs(v) < 10 ** -nd else f"{v:.{nd}f}"
+        return f"{v:.2e}" if 0 < abs(v) < 10**-nd else f"{v:.{nd}f}"
     return str(v)
 
 
@@ -48,36 +49,64 @@ def concept_rows(inp: ReportInputs, concepts: list[str]) -> list[dict]:
         ft = _load(inp.finetune / c / "metrics.json")
         ex = _load(inp.export / f"{c}.json")
         s, b, i = ev.get("student", {}), ev.get("base_without_adapter", {}), ev.get("identity", {})
-        rows.append({
-            "concept": c, "heldout": ev.get("heldout_pairs"),
-            "fid": s.get("fid", {}).get("value"), "kid": s.get("kid", {}).get("value"),
-            "lpips": s.get("lpips", {}).get("mean"), "lpips_std": s.get("lpips", {}).get("boot_std"),
-            "psnr": s.get("psnr", {}).get("mean"), "ssim": s.get("ssim", {}).get("mean"),
-            "lpips_base": b.get("lpips", {}).get("mean"), "lpips_identity": i.get("lpips", {}).get("mean"),
-            "fid_base": b.get("fid", {}).get("value"),
-            "trainable": ft.get("trainable_params"), "share": ft.get("trainable_share"),
-            "adapter_bytes": ft.get("adapter_bytes"), "train_s": ft.get("train_seconds"),
-            "pairs": f"{ft.get('pairs_used')}/{ft.get('pairs_total')}" if ft else None,
-            "parity": ex.get("parity", {}).get("max_abs_diff"),
-            "latency_1t": ex.get("variants", {}).get("fp32", {}).get("latency_threads_1", {}).get("median_ms"),
-        })
+        rows.append(
+            {
+                "concept": c,
+                "heldout": ev.get("heldout_pairs"),
+                "fid": s.get("fid", {}).get("value"),
+                "kid": s.get("kid", {}).get("value"),
+                "lpips": s.get("lpips", {}).get("mean"),
+                "lpips_std": s.get("lpips", {}).get("boot_std"),
+                "psnr": s.get("psnr", {}).get("mean"),
+                "ssim": s.get("ssim", {}).get("mean"),
+                "lpips_base": b.get("lpips", {}).get("mean"),
+                "lpips_identity": i.get("lpips", {}).get("mean"),
+                "fid_base": b.get("fid", {}).get("value"),
+                "trainable": ft.get("trainable_params"),
+                "share": ft.get("trainable_share"),
+                "adapter_bytes": ft.get("adapter_bytes"),
+                "train_s": ft.get("train_seconds"),
+                "pairs": f"{ft.get('pairs_used')}/{ft.get('pairs_total')}" if ft else None,
+                "parity": ex.get("parity", {}).get("max_abs_diff"),
+                "latency_1t": ex.get("variants", {}).get("fp32", {}).get("latency_threads_1", {}).get("median_ms"),
+            }
+        )
     return rows
 
 
-COLUMNS = [("concept", "concept"), ("heldout", "held-out pairs"), ("lpips", "LPIPS ↓"), ("lpips_std", "± (bootstrap)"),
-           ("lpips_base", "LPIPS base ↓"), ("lpips_identity", "LPIPS identity ↓"), ("fid", "FID ↓"),
-           ("fid_base", "FID base ↓"), ("kid", "KID ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"),
-           ("trainable", "trainable params"), ("adapter_bytes", "adapter bytes"), ("train_s", "train s"),
-           ("pairs", "pairs used"), ("parity", "ONNX max |Δ|"), ("latency_1t", "ONNX ms (1 thread)")]
+COLUMNS = [
+    ("concept", "concept"),
+    ("heldout", "held-out pairs"),
+    ("lpips", "LPIPS ↓"),
+    ("lpips_std", "± (bootstrap)"),
+    ("lpips_base", "LPIPS base ↓"),
+    ("lpips_identity", "LPIPS identity ↓"),
+    ("fid", "FID ↓"),
+    ("fid_base", "FID base ↓"),
+    ("kid", "KID ↓"),
+    ("psnr", "PSNR ↑"),
+    ("ssim", "SSIM ↑"),
+    ("trainable", "trainable params"),
+    ("adapter_bytes", "adapter bytes"),
+    ("train_s", "train s"),
+    ("pairs", "pairs used"),
+    ("parity", "ONNX max |Δ|"),
+    ("latency_1t", "ONNX ms (1 thread)"),
+]
 
 
 def summary(inp: ReportInputs) -> dict:
     sel = _load(inp.selection)
     an = _load(inp.layers)
     rk = _load(inp.ranks)
-    return {"base": sel.get("base", []), "calibration": sel.get("calibration", []),
-            "crucial_groups": an.get("crucial_groups", []), "ranks": rk.get("ranks", {}),
-            "lora_params": rk.get("params"), "comparison": rk.get("comparison", [])}
+    return {
+        "base": sel.get("base", []),
+        "calibration": sel.get("calibration", []),
+        "crucial_groups": an.get("crucial_groups", []),
+        "ranks": rk.get("ranks", {}),
+        "lora_params": rk.get("params"),
+        "comparison": rk.get("comparison", []),
+    }
 
 
 def write_report(inp: ReportInputs, concepts: list[str], out_html: Path, out_md: Path) -> None:
@@ -86,31 +115,41 @@ def write_report(inp: ReportInputs, concepts: list[str], out_html: Path, out_md:
     rows, s = concept_rows(inp, concepts), summary(inp)
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_f(r[k]))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
-    comp = "".join(f"<tr><td>{html.escape(r['row'])}</td><td>{r['params']}</td><td>{_f(r['lpips'])}</td>"
-                   f"<td>{_f(r['gain_vs_base'])}</td></tr>" for r in s["comparison"])
+    comp = "".join(
+        f"<tr><td>{html.escape(r['row'])}</td><td>{r['params']}</td><td>{_f(r['lpips'])}</td>"
+        f"<td>{_f(r['gain_vs_base'])}</td></tr>"
+        for r in s["comparison"]
+    )
     sections = []
     for c in concepts:
         sections.append(
             f"<section><h2>{html.escape(c)}</h2>"
             f"<h3>input | teacher | base (no adapter) | E²GAN student</h3>{_img(inp.evaluate / f'{c}.png', c)}"
-            f"<h3>training curves</h3>{_img(inp.finetune / c / 'curves.png', c + ' curves')}</section>")
+            f"<h3>training curves</h3>{_img(inp.finetune / c / 'curves.png', c + ' curves')}</section>"
+        )
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>e2gan report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}
 .missing{{color:#a00}}</style></head><body>
 <h1>e2gan report</h1>
-<p>Base concepts: {html.escape(', '.join(s['base']))}. Calibration concepts: {html.escape(', '.join(s['calibration']))}.
-Crucial layer groups: {html.escape(', '.join(s['crucial_groups']))}. LoRA parameters per concept: {s['lora_params']}.</p>
+<p>Base concepts: {html.escape(", ".join(s["base"]))}. Calibration concepts: {html.escape(", ".join(s["calibration"]))}.
+Crucial layer groups: {html.escape(", ".join(s["crucial_groups"]))}. LoRA parameters per concept: {s["lora_params"]}.</p>
 <h2>Per concept (held-out photos, student vs teacher)</h2><table><tr>{head}</tr>{body}</table>
 <h2>Rank search comparison (calibration concepts)</h2>
 <table><tr><th>row</th><th>params</th><th>LPIPS ↓</th><th>gain vs base</th></tr>{comp}</table>
-<h2>Base model</h2>{_img(inp.train_base / 'samples.png', 'base samples')}
-{_img(inp.layers.parent / 'importance.png', 'layer importance')}{_img(inp.ranks.parent / 'ranks.png', 'ranks')}
-{''.join(sections)}</body></html>"""
+<h2>Base model</h2>{_img(inp.train_base / "samples.png", "base samples")}
+{_img(inp.layers.parent / "importance.png", "layer importance")}{_img(inp.ranks.parent / "ranks.png", "ranks")}
+{"".join(sections)}</body></html>"""
     atomic_write_text(out_html, doc)
-    md = ["# e2gan summary", "", f"Base: {', '.join(s['base'])}; calibration: {', '.join(s['calibration'])}; "
-          f"crucial groups: {', '.join(s['crucial_groups'])}; LoRA params per concept: {s['lora_params']}.", "",
-          "| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md = [
+        "# e2gan summary",
+        "",
+        f"Base: {', '.join(s['base'])}; calibration: {', '.join(s['calibration'])}; "
+        f"crucial groups: {', '.join(s['crucial_groups'])}; LoRA params per concept: {s['lora_params']}.",
+        "",
+        "| " + " | ".join(t for _, t in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     md += ["| " + " | ".join(_f(r[k]) for k, _ in COLUMNS) + " |" for r in rows]
     md += ["", "| rank-search row | params | LPIPS | gain vs base |", "|---|---|---|---|"]
     md += [f"| {r['row']} | {r['params']} | {_f(r['lpips'])} | {_f(r['gain_vs_base'])} |" for r in s["comparison"]]

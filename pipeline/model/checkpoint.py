@@ -1,4 +1,5 @@
 """Generator checkpoints: safetensors weights + a JSON of the constructor arguments (and provenance)."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,11 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: s
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or extra or shapes:
         parts = []
         if shapes:

@@ -1,7 +1,6 @@
 """Running a generator on images, and its quality against the teacher (LPIPS, PSNR, SSIM)."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -13,8 +12,9 @@ from pipeline.data.dataset import ConceptData, concept_condition, heldout_pairs
 
 
 @torch.no_grad()
-def run_generator(G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, mask: torch.Tensor,
-                  batch: int = 16) -> list[np.ndarray]:
+def run_generator(
+    G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, mask: torch.Tensor, batch: int = 16
+) -> list[np.ndarray]:
     """Apply G to RGB uint8 images with one text condition (tokens (1, T, D), mask (1, T)); uint8 outputs."""
     G.eval()
     out = []
@@ -26,13 +26,12 @@ def run_generator(G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, 
 
 def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict[str, float]:
     """Mean LPIPS (alex), PSNR and SSIM of outputs against the teacher's edits of the same inputs."""
-    return {"lpips": float(np.mean(lpips_distance(outputs, teacher))),
-            "psnr": float(np.mean([psnr(a, b) for a, b in zip(outputs, teacher)])),
-            "ssim": float(np.mean([ssim(a, b) for a, b in zip(outputs, teacher)])),
-            "n": len(outputs)}
-
-
-
+    return {
+        "lpips": float(np.mean(lpips_distance(outputs, teacher))),
+        "psnr": float(np.mean([psnr(a, b) for a, b in zip(outputs, teacher)])),
+        "ssim": float(np.mean([ssim(a, b) for a, b in zip(outputs, teacher)])),
+        "n": len(outputs),
+    }
 
 
 def evaluate_concept(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> dict:

@@ -1,6 +1,8 @@
 """select_base: k-means over the concept pool's prompt embeddings picks the base and calibration concepts."""
+
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -44,8 +46,10 @@ def select_base(pool: list[str], cfg: SelectBaseConfig, encoder: str) -> dict:
     from sklearn.cluster import KMeans
 
     if cfg.k + cfg.n_calibration > len(pool):
-        raise E2GANError(f"select_base: k={cfg.k} + n_calibration={cfg.n_calibration} exceeds the pool of {len(pool)} "
-                         "concepts; lower them or widen select_base.pool")
+        raise E2GANError(
+            f"select_base: k={cfg.k} + n_calibration={cfg.n_calibration} exceeds the pool of {len(pool)} "
+            "concepts; lower them or widen select_base.pool"
+        )
     prompts = [FILTER_PROMPTS[op] for op in pool]
     emb = text_encoder(encoder).encode(prompts).pooled.numpy().astype(np.float64)
     km = KMeans(n_clusters=cfg.k, n_init=10, random_state=cfg.seed).fit(emb)
@@ -59,16 +63,27 @@ def select_base(pool: list[str], cfg: SelectBaseConfig, encoder: str) -> dict:
     sizes = np.bincount(km.labels_, minlength=cfg.k)
     calibration: list[str] = []
     for j in np.argsort(-sizes):  # largest clusters first
-        members = sorted((i for i in rest if km.labels_[i] == j and pool[i] not in calibration), key=lambda i: dist[i, j])
+        members = sorted(
+            (i for i in rest if km.labels_[i] == j and pool[i] not in calibration), key=lambda i: dist[i, j]
+        )
         if members and len(calibration) < cfg.n_calibration:
             calibration.append(pool[members[0]])
     for i in sorted(rest, key=lambda i: dist[i].min()):  # top up if clusters ran out
         if len(calibration) < cfg.n_calibration and pool[i] not in calibration:
             calibration.append(pool[i])
-    return {"strategy": cfg.strategy, "k": cfg.k, "encoder": encoder, "base": base, "calibration": calibration,
-            "pool": pool, "clusters": {op: int(c) for op, c in zip(pool, km.labels_)},
-            "cluster_sizes": sizes.tolist(), "inertia": float(km.inertia_),
-            "prompts": {op: FILTER_PROMPTS[op] for op in pool}, "embedding_2d": _pca2(emb, pool)}
+    return {
+        "strategy": cfg.strategy,
+        "k": cfg.k,
+        "encoder": encoder,
+        "base": base,
+        "calibration": calibration,
+        "pool": pool,
+        "clusters": {op: int(c) for op, c in zip(pool, km.labels_)},
+        "cluster_sizes": sizes.tolist(),
+        "inertia": float(km.inertia_),
+        "prompts": {op: FILTER_PROMPTS[op] for op in pool},
+        "embedding_2d": _pca2(emb, pool),
+    }
 
 
 def _pca2(emb: np.ndarray, names: list[str]) -> dict[str, list[float]]:
@@ -88,8 +103,15 @@ def plot_selection(sel: dict, out_png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for name, (x, y) in sel["embedding_2d"].items():
         role = "base" if name in sel["base"] else "calibration" if name in sel["calibration"] else "pool"
-        ax.scatter(x, y, c=f"C{sel['clusters'][name]}", s={"base": 140, "calibration": 90, "pool": 40}[role],
-                   marker={"base": "*", "calibration": "D", "pool": "o"}[role], edgecolors="k", linewidths=0.5)
+        ax.scatter(
+            x,
+            y,
+            c=f"C{sel['clusters'][name]}",
+            s={"base": 140, "calibration": 90, "pool": 40}[role],
+            marker={"base": "*", "calibration": "D", "pool": "o"}[role],
+            edgecolors="k",
+            linewidths=0.5,
+        )
         ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_title(f"select_base ({sel['strategy']}, k={sel['k']}): ★ base, ◆ calibration")
     ax.set_xlabel("PC 1 of the prompt embeddings")

@@ -16,18 +16,18 @@ trained, only where: a GPU run is not bit-identical to a CPU run, but the stage 
 Models go to the device for `fit` and come back to the CPU afterwards; data stays on the CPU and each
 batch is copied over.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
 import math
 import os
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from torch import nn
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.io import atomic_path
-from pipeline.model.nets.discriminator import GAN_LOSSES, PatchDiscriminator, l1
 from pipeline.core.progress import bar
 from pipeline.data.dataset import PairData
+from pipeline.model.nets.discriminator import GAN_LOSSES, PatchDiscriminator, l1
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,11 @@ def train_device() -> torch.device:
     except (RuntimeError, ValueError):
         raise E2GANError(f"E2GAN_DEVICE={want!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise E2GANError(f"E2GAN_DEVICE={want!r} but torch sees {torch.cuda.device_count()} CUDA device(s) "
-                         f"(torch {torch.__version__}); unset E2GAN_DEVICE to train on the CPU, or install a CUDA "
-                         "build of torch (README: Training on a GPU)")
+        raise E2GANError(
+            f"E2GAN_DEVICE={want!r} but torch sees {torch.cuda.device_count()} CUDA device(s) "
+            f"(torch {torch.__version__}); unset E2GAN_DEVICE to train on the CPU, or install a CUDA "
+            "build of torch (README: Training on a GPU)"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise E2GANError("E2GAN_DEVICE='mps' but this torch has no MPS backend; unset E2GAN_DEVICE to use the CPU")
     return dev
@@ -137,8 +139,15 @@ def build_models(G: nn.Module, cfg: TrainConfig, params: list[nn.Parameter] | No
     return Models(G, D, opt_g, opt_d, ema)
 
 
-def gan_step(m: Models, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
-             cfg: TrainConfig, perceptual: Callable | None = None) -> dict[str, float]:
+def gan_step(
+    m: Models,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: TrainConfig,
+    perceptual: Callable | None = None,
+) -> dict[str, float]:
     """One discriminator and one generator update (pix2pix, Isola et al. 2017, eq. 4). Returns the losses."""
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.gan_loss]
     fake = m.G(x, text, mask)
@@ -176,9 +185,15 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _state(m: Models, step: int, history: list[dict]) -> dict:
-    return {"step": step, "G": m.G.state_dict(), "D": m.D.state_dict(), "opt_g": m.opt_g.state_dict(),
-            "opt_d": m.opt_d.state_dict(), "ema": m.ema.state_dict() if m.ema is not None else None,
-            "history": history}
+    return {
+        "step": step,
+        "G": m.G.state_dict(),
+        "D": m.D.state_dict(),
+        "opt_g": m.opt_g.state_dict(),
+        "opt_d": m.opt_d.state_dict(),
+        "ema": m.ema.state_dict() if m.ema is not None else None,
+        "history": history,
+    }
 
 
 def save_checkpoint(path: Path, m: Models, step: int, history: list[dict]) -> None:
@@ -246,7 +261,9 @@ def _barrier(world: int) -> None:
 # ----------------------------------------------------------------------------- fit
 
 
-def lpips_loss(net: str = "alex", device: torch.device | str = "cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def lpips_loss(
+    net: str = "alex", device: torch.device | str = "cpu"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """LPIPS with the offline backbone as a training loss (frozen; gradients flow to the images)."""
     from pipeline.core.metrics import lpips_model
 
@@ -307,13 +324,23 @@ def _batch(data: PairData, step: int, cfg: TrainConfig, dev: torch.device, rank:
 def _check_finite(losses: dict[str, float], desc: str, step: int, ckpt: Path) -> None:
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        raise TrainingError(f"{desc}: step {step}: loss {', '.join(f'{k}={losses[k]}' for k in bad)} is not finite; "
-                            f"the last good checkpoint is kept at {ckpt}; lower lr_g/lr_d or lambda_l1")
+        raise TrainingError(
+            f"{desc}: step {step}: loss {', '.join(f'{k}={losses[k]}' for k in bad)} is not finite; "
+            f"the last good checkpoint is kept at {ckpt}; lower lr_g/lr_d or lambda_l1"
+        )
 
 
-def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "train",
-        perceptual: Callable | None = None, on_log: Callable[[dict], None] | None = None,
-        evaluate: EvalHook | None = None, eval_every: int = 0) -> list[dict]:
+def fit(
+    m: Models,
+    data: PairData,
+    cfg: TrainConfig,
+    work: Path,
+    desc: str = "train",
+    perceptual: Callable | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    evaluate: EvalHook | None = None,
+    eval_every: int = 0,
+) -> list[dict]:
     """Train for cfg.steps, resuming from `work/last.pt` if present; returns the loss history.
 
     A checkpoint is written every `ckpt_every` steps and at the end. A non-finite loss stops training
@@ -329,9 +356,10 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
     rank, world = dist_info()
     move_models(m, dev)
     if cfg.batch_size % world:
-        raise TrainingError(f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes; "
-                            f"use a multiple of {world}")
-    step, history = (load_checkpoint(ckpt, m) if ckpt.is_file() else (0, []))
+        raise TrainingError(
+            f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes; use a multiple of {world}"
+        )
+    step, history = load_checkpoint(ckpt, m) if ckpt.is_file() else (0, [])
     if step and rank == 0:
         log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
     m.G.train()
@@ -351,8 +379,16 @@ def fit(m: Models, data: PairData, cfg: TrainConfig, work: Path, desc: str = "tr
                 row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
                 history.append(row)
                 window = []
-                _log_row(row, b, desc, cfg, rank, len(history), (step - resumed_from) / max(1e-9, clock.train_seconds()),
-                         on_log)
+                _log_row(
+                    row,
+                    b,
+                    desc,
+                    cfg,
+                    rank,
+                    len(history),
+                    (step - resumed_from) / max(1e-9, clock.train_seconds()),
+                    on_log,
+                )
             b.advance(1)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 if rank == 0:

@@ -1,4 +1,5 @@
 """train_base: one text-conditioned generator trained on the base concepts' pairs with the shared loop."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,9 @@ def build_generator(cfg: TrainBaseConfig, text_dim: int) -> E2GANGenerator:
     return E2GANGenerator(cfg.generator.model_copy(update={"text_dim": text_dim}))
 
 
-def train_base(folders: dict[str, Path], cfg: TrainBaseConfig, encoder: str, work: Path,
-               on_log=None) -> tuple[E2GANGenerator, list[dict]]:
+def train_base(
+    folders: dict[str, Path], cfg: TrainBaseConfig, encoder: str, work: Path, on_log=None
+) -> tuple[E2GANGenerator, list[dict]]:
     """Train one generator on all base concepts' training pairs; resumable through `work`."""
     data = load_pair_data(folders, encoder)
     G = build_generator(cfg, data.tokens.shape[-1])

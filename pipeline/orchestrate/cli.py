@@ -1,4 +1,5 @@
 """The `e2gan` command line (typer): assets, params checks and the pipeline's user-facing commands."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,15 @@ from pipeline.core.env import set_quiet_env
 
 set_quiet_env()
 
-from pipeline.core import assets as assets_mod  # noqa: E402
 from pipeline.config import read_params  # noqa: E402
+from pipeline.core import assets as assets_mod  # noqa: E402
 from pipeline.core.errors import exit_on_user_error  # noqa: E402
 
-app = typer.Typer(help="Turn text-described image edits into small real-time image-to-image GANs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Turn text-described image edits into small real-time image-to-image GANs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 assets_app = typer.Typer(help="Offline sample photos and metric/text-encoder weights.", no_args_is_help=True)
 params_app = typer.Typer(help="Check params.yaml.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
@@ -31,8 +35,11 @@ console = Console(stderr=True)
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     """e2gan: teacher pairs -> base GAN -> crucial layers and ranks -> LoRA per concept -> ONNX."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
 
 
 @assets_app.command("fetch")
@@ -79,10 +86,16 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"), help="The para
 def flow_run(
     concept: str = typer.Option(None, "--concept", "-c", help="One concept; leave out for every concept."),
     root: Path = typer.Option(Path("."), help="The project folder (with dvc.yaml and params.yaml)."),
-    workers: int = typer.Option(1, min=1, help="All concepts: run this many concept chains at once (>1: a local "
-                                "Dask cluster of that many processes)."),
-    dask_address: str = typer.Option(None, help="All concepts: fan the concept chains out to this Dask scheduler "
-                                     "(tcp://host:8786); its workers need the project folder or a DVC remote."),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="All concepts: run this many concept chains at once (>1: a local Dask cluster of that many processes).",
+    ),
+    dask_address: str = typer.Option(
+        None,
+        help="All concepts: fan the concept chains out to this Dask scheduler "
+        "(tcp://host:8786); its workers need the project folder or a DVC remote.",
+    ),
 ) -> None:
     """Run the Prefect flow for a concept (or all concepts) here; prints the DVC stages that ran."""
     from pipeline.orchestrate.flows import concept_flow, with_runner
@@ -130,9 +143,22 @@ def ci_retrain(
         notes.append("no DVC remote is configured: nothing pushed (see README, 'DVC remotes')")
     params_diff = run("params", "diff", baseline, "--md", check=False).stdout.strip()
     metrics_diff = run("metrics", "diff", baseline, "--md", check=False).stdout.strip()
-    md = ["## e2gan retrain", "", f"Stages that ran: {', '.join(ran) if ran else 'none (up to date)'}", "",
-          *[f"> {n}" for n in notes], "", f"### params diff vs {baseline}", "", params_diff or "no changes", "",
-          f"### metrics diff vs {baseline}", "", metrics_diff or "no changes", ""]
+    md = [
+        "## e2gan retrain",
+        "",
+        f"Stages that ran: {', '.join(ran) if ran else 'none (up to date)'}",
+        "",
+        *[f"> {n}" for n in notes],
+        "",
+        f"### params diff vs {baseline}",
+        "",
+        params_diff or "no changes",
+        "",
+        f"### metrics diff vs {baseline}",
+        "",
+        metrics_diff or "no changes",
+        "",
+    ]
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
@@ -147,8 +173,11 @@ def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
     import subprocess
     import sys
 
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(port)]))
+    raise typer.Exit(
+        subprocess.call(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        )
+    )
 
 
 @app.command("serve")
@@ -159,8 +188,10 @@ def serve(root: Path = typer.Option(Path("."), help="The project folder the flow
 
     from pipeline.orchestrate.flows import all_concepts_flow, concept_flow
 
-    prefect_serve(concept_flow.to_deployment(name="concept", parameters={"root": str(root.resolve())}),
-                  all_concepts_flow.to_deployment(name="all", parameters={"root": str(root.resolve())}))
+    prefect_serve(
+        concept_flow.to_deployment(name="concept", parameters={"root": str(root.resolve())}),
+        all_concepts_flow.to_deployment(name="all", parameters={"root": str(root.resolve())}),
+    )
 
 
 @app.command("demo")
@@ -196,12 +227,15 @@ def demo(
 @exit_on_user_error
 def apply(
     inputs: list[Path] = typer.Argument(..., help="Images, or folders of images."),
-    concept: str = typer.Option(..., "--concept", "-c", help="A concept with an exported model (dvc repro export_onnx@C)."),
+    concept: str = typer.Option(
+        ..., "--concept", "-c", help="A concept with an exported model (dvc repro export_onnx@C)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (one input image) or folder."),
     models: Path = typer.Option(None, help="Where export_onnx wrote the concept folders (default: from dvc.yaml)."),
     variant: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    fit: str = typer.Option("resize", help="Images of another size: 'resize' (to the model's size and back) "
-                                            "or 'refuse'."),
+    fit: str = typer.Option(
+        "resize", help="Images of another size: 'resize' (to the model's size and back) or 'refuse'."
+    ),
     threads: int = typer.Option(0, help="onnxruntime threads (0 = all cores)."),
 ) -> None:
     """Run a concept's exported ONNX model on images with onnxruntime (no torch needed at run time)."""
@@ -209,8 +243,9 @@ def apply(
 
     model = model_path(models or _exported_models(Path(".")), concept, variant)
     result = apply_model(model, inputs, out, fit, threads, desc=f"apply {concept}")
-    console.print(f"{result.written} image(s) written to {out}" +
-                  (f"; {len(result.skipped)} skipped:" if result.skipped else ""))
+    console.print(
+        f"{result.written} image(s) written to {out}" + (f"; {len(result.skipped)} skipped:" if result.skipped else "")
+    )
     for line in result.skipped:
         console.print(f"  [yellow]skipped[/]: {line}")
     if not result.written:

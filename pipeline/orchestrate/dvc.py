@@ -3,6 +3,7 @@
 DVC owns staleness: every run goes through `dvc --wait-for-lock repro -s <stage>`, so dvc.lock is the
 only cache and the command line, CI and the Prefect UI always agree.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ import yaml
 from pipeline.core.env import set_quiet_env
 from pipeline.core.errors import E2GANError
 
-SHARED = ["prepare_sources", "select_base", "generate_base_pairs", "train_base", "analyze_layers", "search_ranks",
-          "export_base_onnx"]
+SHARED = [
+    "prepare_sources",
+    "select_base",
+    "generate_base_pairs",
+    "train_base",
+    "analyze_layers",
+    "search_ranks",
+    "export_base_onnx",
+]
 PER_CONCEPT = ["expand_prompts", "generate_pairs", "finetune_lora", "evaluate", "export_onnx"]
 AFTER_ALL = ["report"]  # stages over all concepts
 
@@ -54,25 +62,29 @@ def stage_paths(stage: str, concept: str | None = None, root: Path = Path(".")) 
     if "matrix" in body and concept is None:
         raise DvcError(f"stage {stage!r} runs per concept; give the concept")
     words = body["cmd"].replace("${item.concept}", concept or "").split()
-    return {w[2:].replace("-", "_"): root / v for w, v in zip(words, words[1:])
-            if w.startswith("--") and w != "--concept"}
+    return {
+        w[2:].replace("-", "_"): root / v for w, v in zip(words, words[1:]) if w.startswith("--") and w != "--concept"
+    }
 
 
 def status(targets: list[str] | None = None, root: Path = Path(".")) -> set[str]:
     """The stale stages among `targets` (all when None), from `dvc status --json`."""
-    res = subprocess.run(dvc_cmd("status", "--json", *(targets or [])), cwd=root, env=_env(),
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        dvc_cmd("status", "--json", *(targets or [])), cwd=root, env=_env(), capture_output=True, text=True
+    )
     if res.returncode:
         raise DvcError(f"dvc status failed: {res.stderr.strip()[-500:]}")
     return set(json.loads(res.stdout or "{}"))
 
 
-def repro_stage(stage: str, root: Path = Path("."), on_line: Callable[[str], None] | None = None,
-                force: bool = False) -> list[str]:
+def repro_stage(
+    stage: str, root: Path = Path("."), on_line: Callable[[str], None] | None = None, force: bool = False
+) -> list[str]:
     """`dvc --wait-for-lock repro -s <stage>`, streaming its output; returns the stages that ran."""
     args = ["--wait-for-lock", "repro", "-s", stage] + (["-f"] if force else [])
-    proc = subprocess.Popen(dvc_cmd(*args), cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        dvc_cmd(*args), cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     ran, tail = [], []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -9,6 +9,7 @@ Per-concept stages write disjoint outputs; DVC releases its repo lock while a st
 (tested with four). `all_concepts_flow` fans the concept chains out through its task runner: a thread
 pool by default, `prefect_dask.DaskTaskRunner` for a local process cluster or a remote Dask scheduler.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.orchestrate import dvc
 from pipeline.config import load_params
 from pipeline.core.slug import check_slug
+from pipeline.orchestrate import dvc
 
 SHARED_LIMIT = "e2gan-shared-stages"
 
@@ -66,15 +67,20 @@ def _check(concept: str, root: str) -> None:
 
 def _metrics_rows(concept: str, root: Path) -> list[dict]:
     rows = []
-    sources = {"evaluate": dvc.stage_paths("evaluate", concept, root)["out"],
-               "finetune_lora": dvc.stage_paths("finetune_lora", concept, root)["reports"] / "metrics.json",
-               "export_onnx": dvc.stage_paths("export_onnx", concept, root)["metrics"],
-               "generate_pairs": dvc.stage_paths("generate_pairs", concept, root)["metrics"]}
+    sources = {
+        "evaluate": dvc.stage_paths("evaluate", concept, root)["out"],
+        "finetune_lora": dvc.stage_paths("finetune_lora", concept, root)["reports"] / "metrics.json",
+        "export_onnx": dvc.stage_paths("export_onnx", concept, root)["metrics"],
+        "generate_pairs": dvc.stage_paths("generate_pairs", concept, root)["metrics"],
+    }
     for stage, path in sources.items():
         if path.is_file():
             flat = _flatten(json.loads(path.read_text()))
-            rows += [{"stage": stage, "metric": k, "value": v} for k, v in flat.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            rows += [
+                {"stage": stage, "metric": k, "value": v}
+                for k, v in flat.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
     return rows
 
 
@@ -92,8 +98,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _publish_metrics(concept: str, root: str) -> None:
     rows = _metrics_rows(concept, Path(root))
     if rows:
-        create_table_artifact(key=f"metrics-{concept.replace('_', '-')}", table=rows,
-                              description=f"e2gan metrics for concept '{concept}'")
+        create_table_artifact(
+            key=f"metrics-{concept.replace('_', '-')}", table=rows, description=f"e2gan metrics for concept '{concept}'"
+        )
 
 
 @flow(name="e2gan-concept", flow_run_name="concept {concept}", log_prints=True)
@@ -144,9 +151,19 @@ def with_runner(workers: int = 1, dask_address: str | None = None):
     if dask_address or workers > 1:
         from prefect_dask import DaskTaskRunner
 
-        runner = (DaskTaskRunner(address=dask_address) if dask_address else
-                  DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                                 "host": "127.0.0.1", "dashboard_address": None}))
+        runner = (
+            DaskTaskRunner(address=dask_address)
+            if dask_address
+            else DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "host": "127.0.0.1",
+                    "dashboard_address": None,
+                }
+            )
+        )
     else:
         runner = ThreadPoolTaskRunner(max_workers=1)
     return all_concepts_flow.with_options(task_runner=runner)

@@ -1,5 +1,6 @@
 """The E²GAN core end to end on a tiny project: analyze_layers -> search_ranks -> finetune_lora@C
 through the stage CLIs, then the adapter checked with peft against its base."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,13 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.model.checkpoint import load_generator, save_generator
-from pipeline.data.teachers import ConceptConfig
-from pipeline.data.sources import DataConfig
-from pipeline.data.pairs import GeneratePairsConfig
-from pipeline.core.io import atomic_write_json
 from pipeline.adapt.lora import adaptable_layers, load_adapter, spec_ranks
+from pipeline.core.io import atomic_write_json
+from pipeline.data.pairs import GeneratePairsConfig, generate_pairs
+from pipeline.data.sources import DataConfig, prepare_sources
+from pipeline.data.teachers import ConceptConfig, build_teacher
+from pipeline.model.checkpoint import load_generator, save_generator
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
-from pipeline.data.pairs import generate_pairs
-from pipeline.data.sources import prepare_sources
-from pipeline.data.teachers import build_teacher
-
 from tests.conftest import ROOT
 
 CALIB = {"sepia": "make it sepia toned", "negative": "invert the colours"}
@@ -32,8 +29,16 @@ CALIB = {"sepia": "make it sepia toned", "negative": "invert the colours"}
 def _pairs(op: str, prompt: str, sources: Path, out: Path, work: Path) -> None:
     concept = ConceptConfig(prompt=prompt, teacher={"kind": "filters", "op": op})
     prompts = {"concept": op, "instructions": [prompt, prompt + " please"]}
-    generate_pairs(op, concept, GeneratePairsConfig(min_lpips=0.0, min_change=0.0), build_teacher(concept.teacher),
-                   sources, prompts, out, work)
+    generate_pairs(
+        op,
+        concept,
+        GeneratePairsConfig(min_lpips=0.0, min_change=0.0),
+        build_teacher(concept.teacher),
+        sources,
+        prompts,
+        out,
+        work,
+    )
     atomic_write_json(out.parent / f"{out.name}.prompts.json", prompts)
 
 
@@ -45,8 +50,17 @@ def project(tmp_path_factory, crops128) -> Path:
     for i, c in enumerate(crops128[:10]):
         Image.fromarray(c).resize((96, 96)).save(photos / f"p{i}.png")
     sources = root / "data" / "sources"
-    prepare_sources(DataConfig(sources=str(photos), min_size=64, image_size=32, crops_per_photo=2,
-                               heldout_crops_per_photo=2, heldout_fraction=0.2), sources)
+    prepare_sources(
+        DataConfig(
+            sources=str(photos),
+            min_size=64,
+            image_size=32,
+            crops_per_photo=2,
+            heldout_crops_per_photo=2,
+            heldout_fraction=0.2,
+        ),
+        sources,
+    )
     for op, prompt in CALIB.items():
         out = root / "data" / "base_pairs" / op
         _pairs(op, prompt, sources, out, root / "work")
@@ -77,8 +91,9 @@ def _stage(proj: Path, stage: str, concept: str | None = None, **paths: str) -> 
     args = {k: str(v.relative_to(ROOT)) for k, v in stage_paths(stage, concept, ROOT).items()} | paths
     argv = (["--concept", concept] if concept else []) + [w for k, v in args.items() for w in (f"--{k}", v)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "stages", stage, *argv], cwd=proj, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "stages", stage, *argv], cwd=proj, env=env, capture_output=True, text=True
+    )
 
 
 @pytest.mark.slow
@@ -108,7 +123,14 @@ def test_analyze_search_finetune(project):
     report = json.loads((project / "reports/search_ranks/table.json").read_text())
     assert report["params"] <= report["budget_params"] == int(0.1 * n_base)
     rows = {r["row"]: r for r in report["comparison"]}
-    assert {"searched", "uniform 1x", "uniform 4x", "random ranks", "searched, random subset", "searched, all data"} <= set(rows)
+    assert {
+        "searched",
+        "uniform 1x",
+        "uniform 4x",
+        "random ranks",
+        "searched, random subset",
+        "searched, all data",
+    } <= set(rows)
     assert rows["searched"]["ranks"] == spec_ranks(spec)
     assert rows["uniform 1x"]["params"] < rows["uniform 4x"]["params"]
     assert rows["searched, all data"]["pairs"]["sepia"] > rows["searched"]["pairs"]["sepia"]
@@ -134,10 +156,13 @@ def test_analyze_search_finetune(project):
     assert torch.allclose(adapted, merged, atol=1e-5) and not torch.allclose(adapted, plain, atol=1e-4)
 
     # 4. the same stage again into a fresh folder: bit-for-bit the same adapter (seeded CPU run)
-    p = _stage(project, "finetune_lora", "demo", out="models/lora_again", reports="reports/again",
-               work="data/.work/again")
+    p = _stage(
+        project, "finetune_lora", "demo", out="models/lora_again", reports="reports/again", work="data/.work/again"
+    )
     assert p.returncode == 0, p.stderr
-    assert (out / "adapter_model.safetensors").read_bytes() == (project / "models/lora_again/adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        project / "models/lora_again/adapter_model.safetensors"
+    ).read_bytes()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """LoRA via peft on the generator: only adapters train, merged equals unmerged, save/load round-trips."""
+
 from __future__ import annotations
 
 import copy
@@ -6,9 +7,17 @@ import copy
 import pytest
 import torch
 
+from pipeline.adapt.lora import (
+    adaptable_layers,
+    add_lora_spec,
+    load_adapter,
+    lora_parameters,
+    lora_spec,
+    save_adapter,
+    spec_ranks,
+    trainable_parameters,
+)
 from pipeline.core.errors import E2GANError
-from pipeline.adapt.lora import (adaptable_layers, add_lora_spec, load_adapter, lora_parameters, lora_spec, save_adapter,
-                                 spec_ranks, trainable_parameters)
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
 
 TARGETS = ["down.0.conv", "ds.conv", "tb.attn_cross.to_q", "tb.attn_cross.to_v", "us.conv", "up.1.conv"]
@@ -18,7 +27,9 @@ RANKS = {"ds.conv": 8, "tb.attn_cross.to_q": 2}
 def _base(norm: str = "instance") -> E2GANGenerator:
     torch.manual_seed(0)
     G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm=norm, skip=norm == "film"))
-    if norm == "film":  # with the stem skip: the default base's layout  # trained-looking text norms (they start at zero)
+    if (
+        norm == "film"
+    ):  # with the stem skip: the default base's layout  # trained-looking text norms (they start at zero)
         with torch.no_grad():
             for n, p in G.named_parameters():
                 if ".to_scale." in n or ".to_shift." in n:
@@ -111,7 +122,9 @@ def test_spec_round_trips_through_peft(tmp_path, name, ranks):
     for layer, r in ranks.items():
         m = mods[f"base_model.model.{layer}"]
         assert m.r["default"] == r and m.scaling["default"] == pytest.approx(2.0)  # alpha = 2 r
-    assert trainable_parameters(model) == sum(lora_parameters(dict(_base().named_modules())[n], r) for n, r in ranks.items())
+    assert trainable_parameters(model) == sum(
+        lora_parameters(dict(_base().named_modules())[n], r) for n, r in ranks.items()
+    )
     save_adapter(model, tmp_path / "a")
     saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
@@ -119,8 +132,7 @@ def test_spec_round_trips_through_peft(tmp_path, name, ranks):
 
 
 def test_training_steps_change_only_lora_weights():
-    from pipeline.model.train import TrainConfig
-    from pipeline.model.train import build_models, gan_step
+    from pipeline.model.train import TrainConfig, build_models, gan_step
 
     model = add_lora_spec(_base().train(), lora_spec({"ds.conv": 2, "tb.attn_cross.to_q": 2, "up.1.conv": 4}))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

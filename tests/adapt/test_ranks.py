@@ -1,4 +1,5 @@
 """Rank search (greedy on dW spectra), random ranks, data subsets: checked on constructed cases."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.adapt.ranks import SearchRanksConfig
-from pipeline.core.errors import E2GANError
 from pipeline.adapt.lora import lora_parameters
-from pipeline.adapt.ranks import count, greedy_ranks, random_ranks, spectra
+from pipeline.adapt.ranks import SearchRanksConfig, count, greedy_ranks, random_ranks, spectra
 from pipeline.adapt.subset import choose_subset, coverage, image_features, kmeans_subset, random_subset
+from pipeline.core.errors import E2GANError
 
 
 def _low_rank(out: int, inp: int, rank: int, seed: int) -> torch.Tensor:
@@ -34,7 +34,11 @@ def test_spectra_are_normalised_cumulative_energy():
 
 def test_greedy_gives_rank_where_the_change_needs_it():
     # 'a' changes in 1 direction, 'b' in 8 strong ones: b must end with the higher rank
-    deltas = {"x/a": _low_rank(64, 64, 1, 0), "x/b": 3 * _low_rank(64, 64, 8, 1), "x/c": 0.01 * torch.randn(32, 16, 3, 3)}
+    deltas = {
+        "x/a": _low_rank(64, 64, 1, 0),
+        "x/b": 3 * _low_rank(64, 64, 8, 1),
+        "x/c": 0.01 * torch.randn(32, 16, 3, 3),
+    }
     mods = _layers()
     e = spectra(deltas, list(mods), ["x"])
     cfg = SearchRanksConfig(ranks=[1, 2, 4, 8, 16], energy=0.99)

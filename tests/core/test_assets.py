@@ -1,4 +1,5 @@
 """Offline assets: pinned tables, fetch/verify/re-fetch on a small real package, safe unpickling."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Image loading (modes, EXIF, size, corrupt files), deterministic crops and the split by photo."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import pytest
 from PIL import Image
 
 from pipeline.core.images import ImageLoadError, center_crop, load_rgb, random_crops, split_photos
-
 from tests.conftest import synthetic_photo
 
 
@@ -22,7 +22,11 @@ def _encoded(img: Image.Image, fmt: str = "PNG", **kw) -> io.BytesIO:
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB"])
 def test_any_mode_becomes_rgb_uint8(mode):
     base = Image.fromarray(synthetic_photo(40, 60))
-    img = base.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257))
+    img = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257))
+    )
     fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
     out = load_rgb(_encoded(img, fmt))
     assert out.dtype == np.uint8 and out.shape == (40, 60, 3)

@@ -1,4 +1,5 @@
 """Metrics with real offline weights: LPIPS sanity values, FID/KID through clean-fid, PSNR/SSIM."""
+
 from __future__ import annotations
 
 import cv2
@@ -37,8 +38,8 @@ def test_psnr_ssim(crops128):
 
 
 def test_compare_sets_without_fid_keeps_kid_and_the_paired_metrics(crops128):
-    from pipeline.evaluate.sets import compare_sets
     from pipeline.core.metrics import inception_features
+    from pipeline.evaluate.sets import compare_sets
 
     teacher, other = crops128[:6], crops128[6:12]
     tf = inception_features(teacher)

@@ -1,4 +1,5 @@
 """generate_pairs: metadata in the InstructPix2Pix layout, quality filter, resumable after a kill, bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.data.teachers import ConceptConfig
-from pipeline.data.sources import DataConfig
-from pipeline.data.pairs import GeneratePairsConfig
 from pipeline.core.images import ImageLoadError
-from pipeline.data.pairs import generate_pairs, read_pairs, write_grid
-from pipeline.data.sources import prepare_sources
-from pipeline.data.teachers import build_teacher
-
+from pipeline.data.pairs import GeneratePairsConfig, generate_pairs, read_pairs, write_grid
+from pipeline.data.sources import DataConfig, prepare_sources
+from pipeline.data.teachers import ConceptConfig, build_teacher
 from tests.conftest import ROOT, synthetic_photo
 from tests.data.tiny_diffusers import build_tiny_pipeline
 
@@ -36,8 +33,17 @@ def sources(tmp_path, crops128) -> Path:
     for i, c in enumerate(crops128[:8]):
         Image.fromarray(c).resize((96, 96)).save(folder / f"p{i}.png")
     out = tmp_path / "sources"
-    prepare_sources(DataConfig(sources=str(folder), min_size=64, image_size=32, crops_per_photo=2,
-                               heldout_crops_per_photo=2, heldout_fraction=0.25), out)
+    prepare_sources(
+        DataConfig(
+            sources=str(folder),
+            min_size=64,
+            image_size=32,
+            crops_per_photo=2,
+            heldout_crops_per_photo=2,
+            heldout_fraction=0.25,
+        ),
+        out,
+    )
     return out
 
 
@@ -48,8 +54,9 @@ def _concept(op="autumn"):
 def test_pairs_layout_and_quality_filter(tmp_path, sources):
     cfg = GeneratePairsConfig(shard_size=5, min_lpips=0.02)
     out = tmp_path / "pairs"
-    s = generate_pairs("autumn", _concept(), cfg, build_teacher(_concept().teacher), sources, PROMPTS, out,
-                       tmp_path / "work")
+    s = generate_pairs(
+        "autumn", _concept(), cfg, build_teacher(_concept().teacher), sources, PROMPTS, out, tmp_path / "work"
+    )
     rows = read_pairs(out)
     assert s["pairs"] == 16 and s["kept"] == len(rows) and s["kept"] + s["dropped"] == 16
     assert sum(s["dropped_reasons"].values()) == s["dropped"]
@@ -82,13 +89,34 @@ def _project(tmp_path: Path, sources: Path, teacher: dict, name="proj") -> Path:
 
 
 def _run_stage(proj: Path, module: str, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=proj, env=_stage_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=proj,
+        env=_stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
-GEN_ARGS = ["generate_pairs", "--concept", "demo", "--sources", "data/sources", "--prompts", "data/prompts/demo",
-            "--out", "data/pairs/demo", "--metrics", "reports/demo.json", "--grid", "reports/demo.png",
-            "--work", "data/.work/generate_pairs"]
+GEN_ARGS = [
+    "generate_pairs",
+    "--concept",
+    "demo",
+    "--sources",
+    "data/sources",
+    "--prompts",
+    "data/prompts/demo",
+    "--out",
+    "data/pairs/demo",
+    "--metrics",
+    "reports/demo.json",
+    "--grid",
+    "reports/demo.png",
+    "--work",
+    "data/.work/generate_pairs",
+]
 
 
 def _expand(proj):
@@ -167,7 +195,9 @@ def _write_bad_folder(folder: Path) -> dict[str, str]:
     Image.fromarray(good).convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(good).convert("RGBA").save(folder / "rgba.png")
     Image.fromarray(good).convert("L").save(folder / "grey.png")
-    Image.fromarray((np.asarray(Image.fromarray(good).convert("L")).astype(np.uint16) * 257)).save(folder / "deep16.png")
+    Image.fromarray((np.asarray(Image.fromarray(good).convert("L")).astype(np.uint16) * 257)).save(
+        folder / "deep16.png"
+    )
     Image.fromarray(synthetic_photo(8000, 300, seed=3)).save(folder / "huge.png")
     Image.fromarray(synthetic_photo(20, 20)).save(folder / "tiny.png")
     full = (folder / "good.jpg").read_bytes()
@@ -176,14 +206,33 @@ def _write_bad_folder(folder: Path) -> dict[str, str]:
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     (folder / "notes.txt").write_text("not an image")
     (folder / "fake.jpg").write_text("<html>not an image</html>")
-    return {"good": "ok", "good2": "ok", "cmyk": "ok", "rgba": "ok", "grey": "ok", "deep16": "ok", "huge": "ok",
-            "tiny": "skip", "truncated": "skip", "zero": "skip", "corrupt": "skip", "fake": "skip"}
+    return {
+        "good": "ok",
+        "good2": "ok",
+        "cmyk": "ok",
+        "rgba": "ok",
+        "grey": "ok",
+        "deep16": "ok",
+        "huge": "ok",
+        "tiny": "skip",
+        "truncated": "skip",
+        "zero": "skip",
+        "corrupt": "skip",
+        "fake": "skip",
+    }
 
 
 def test_bad_source_files_are_counted_skips_with_names(tmp_path):
     expected = _write_bad_folder(tmp_path / "photos")
-    cfg = DataConfig(sources=str(tmp_path / "photos"), min_size=64, image_size=32, include_grey=True,
-                     heldout_fraction=0.3, crops_per_photo=1, heldout_crops_per_photo=1)
+    cfg = DataConfig(
+        sources=str(tmp_path / "photos"),
+        min_size=64,
+        image_size=32,
+        include_grey=True,
+        heldout_fraction=0.3,
+        crops_per_photo=1,
+        heldout_crops_per_photo=1,
+    )
     s = prepare_sources(cfg, tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     skipped = {e["photo"].rsplit("-", 1)[0]: e["reason"] for e in manifest["skipped"]}
@@ -207,13 +256,29 @@ def test_directional_clip_filter_with_a_configured_clip(tmp_path, sources):
 
     clip = build_tiny_clip(tmp_path / "tiny-clip")
     keep_all = GeneratePairsConfig(clip_model=str(clip), min_clip_direction=-1.0, min_lpips=0.0, min_change=0.0)
-    s = generate_pairs("autumn", _concept("sepia"), keep_all, build_teacher(_concept("sepia").teacher), sources,
-                       PROMPTS, tmp_path / "a", tmp_path / "work")
+    s = generate_pairs(
+        "autumn",
+        _concept("sepia"),
+        keep_all,
+        build_teacher(_concept("sepia").teacher),
+        sources,
+        PROMPTS,
+        tmp_path / "a",
+        tmp_path / "work",
+    )
     rows = read_pairs(tmp_path / "a")
     scores = [r["clip_direction"] for r in rows]
     assert s["dropped"] == 0 and all(-1.0 <= c <= 1.0 for c in scores) and len(set(scores)) > 1
     strict = keep_all.model_copy(update={"min_clip_direction": float(np.median(scores))})
-    s2 = generate_pairs("autumn", _concept("sepia"), strict, build_teacher(_concept("sepia").teacher), sources,
-                        PROMPTS, tmp_path / "b", tmp_path / "work")
+    s2 = generate_pairs(
+        "autumn",
+        _concept("sepia"),
+        strict,
+        build_teacher(_concept("sepia").teacher),
+        sources,
+        PROMPTS,
+        tmp_path / "b",
+        tmp_path / "work",
+    )
     assert s2["dropped_reasons"] == {"edit does not follow the instruction (directional CLIP)": s2["dropped"]}
     assert 0 < s2["dropped"] < 16

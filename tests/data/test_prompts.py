@@ -1,4 +1,5 @@
 """Prompt expansion: deterministic, distinct instructions; embeddings written with the configured encoder."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from pipeline.data.prompts import ExpandPromptsConfig, expand_prompt, write_prompts
 from pipeline.data.teachers import ConceptConfig
-from pipeline.data.prompts import ExpandPromptsConfig
-from pipeline.data.prompts import expand_prompt, write_prompts
 
 
 def test_expansion_is_deterministic_distinct_and_keeps_the_prompt():

@@ -1,4 +1,5 @@
 """prepare_sources on a user folder: counts, split by photo, skips counted, atomic on failure."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline.data.sources import DataConfig
 from pipeline.core.images import ImageLoadError
-from pipeline.data.sources import prepare_sources
-
+from pipeline.data.sources import DataConfig, prepare_sources
 from tests.conftest import synthetic_photo
 
 
@@ -24,8 +23,14 @@ def _folder(tmp_path, n=10):
 
 
 def test_prepare_sources_from_a_folder(tmp_path):
-    cfg = DataConfig(sources=str(_folder(tmp_path)), min_size=100, image_size=64, crops_per_photo=2,
-                     heldout_crops_per_photo=3, heldout_fraction=0.3)
+    cfg = DataConfig(
+        sources=str(_folder(tmp_path)),
+        min_size=100,
+        image_size=64,
+        crops_per_photo=2,
+        heldout_crops_per_photo=3,
+        heldout_fraction=0.3,
+    )
     out = tmp_path / "sources"
     summary = prepare_sources(cfg, out)
     assert summary["skipped"] == 2  # tiny + broken, counted not fatal
@@ -48,6 +53,8 @@ def test_failed_run_keeps_previous_output(tmp_path):
     prepare_sources(DataConfig(sources=str(src), min_size=100, image_size=64), out)
     before = (out / "manifest.json").read_text()
     with pytest.raises(ImageLoadError, match="lower data.min_size"):
-        prepare_sources(DataConfig(sources=str(src), min_size=100, image_size=64, heldout_fraction=0.01, max_photos=1), out)
+        prepare_sources(
+            DataConfig(sources=str(src), min_size=100, image_size=64, heldout_fraction=0.01, max_photos=1), out
+        )
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,14 +1,14 @@
 """Teachers: every filter is deterministic and size-agnostic; the diffusers teacher loads a real pipeline class."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from pipeline.data.teachers import TEACHERS, TeacherError, build_teacher
 from pipeline.data.teachers import DiffusersTeacherConfig as DiffusersCfg
 from pipeline.data.teachers import FiltersTeacherConfig as FiltersCfg
-from pipeline.data.teachers import TEACHERS, TeacherError, build_teacher
 from pipeline.data.teachers.filters import FILTER_PROMPTS, FILTERS, apply_filter
-
 from tests.conftest import synthetic_photo
 from tests.data.tiny_diffusers import build_tiny_pipeline
 

@@ -1,6 +1,7 @@
 """The browser demo: the server's file whitelist and web bundle, and the page end to end in real headless
 Chromium (playwright-core): a concept's adapter patched onto the base model in the page gives Python
 onnxruntime's output; bad input shows clear messages."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.demo_e2e import run, synthetic_models, make_photo
+from bench.demo_e2e import make_photo, run, synthetic_models
 from pipeline.deploy.demo import ORT_DIST, DemoError, make_server, web_bundle
 from pipeline.deploy.export import ort_session
 
-from tests.conftest import ROOT
+PROMPTS = {"winter": "make it winter with falling snow", "cartoon": "turn it into a cartoon"}  # cartoon: not exported
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_web_bundle_bad_base(tmp_path):
 def server(models, tmp_path):
     if not (ORT_DIST / "ort.all.min.mjs").is_file():
         pytest.fail("the demo's npm packages are missing: run 'make demo-deps' (make test does)")
-    srv = make_server(ROOT, models, port=0, cache=tmp_path / "cache")
+    srv = make_server(models, PROMPTS, port=0, cache=tmp_path / "cache")
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
@@ -78,11 +79,21 @@ def test_server_serves_only_its_whitelist(server, models):
     status, body, _ = _get(server + "/api/concepts")
     concepts = {c["name"]: c for c in json.loads(body)["concepts"]}
     assert concepts["winter"]["adapter"] and not concepts["cartoon"]["adapter"] and not concepts["cartoon"]["model"]
-    assert _get(server + "/models/winter/adapter.safetensors")[1] == (models / "winter" / "adapter.safetensors").read_bytes()
+    assert (
+        _get(server + "/models/winter/adapter.safetensors")[1]
+        == (models / "winter" / "adapter.safetensors").read_bytes()
+    )
     assert _get(server + "/ort/ort-wasm-simd-threaded.wasm")[2]["Content-Type"] == "application/wasm"
-    for bad in ("/models/..%2F..%2Fparams.yaml", "/../params.yaml", "/models/winter/../../params.yaml",
-                "/params.yaml", "/models/Bad%20Name/adapter.safetensors", "/models/winter/secret.txt",
-                "/ort/..%2F..%2Fpackage.json", "/models/base/../../pyproject.toml"):
+    for bad in (
+        "/models/..%2F..%2Fparams.yaml",
+        "/../params.yaml",
+        "/models/winter/../../params.yaml",
+        "/params.yaml",
+        "/models/Bad%20Name/adapter.safetensors",
+        "/models/winter/secret.txt",
+        "/ort/..%2F..%2Fpackage.json",
+        "/models/base/../../pyproject.toml",
+    ):
         status, body, _ = _get(server + bad)
         assert status in (400, 404), bad
         assert b"[project]" not in body and b"concepts:" not in body
@@ -93,7 +104,7 @@ def test_missing_front_end_packages_is_a_clear_error(monkeypatch, models, tmp_pa
 
     monkeypatch.setattr(demo, "ORT_DIST", tmp_path / "nowhere")
     with pytest.raises(DemoError, match="make demo-deps"):
-        demo.make_server(ROOT, models, port=0, cache=tmp_path)
+        demo.make_server(models, PROMPTS, port=0, cache=tmp_path)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """ONNX export: parity with torch, adapter artifacts that patch the base ONNX model exactly, fp16/int8
 variants, bad files, and `e2gan apply`."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
 from pipeline.deploy.export import ExportError, ImageOnly, check_onnx, export_onnx, onnx_outputs, to_fp16, to_int8
-from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
-
 from tests.conftest import ROOT
 
 RANKS = {"ds.conv": 4, "tb.attn_cross.to_k": 2, "tb.attn_cross.to_v": 2, "us.conv": 1, "up.1.conv": 3, "out": 2}
@@ -79,8 +79,9 @@ def test_adapter_artifact_patches_the_base_model_exactly(tmp_path, adapted):
     model, folder = adapted
     base_tokens, tokens = torch.randn(1, 5, 384), torch.randn(1, 9, 384)  # a different prompt length
     base = _base(model.get_base_model().cfg.norm)
-    base_onnx = export_onnx(ImageOnly(base, *pad_tokens(base_tokens, torch.ones(1, 5), 16)), tmp_path / "base.onnx", 32,
-                            fold=False)
+    base_onnx = export_onnx(
+        ImageOnly(base, *pad_tokens(base_tokens, torch.ones(1, 5), 16)), tmp_path / "base.onnx", 32, fold=False
+    )
     direct = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 9)), tmp_path / "direct.onnx", 32)
     art = adapter_artifact(folder, tokens, torch.ones(1, 9))
     save_file(art, str(tmp_path / "adapter.safetensors"))
@@ -131,8 +132,13 @@ def test_bad_files_give_clear_errors(tmp_path, adapted):
 
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "pipeline.orchestrate.cli", "apply", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.orchestrate.cli", "apply", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -178,8 +184,12 @@ def test_adapter_artifact_with_many_layers_peft_saves_as_suffixes(tmp_path):
     art = adapter_artifact(tmp_path / "adapter", tokens, torch.ones(1, 5))
     assert {k[: -len(".lora_A")] for k in art if k.endswith(".lora_A")} == set(layers)
     save_file(art, str(tmp_path / "adapter.safetensors"))
-    base_onnx = export_onnx(ImageOnly(base, *pad_tokens(torch.randn(1, 3, 384), torch.ones(1, 3), 8)),
-                            tmp_path / "base.onnx", 32, fold=False)
+    base_onnx = export_onnx(
+        ImageOnly(base, *pad_tokens(torch.randn(1, 3, 384), torch.ones(1, 3), 8)),
+        tmp_path / "base.onnx",
+        32,
+        fold=False,
+    )
     patched = apply_artifact(base_onnx, tmp_path / "adapter.safetensors", tmp_path / "patched.onnx")
     direct = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 5)), tmp_path / "direct.onnx", 32)
     x = _x(1).numpy()

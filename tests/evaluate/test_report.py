@@ -1,4 +1,5 @@
 """The HTML report is self-contained: inline images only, no scripts or external links; tables filled."""
+
 from __future__ import annotations
 
 import json
@@ -7,20 +8,42 @@ import re
 import numpy as np
 
 from pipeline.core.images import save_png
-from pipeline.evaluate.report import write_report
+from pipeline.evaluate.report import ReportInputs, write_report
 
 
 def test_report_is_self_contained(tmp_path):
     (tmp_path / "reports/evaluate").mkdir(parents=True)
     (tmp_path / "reports/finetune_lora/demo").mkdir(parents=True)
-    ev = {"heldout_pairs": 10, "student": {"fid": {"value": 12.5}, "kid": {"value": 0.01}, "lpips": {"mean": 0.2, "boot_std": 0.01},
-                                           "psnr": {"mean": 20.0}, "ssim": {"mean": 0.7}},
-          "base_without_adapter": {"lpips": {"mean": 0.3}, "fid": {"value": 30.0}}, "identity": {"lpips": {"mean": 0.4}}}
+    ev = {
+        "heldout_pairs": 10,
+        "student": {
+            "fid": {"value": 12.5},
+            "kid": {"value": 0.01},
+            "lpips": {"mean": 0.2, "boot_std": 0.01},
+            "psnr": {"mean": 20.0},
+            "ssim": {"mean": 0.7},
+        },
+        "base_without_adapter": {"lpips": {"mean": 0.3}, "fid": {"value": 30.0}},
+        "identity": {"lpips": {"mean": 0.4}},
+    }
     (tmp_path / "reports/evaluate/demo.json").write_text(json.dumps(ev))
-    (tmp_path / "reports/finetune_lora/demo/metrics.json").write_text(json.dumps(
-        {"trainable_params": 1234, "adapter_bytes": 5000, "train_seconds": 9.5, "pairs_used": 5, "pairs_total": 10}))
+    (tmp_path / "reports/finetune_lora/demo/metrics.json").write_text(
+        json.dumps(
+            {"trainable_params": 1234, "adapter_bytes": 5000, "train_seconds": 9.5, "pairs_used": 5, "pairs_total": 10}
+        )
+    )
     save_png(np.zeros((8, 16, 3), np.uint8), tmp_path / "reports/evaluate/demo.png")
-    write_report(tmp_path, ["demo", "missing"], tmp_path / "index.html", tmp_path / "summary.md")
+    r = tmp_path / "reports"
+    inputs = ReportInputs(
+        r / "select_base.json",
+        r / "train_base",
+        r / "analyze_layers/table.json",
+        r / "search_ranks/table.json",
+        r / "evaluate",
+        r / "finetune_lora",
+        r / "export_onnx",
+    )
+    write_report(inputs, ["demo", "missing"], tmp_path / "index.html", tmp_path / "summary.md")
     html = (tmp_path / "index.html").read_text()
     assert not re.search(r"<script|<link|src=['\"]http", html)
     assert html.count("src='data:image/png;base64,") == 1 and "not produced yet" in html

@@ -1,17 +1,17 @@
 """select_base and the text conditioning of the base generator."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.model.select_base import select_base
-from pipeline.model.select_base import SelectBaseConfig
-from pipeline.model.train import TrainConfig
 from pipeline.core.errors import E2GANError
-from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.data.dataset import PairData
 from pipeline.data.teachers.filters import FILTERS, apply_filter
-from pipeline.model.train import PairData, build_models, fit
+from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.model.select_base import SelectBaseConfig, select_base
+from pipeline.model.train import TrainConfig, build_models, fit
 
 POOL = [op for op in FILTERS if op not in ("watercolor", "cartoon", "winter")]
 
@@ -36,7 +36,9 @@ def test_text_conditioning_selects_the_edit(crops128):
     imgs = [np.asarray(c[::4, ::4]) for c in crops128[:20]]  # 32 px
     ops = ["negative", "sepia"]
     inputs = torch.from_numpy(np.stack(imgs * 2)).permute(0, 3, 1, 2).contiguous()
-    targets = torch.from_numpy(np.stack([apply_filter(op, im) for op in ops for im in imgs])).permute(0, 3, 1, 2).contiguous()
+    targets = (
+        torch.from_numpy(np.stack([apply_filter(op, im) for op in ops for im in imgs])).permute(0, 3, 1, 2).contiguous()
+    )
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 4, 384, generator=g)
     data = PairData(inputs[:32], targets[:32], [[0]] * 16 + [[1]] * 16, tokens, torch.ones(2, 4))

@@ -1,4 +1,5 @@
 """Networks: shapes, stable module names, size and MACs against the ResNet-9 baseline, loss functions."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,9 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("size,norm", [(64, "instance"), (128, "instance"), (256, "instance"), (64, "film"),
-                                       (128, "film")])
+@pytest.mark.parametrize(
+    "size,norm", [(64, "instance"), (128, "instance"), (256, "instance"), (64, "film"), (128, "film")]
+)
 def test_generator_shapes_and_range(size, norm):
     G = E2GANGenerator(GeneratorConfig(ngf=16, norm=norm))
     y = G(torch.randn(2, 3, size, size), torch.randn(2, 5, 384), torch.ones(2, 5))
@@ -31,9 +33,25 @@ def test_generator_shapes_and_range(size, norm):
 
 def test_module_names_are_stable():
     names = {n for n, _ in E2GANGenerator().named_modules()}
-    expected = {"down.0.conv", "down.1.conv", "down.2.conv", "res.0.conv1", "res.1.conv2", "res.2.conv1", "ds.conv",
-                "tb.attn_self.to_q", "tb.attn_cross.to_k", "tb.attn_cross.to_v", "tb.attn_cross.to_out", "tb.mlp.fc1",
-                "tb.mlp.fc2", "us.conv", "up.0.conv", "up.1.conv", "out"}
+    expected = {
+        "down.0.conv",
+        "down.1.conv",
+        "down.2.conv",
+        "res.0.conv1",
+        "res.1.conv2",
+        "res.2.conv1",
+        "ds.conv",
+        "tb.attn_self.to_q",
+        "tb.attn_cross.to_k",
+        "tb.attn_cross.to_v",
+        "tb.attn_cross.to_out",
+        "tb.mlp.fc1",
+        "tb.mlp.fc2",
+        "us.conv",
+        "up.0.conv",
+        "up.1.conv",
+        "out",
+    }
     assert expected <= names
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in E2GANGenerator().modules())
 
@@ -49,9 +67,9 @@ def test_generator_is_much_smaller_than_resnet9(norm):
 
 def test_text_norm_starts_as_instance_norm_and_carries_the_prompt():
     torch.manual_seed(0)
-    inst = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False)).eval()
+    inst = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm="instance", skip=False)).eval()
     torch.manual_seed(0)
-    film = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm="film")).eval()
+    film = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, residual=False, norm="film", skip=False)).eval()
     shared = {k: v for k, v in inst.state_dict().items() if k in film.state_dict()}
     film.load_state_dict(shared, strict=False)
     missing = set(film.state_dict()) - set(shared)
@@ -116,9 +134,8 @@ def test_stem_skip_starts_at_identity_and_makes_sharpening_learnable(tmp_path):
     body alone barely moves from the identity in the same steps."""
     from torchvision.transforms.functional import gaussian_blur
 
-    from pipeline.model.train import TrainConfig
-    from pipeline.model.train import PairData, build_models, fit
-
+    from pipeline.data.dataset import PairData
+    from pipeline.model.train import TrainConfig, build_models, fit
     from tests.conftest import synthetic_photo
 
     imgs = torch.stack([torch.from_numpy(synthetic_photo(32, 32, seed=i)).permute(2, 0, 1) for i in range(40)])

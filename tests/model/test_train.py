@@ -1,4 +1,5 @@
 """The training loop: repeatable, resumable after kill -9, stops cleanly on NaN; bad data and checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.model.checkpoint import CheckpointError, load_generator, save_generator
-from pipeline.model.train import TrainConfig
 from pipeline.core.errors import E2GANError
+from pipeline.data.dataset import DataError, PairData
+from pipeline.model.checkpoint import CheckpointError, load_generator, save_generator
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
-from pipeline.model.train import PairData, TrainingError, build_models, fit, load_checkpoint, move_models, train_device
-
+from pipeline.model.train import (
+    TrainConfig,
+    TrainingError,
+    build_models,
+    fit,
+    load_checkpoint,
+    move_models,
+    train_device,
+)
 from tests.conftest import ROOT
 from tests.model.train_worker import tiny_data, tiny_run
 
@@ -29,8 +37,10 @@ def test_same_seed_same_weights_bit_for_bit(tmp_path):
         assert torch.equal(va, vb), k
 
 
-@pytest.mark.parametrize("value, problem", [
-    ("cuda", "CUDA device"), ("cuda:7", "CUDA device"), ("gpu0", "is not a device"), ("tpu", "is not a device")])
+@pytest.mark.parametrize(
+    "value, problem",
+    [("cuda", "CUDA device"), ("cuda:7", "CUDA device"), ("gpu0", "is not a device"), ("tpu", "is not a device")],
+)
 def test_unusable_device_is_a_clear_error(monkeypatch, value, problem):
     if value.startswith("cuda") and torch.cuda.device_count() > int(value.partition(":")[2] or 0):
         pytest.skip(f"this machine has {value}")
@@ -115,8 +125,12 @@ def _drift(a: torch.nn.Module, b: torch.nn.Module, ref: dict) -> float:
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0"}
     steps = "400"
-    ref = subprocess.run([sys.executable, "-m", "tests.model.train_worker", str(tmp_path / "ref"), str(tmp_path / "ref.st"), steps],
-                         env=env, capture_output=True, text=True)
+    ref = subprocess.run(
+        [sys.executable, "-m", "tests.model.train_worker", str(tmp_path / "ref"), str(tmp_path / "ref.st"), steps],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ref.returncode == 0, ref.stderr
     work = tmp_path / "killed"
     cmd = [sys.executable, "-m", "tests.model.train_worker", str(work), str(tmp_path / "killed.st"), steps]
@@ -142,12 +156,32 @@ def test_ddp_on_two_processes_follows_the_one_process_run(tmp_path):
     batch; the loss curve and the final weights match the one-process run up to float summation order."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "E2GAN_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     steps = "20"
-    one = subprocess.run([sys.executable, "-m", "tests.model.train_worker", str(tmp_path / "one"), str(tmp_path / "one.st"),
-                          steps], env=env, capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, "-m", "tests.model.train_worker", str(tmp_path / "one"), str(tmp_path / "one.st"), steps],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "tests.model.train_worker", str(tmp_path / "two"), str(tmp_path / "two.st"), steps],
-                         env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tests.model.train_worker",
+            str(tmp_path / "two"),
+            str(tmp_path / "two.st"),
+            steps,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     h1, h2 = (json.loads((tmp_path / f"{n}.st.json").read_text()) for n in ("one", "two"))
     assert [r["step"] for r in h1] == [r["step"] for r in h2] and len(h1) == 10
@@ -183,16 +217,23 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
 
 
 def test_empty_pairs_is_a_clear_error():
-    with pytest.raises(TrainingError, match="no training pairs"):
-        PairData(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 3, 8, 8, dtype=torch.uint8), [],
-                 torch.zeros(1, 1, 4), torch.ones(1, 1))
+    with pytest.raises(DataError, match="no training pairs"):
+        PairData(
+            torch.zeros(0, 3, 8, 8, dtype=torch.uint8),
+            torch.zeros(0, 3, 8, 8, dtype=torch.uint8),
+            [],
+            torch.zeros(1, 1, 4),
+            torch.ones(1, 1),
+        )
 
 
 def test_checkpoint_roundtrip_and_architecture_mismatch(tmp_path):
     G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
     save_generator(G, tmp_path / "g", {"note": "x"})
     G2, meta = load_generator(tmp_path / "g")
-    assert meta["note"] == "x" and all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
+    assert meta["note"] == "x" and all(
+        torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values())
+    )
     cfg = json.loads((tmp_path / "g" / "generator.json").read_text())
     cfg["config"]["ngf"] = 16  # claims another width than its weights have
     (tmp_path / "g" / "generator.json").write_text(json.dumps(cfg))
@@ -215,8 +256,9 @@ def test_pairs_with_missing_or_mismatched_files(tmp_path, crops128):
     for i in range(3):
         Image.fromarray(crops128[i]).save(folder / "input" / f"{i}.png")
         Image.fromarray(crops128[i][:64] if i == 2 else crops128[i]).save(folder / "edited" / f"{i}.png")
-        rows.append({"input_image": f"input/{i}.png", "edited_image": f"edited/{i}.png", "edit_prompt": "x",
-                     "split": "train"})
+        rows.append(
+            {"input_image": f"input/{i}.png", "edited_image": f"edited/{i}.png", "edit_prompt": "x", "split": "train"}
+        )
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(E2GANError, match=r"2.png is 128x128 but its edit is 128x64"):
         load_pair_data({"c": folder}, "minilm")

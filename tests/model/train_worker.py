@@ -1,6 +1,7 @@
 """A tiny training run in its own process (for the kill-and-resume and DDP tests):
 python -m tests.model.train_worker WORK OUT [STEPS], or under torchrun --nproc_per_node 2 -m tests.model.train_worker ...
 Rank 0 writes the weights to OUT and the loss history to OUT.json."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipeline.model.train import TrainConfig
+from pipeline.data.dataset import PairData
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
-from pipeline.model.train import PairData, build_models, fit, init_distributed
+from pipeline.model.train import TrainConfig, build_models, fit, init_distributed
 
 
 def tiny_data(n: int = 16, size: int = 32) -> PairData:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    y = (255 - x)  # a known edit: the negative
+    y = 255 - x  # a known edit: the negative
     tokens = torch.randn(2, 5, 384, generator=g)
     return PairData(x, y, [[0, 1]] * n, tokens, torch.ones(2, 5))
 

@@ -1,4 +1,5 @@
 """The e2gan CLI: every command has --help; the no-analytics environment is set."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """dvc.yaml in a temp git+dvc repo: a new or changed concept makes exactly its own stages stale, and
 never the shared stages (the base model is not retrained for a new concept)."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,19 @@ import yaml
 
 from bench import no_egress
 from pipeline.orchestrate.dvc import PER_CONCEPT
-
 from tests.conftest import ROOT
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "E2GAN_PROGRESS": "0", **extra}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "E2GAN_PROGRESS": "0",
+        **extra,
+    }
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -53,8 +60,10 @@ def repo(tmp_path_factory) -> Path:
     params["evaluate"].update(bootstrap=2, fid=False, fid_bootstrap=0, grid=2)  # FID: tests/test_metrics.py
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
-    params["concepts"] = {"sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
-                          "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}}}
+    params["concepts"] = {
+        "sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
+        "ink": {"prompt": "make it an ink drawing", "teacher": {"kind": "filters", "op": "ink"}},
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
@@ -77,8 +86,17 @@ def test_a_full_run_opens_no_connection_off_the_machine(repo):
     destinations = json.loads((repo / "destinations.json").read_text())
     assert [d for d in destinations if not d["loopback"]] == []
     # the check itself sees connections: strace on a process that does connect reports it
-    res, seen = no_egress.traced_run([sys.executable, "-c", (
-        "import socket; s = socket.socket(); s.settimeout(0.2)\ntry: s.connect(('192.0.2.1', 9))\nexcept OSError: pass")], repo, _env())
+    res, seen = no_egress.traced_run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import socket; s = socket.socket(); s.settimeout(0.2)\ntry: s.connect(('192.0.2.1', 9))\nexcept OSError: pass"
+            ),
+        ],
+        repo,
+        _env(),
+    )
     assert res.returncode == 0 and [d["address"] for d in seen] == ["192.0.2.1"]
 
 
@@ -92,11 +110,21 @@ def _edit_params(repo: Path, fn) -> str:
 
 @pytest.mark.slow
 def test_new_concept_makes_only_its_stages_stale_and_dvc_repro_runs_exactly_them(repo):
-    original = _edit_params(repo, lambda p: p["concepts"].__setitem__(
-        "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}))
+    original = _edit_params(
+        repo,
+        lambda p: p["concepts"].__setitem__(
+            "night", {"prompt": "turn the scene into night", "teacher": {"kind": "filters", "op": "night"}}
+        ),
+    )
     try:
-        expected = {"expand_prompts@night", "generate_pairs@night", "finetune_lora@night", "evaluate@night",
-                    "export_onnx@night", "report"}
+        expected = {
+            "expand_prompts@night",
+            "generate_pairs@night",
+            "finetune_lora@night",
+            "evaluate@night",
+            "export_onnx@night",
+            "report",
+        }
         assert _stale(repo) == expected
         out = _run([sys.executable, "-m", "dvc", "repro"], repo)
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
@@ -112,8 +140,14 @@ def test_changed_prompt_makes_only_its_concept_stale(repo):
     """(That `dvc repro` then runs exactly the stale stages is shown by the flow, Dask and CI tests below.)"""
     original = _edit_params(repo, lambda p: p["concepts"]["ink"].__setitem__("prompt", "make it a pen drawing"))
     try:
-        assert _stale(repo) == {"expand_prompts@ink", "generate_pairs@ink", "finetune_lora@ink", "evaluate@ink", "export_onnx@ink",
-                                "report"}
+        assert _stale(repo) == {
+            "expand_prompts@ink",
+            "generate_pairs@ink",
+            "finetune_lora@ink",
+            "evaluate@ink",
+            "export_onnx@ink",
+            "report",
+        }
     finally:
         (repo / "params.yaml").write_text(original)
 
@@ -155,8 +189,13 @@ def prefect_server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/api"
     env = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.orchestrate.cli", "ui", "--port", str(port)], env=_env(
-        PREFECT_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.orchestrate.cli", "ui", "--port", str(port)],
+        env=_env(PREFECT_HOME=str(home)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -194,12 +233,24 @@ def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_serve
 
     url, env, port = prefect_server
     assert _listeners(port) == {"0100007F"}  # 127.0.0.1 only
-    original = _edit_params(repo, lambda p: p["concepts"].update(
-        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in FOUR.items()}))
+    original = _edit_params(
+        repo,
+        lambda p: p["concepts"].update(
+            {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in FOUR.items()}
+        ),
+    )
     try:
-        procs = {c: subprocess.Popen([sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", c, "--root", str(repo)],
-                                     cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for c in FOUR}
+        procs = {
+            c: subprocess.Popen(
+                [sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", c, "--root", str(repo)],
+                cwd=repo,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for c in FOUR
+        }
         outs = {c: p.communicate(timeout=1200) for c, p in procs.items()}
         for c, p in procs.items():
             out, err = outs[c]
@@ -213,17 +264,26 @@ def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_serve
             for s in PER_CONCEPT:
                 assert lock[f"{s}@{c}"]["outs"], (s, c)
         # a second flow for an up-to-date concept runs nothing
-        again = subprocess.run([sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", "pop", "--root", str(repo)],
-                               cwd=repo, env=env, capture_output=True, text=True)
+        again = subprocess.run(
+            [sys.executable, "-m", "pipeline.orchestrate.cli", "flow", "--concept", "pop", "--root", str(repo)],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert again.returncode == 0 and _ran(again.stdout) == []
 
-        runs = httpx.post(f"{url}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [f"concept {c}" for c in FOUR]}}},
-                          timeout=30).json()
+        runs = httpx.post(
+            f"{url}/flow_runs/filter",
+            json={"flow_runs": {"name": {"any_": [f"concept {c}" for c in FOUR]}}},
+            timeout=30,
+        ).json()
         assert len(runs) == 5 and {r["state_type"] for r in runs} == {"COMPLETED"}
         assert {r["name"] for r in runs} == {f"concept {c}" for c in FOUR}
         assert all(r["parameters"]["concept"] in FOUR for r in runs)
-        arts = httpx.post(f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [f"metrics-{c}" for c in FOUR]}}},
-                          timeout=30).json()
+        arts = httpx.post(
+            f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [f"metrics-{c}" for c in FOUR]}}}, timeout=30
+        ).json()
         assert {a["key"] for a in arts} == {f"metrics-{c}" for c in FOUR} and {a["type"] for a in arts} == {"table"}
         table = json.loads(next(a for a in arts if a["key"] == "metrics-dusk")["data"])
         values = {(row["stage"], row["metric"]): row["value"] for row in table}
@@ -244,8 +304,12 @@ def test_all_concepts_fan_out_on_a_local_dask_cluster(repo, prefect_server):
 
     url, _, _ = prefect_server
     new = {"amber": "sepia"}
-    original = _edit_params(repo, lambda p: p["concepts"].update(
-        {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in new.items()}))
+    original = _edit_params(
+        repo,
+        lambda p: p["concepts"].update(
+            {c: {"prompt": f"apply the {op} look", "teacher": {"kind": "filters", "op": op}} for c, op in new.items()}
+        ),
+    )
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             flow = with_runner(workers=2)
@@ -269,17 +333,37 @@ def test_ci_retrain_in_a_fresh_clone_runs_only_the_new_concept(repo, tmp_path):
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.email=ci@e2gan", "-c", "user.name=ci", "commit", "-qm", "pipeline"], repo)
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    _edit_params(clone, lambda p: p["concepts"].__setitem__(
-        "noir", {"prompt": "make it film noir", "teacher": {"kind": "filters", "op": "sepia"}}))
+    _edit_params(
+        clone,
+        lambda p: p["concepts"].__setitem__(
+            "noir", {"prompt": "make it film noir", "teacher": {"kind": "filters", "op": "sepia"}}
+        ),
+    )
     summary = tmp_path / "summary.md"
-    env = {**os.environ, "PYTHONPATH": str(clone), "GITHUB_STEP_SUMMARY": str(summary), "E2GAN_PROGRESS": "0",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, "-m", "pipeline.orchestrate.cli", "ci", "retrain", "--baseline", "HEAD"], cwd=clone,
-                         env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(clone),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "E2GAN_PROGRESS": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.orchestrate.cli", "ci", "retrain", "--baseline", "HEAD"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     ran = json.loads(res.stdout.strip().splitlines()[-1])["ran"]
-    assert set(ran) == {"expand_prompts@noir", "generate_pairs@noir", "finetune_lora@noir", "evaluate@noir",
-                        "export_onnx@noir", "report"}, ran
+    assert set(ran) == {
+        "expand_prompts@noir",
+        "generate_pairs@noir",
+        "finetune_lora@noir",
+        "evaluate@noir",
+        "export_onnx@noir",
+        "report",
+    }, ran
     assert not (clone / "data/base_pairs").exists()  # not needed by the new concept's stages: never pulled
     assert (clone / "models/base/generator.safetensors").is_file()  # needed: pulled
     text = summary.read_text()

@@ -1,10 +1,10 @@
 """One name per stage everywhere: dvc.yaml keys, stages/<name>.py modules, params sections, config classes."""
+
 from __future__ import annotations
 
 import yaml
 
 from pipeline.config import PipelineConfig
-
 from tests.conftest import ROOT
 
 SHARED_SECTIONS = {"data", "concepts"}  # read by several stages; `data` is produced by prepare_sources
@@ -12,7 +12,7 @@ SHARED_SECTIONS = {"data", "concepts"}  # read by several stages; `data` is prod
 
 def test_dvc_stages_and_stage_modules_match():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    modules = {p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    modules = {p.stem for p in (ROOT / "stages").glob("*.py") if p.stem not in ("__init__", "__main__")}
     assert set(stages) == modules
     for name, stage in stages.items():
         assert stage["cmd"].startswith(f"python -m stages {name} "), name
@@ -30,8 +30,11 @@ def test_every_stage_path_comes_from_dvc_yaml():
         module = importlib.import_module(f"stages.{name}")
         passed = stage_paths(name, "c" if "matrix" in stage else None, ROOT)
         assert set(passed) == set(module.PATHS), name
-        assert not any(a.default is not a.empty for a in __import__("inspect").signature(module.run).parameters.values()
-                       if a.name != "concept"), name
+        assert not any(
+            a.default is not a.empty
+            for a in __import__("inspect").signature(module.run).parameters.values()
+            if a.name != "concept"
+        ), name
 
 
 def test_the_entry_point_refuses_missing_and_unknown_paths():
@@ -72,7 +75,9 @@ def test_shared_stage_order_follows_the_dag():
     from pipeline.orchestrate import dvc
 
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    outs = {name: [o if isinstance(o, str) else next(iter(o)) for o in body.get("outs", [])] for name, body in doc.items()}
+    outs = {
+        name: [o if isinstance(o, str) else next(iter(o)) for o in body.get("outs", [])] for name, body in doc.items()
+    }
     for i, stage in enumerate(dvc.SHARED):  # every shared stage's deps are made by stages listed before it
         for dep in doc[stage]["deps"]:
             makers = [s for s, o in outs.items() if any(dep == x or dep.startswith(x + "/") for x in o)]

@@ -1,5 +1,6 @@
 """Teachers: image editors that make (input, edited) pairs, their configs, and a concept (prompt + teacher).
 An explicit registry, no discovery."""
+
 from __future__ import annotations
 
 import difflib
@@ -10,8 +11,16 @@ from pydantic import Field, field_validator
 from pipeline.core.frozen import FrozenConfig
 from pipeline.data.teachers.base import Teacher, TeacherError
 
-__all__ = ["ConceptConfig", "DiffusersTeacherConfig", "FiltersTeacherConfig", "TEACHERS", "Teacher", "TeacherError",
-           "TeacherConfig", "build_teacher"]
+__all__ = [
+    "ConceptConfig",
+    "DiffusersTeacherConfig",
+    "FiltersTeacherConfig",
+    "TEACHERS",
+    "Teacher",
+    "TeacherError",
+    "TeacherConfig",
+    "build_teacher",
+]
 
 
 class FiltersTeacherConfig(FrozenConfig):

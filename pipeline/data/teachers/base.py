@@ -1,4 +1,5 @@
 """What every teacher is: an image editor with recorded settings (a Protocol), and its error."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
@@ -21,8 +22,7 @@ class Teacher(Protocol):
         """Everything needed to reproduce an edit, recorded with every pair."""
         ...
 
-    def edit(self, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int]) -> list[np.ndarray]:
-        ...
+    def edit(self, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int]) -> list[np.ndarray]: ...
 
 
 def check_batch(images: Sequence, prompts: Sequence, seeds: Sequence) -> None:

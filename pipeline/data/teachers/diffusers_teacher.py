@@ -1,4 +1,5 @@
 """Diffusion editors through diffusers: InstructPix2Pix and SD img2img, from a hub id or a local folder."""
+
 from __future__ import annotations
 
 import logging
@@ -69,19 +70,24 @@ class DiffusersTeacher:
         # 1. check the model reference
         cfg = self.cfg
         if _looks_like_path(cfg.model) and not Path(cfg.model).expanduser().is_dir():
-            raise TeacherError(f"teacher.model: folder {cfg.model!r} does not exist; give a local diffusers "
-                               "folder (save_pretrained) or a hub id such as 'timbrooks/instruct-pix2pix'")
+            raise TeacherError(
+                f"teacher.model: folder {cfg.model!r} does not exist; give a local diffusers "
+                "folder (save_pretrained) or a hub id such as 'timbrooks/instruct-pix2pix'"
+            )
         # 2. load the pipeline class users expect
         kwargs: dict[str, Any] = {_dtype_kwarg(): self.dtype}
         if not cfg.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
-            pipe = pipeline_class(cfg.pipeline).from_pretrained(str(Path(cfg.model).expanduser())
-                                                                if _looks_like_path(cfg.model) else cfg.model, **kwargs)
+            pipe = pipeline_class(cfg.pipeline).from_pretrained(
+                str(Path(cfg.model).expanduser()) if _looks_like_path(cfg.model) else cfg.model, **kwargs
+            )
         except (OSError, ValueError, EnvironmentError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TeacherError(f"teacher.model: cannot load {cfg.model!r} as a {cfg.pipeline} pipeline ({first}); "
-                               "check the id or path, and that a hub is reachable (HF_HUB_OFFLINE unset)") from None
+            raise TeacherError(
+                f"teacher.model: cannot load {cfg.model!r} as a {cfg.pipeline} pipeline ({first}); "
+                "check the id or path, and that a hub is reachable (HF_HUB_OFFLINE unset)"
+            ) from None
         pipe.set_progress_bar_config(disable=True)
         # 3. place it
         if cfg.cpu_offload and self.device == "cuda":
@@ -91,22 +97,37 @@ class DiffusersTeacher:
         log.info("loaded %s pipeline %s on %s (%s)", cfg.pipeline, cfg.model, self.device, self.dtype)
         return pipe
 
-    def edit(self, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int],
-             negative_prompt: str | None = None) -> list[np.ndarray]:
+    def edit(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        negative_prompt: str | None = None,
+    ) -> list[np.ndarray]:
         check_batch(images, prompts, seeds)
         neg = negative_prompt if negative_prompt is not None else (self.cfg.negative_prompt or DEFAULT_NEGATIVE)
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.cfg.batch_size):
-            out.extend(self._edit_batch(images[i : i + self.cfg.batch_size], prompts[i : i + self.cfg.batch_size],
-                                        seeds[i : i + self.cfg.batch_size], neg))
+            out.extend(
+                self._edit_batch(
+                    images[i : i + self.cfg.batch_size],
+                    prompts[i : i + self.cfg.batch_size],
+                    seeds[i : i + self.cfg.batch_size],
+                    neg,
+                )
+            )
         return out
 
     @torch.inference_mode()
     def _edit_batch(self, images, prompts, seeds, negative: str) -> list[np.ndarray]:
         cfg = self.cfg
         kwargs: dict[str, Any] = dict(
-            prompt=list(prompts), image=[Image.fromarray(im) for im in images], num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale, negative_prompt=[negative] * len(prompts), output_type="np",
+            prompt=list(prompts),
+            image=[Image.fromarray(im) for im in images],
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            negative_prompt=[negative] * len(prompts),
+            output_type="np",
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],  # per-sample, device-independent
         )
         if cfg.pipeline == "instruct_pix2pix":

@@ -4,6 +4,7 @@ Each filter maps an RGB uint8 array (H, W, 3) to another of the same shape, is d
 seed (all randomness comes from the `rng` it is given) and works at any size: spatial parameters
 scale with the image's short side, so a 128-px crop and a 2048-px photo get the same look.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -89,8 +90,9 @@ def cartoon(img, rng):
     smooth = img
     for _ in range(3):
         smooth = cv2.bilateralFilter(smooth, 9, 75, 75)
-    edges = cv2.adaptiveThreshold(cv2.medianBlur(_gray(img), 5), 255, cv2.ADAPTIVE_THRESH_MEAN_C,
-                                  cv2.THRESH_BINARY, _odd(_scale(img, 9)), 5)
+    edges = cv2.adaptiveThreshold(
+        cv2.medianBlur(_gray(img), 5), 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, _odd(_scale(img, 9)), 5
+    )
     return _quantize(smooth, 6) & _rgb(edges)
 
 
@@ -191,9 +193,29 @@ def emboss(img, rng):
 
 FILTERS: dict[str, FilterFn] = {
     f.__name__: f
-    for f in (pencil_sketch, color_sketch, stylization, watercolor, oil_paint, cartoon, sepia, old_film, night,
-              autumn, winter, pop_art, thermal, pixel_art, detail_enhance, ink, neon, blueprint, negative, lomo,
-              emboss)
+    for f in (
+        pencil_sketch,
+        color_sketch,
+        stylization,
+        watercolor,
+        oil_paint,
+        cartoon,
+        sepia,
+        old_film,
+        night,
+        autumn,
+        winter,
+        pop_art,
+        thermal,
+        pixel_art,
+        detail_enhance,
+        ink,
+        neon,
+        blueprint,
+        negative,
+        lomo,
+        emboss,
+    )
 }
 
 # Default prompts for each filter, used when a filter is named in the concept pool without one.

@@ -1,4 +1,5 @@
 """pix2pix's conditional 70x70 PatchGAN discriminator and the GAN losses, as small pure functions."""
+
 from __future__ import annotations
 
 import torch

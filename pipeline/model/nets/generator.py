@@ -10,6 +10,7 @@ stem's full-resolution features are added to the last Upsample's output, so the 
 stable because layer analysis and LoRA refer to them: `down.0..2`, `res.0..2`, `ds`, `tb.*`, `us`,
 `up.0..1`, `out`.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -85,7 +86,7 @@ def freeze_text_norms(G: nn.Module, text: torch.Tensor, mask: torch.Tensor | Non
 
     G = copy.deepcopy(G).eval()
     cond = pooled_text(text[:1], None if mask is None else mask[:1])
-    for name, module in list(G.named_modules()):
+    for _, module in list(G.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, TextNorm):
                 norm = nn.InstanceNorm2d(child.to_scale.out_features, affine=True, eps=child.norm.eps)
@@ -118,8 +119,16 @@ class ConvBlock(nn.Module):
     zero-pads, so with a reflect-padding conv the merged and unmerged models would differ at borders.
     """
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "instance", upsample: bool = False,
-                 text_dim: int = 0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        norm: str = "instance",
+        upsample: bool = False,
+        text_dim: int = 0,
+    ):
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if upsample else None
         self.pad = nn.ReflectionPad2d(k // 2)
@@ -202,19 +211,23 @@ class E2GANGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else GeneratorConfig()
         c, n, t = cfg.ngf, cfg.norm, cfg.text_dim
-        self.down = nn.ModuleList([
-            ConvBlock(cfg.in_channels, c, 7, norm=n, text_dim=t),  # (B, c, H, W)
-            ConvBlock(c, 2 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 2c, H/2, W/2)
-            ConvBlock(2 * c, 4 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 4c, H/4, W/4)
-        ])
+        self.down = nn.ModuleList(
+            [
+                ConvBlock(cfg.in_channels, c, 7, norm=n, text_dim=t),  # (B, c, H, W)
+                ConvBlock(c, 2 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 2c, H/2, W/2)
+                ConvBlock(2 * c, 4 * c, 3, stride=2, norm=n, text_dim=t),  # (B, 4c, H/4, W/4)
+            ]
+        )
         self.res = nn.ModuleList([ResBlock(4 * c, n, t) for _ in range(3)])  # res.0, res.1 before; res.2 after
         self.ds = ConvBlock(4 * c, 4 * c, 3, stride=2, norm=n, text_dim=t)  # (B, 4c, H/8, W/8)
         self.tb = TransformerBlock(4 * c, cfg.text_dim, cfg.heads, cfg.mlp_ratio)
         self.us = ConvBlock(4 * c, 4 * c, 3, norm=n, upsample=True, text_dim=t)  # (B, 4c, H/4, W/4)
-        self.up = nn.ModuleList([
-            ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True, text_dim=t),  # (B, 2c, H/2, W/2)
-            ConvBlock(2 * c, c, 3, norm=n, upsample=True, text_dim=t),  # (B, c, H, W)
-        ])
+        self.up = nn.ModuleList(
+            [
+                ConvBlock(4 * c, 2 * c, 3, norm=n, upsample=True, text_dim=t),  # (B, 2c, H/2, W/2)
+                ConvBlock(2 * c, c, 3, norm=n, upsample=True, text_dim=t),  # (B, c, H, W)
+            ]
+        )
         self.out_pad = nn.ReflectionPad2d(3)
         self.out = nn.Conv2d(c, cfg.out_channels, 7)
         if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity

@@ -4,6 +4,7 @@ Same layers as junyanz/pytorch-CycleGAN-and-pix2pix `ResnetGenerator(ngf=64, n_b
 instance norm and ConvTranspose2d upsampling (11.4 M params). It ignores the text: one model per
 concept, as in the paper's baseline.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,16 @@ class ResnetGenerator(nn.Module):
         )
         self.res = nn.Sequential(*[ResBlock(4 * ngf, norm) for _ in range(n_blocks)])
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, stride=2, padding=1, output_padding=1), make_norm(norm, 2 * ngf),
+            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, stride=2, padding=1, output_padding=1),
+            make_norm(norm, 2 * ngf),
             nn.ReLU(True),
-            nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1), make_norm(norm, ngf),
+            nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1),
+            make_norm(norm, ngf),
             nn.ReLU(True),
         )
         self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7))
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, text: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return torch.tanh(self.out(self.up(self.res(self.down(x)))))
