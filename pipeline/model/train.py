@@ -356,9 +356,7 @@ def fit(
     rank, world = dist_info()
     move_models(m, dev)
     if cfg.batch_size % world:
-        raise TrainingError(
-            f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes; use a multiple of {world}"
-        )
+        raise TrainingError(f"{desc}: batch_size {cfg.batch_size} does not split over {world} processes")
     step, history = load_checkpoint(ckpt, m) if ckpt.is_file() else (0, [])
     if step and rank == 0:
         log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
@@ -376,19 +374,10 @@ def fit(
             step += 1
             window.append(losses)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
-                history.append(row)
+                history.append({"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}})
                 window = []
-                _log_row(
-                    row,
-                    b,
-                    desc,
-                    cfg,
-                    rank,
-                    len(history),
-                    (step - resumed_from) / max(1e-9, clock.train_seconds()),
-                    on_log,
-                )
+                rate = (step - resumed_from) / max(1e-9, clock.train_seconds())
+                _log_row(history[-1], b, desc, cfg, rank, len(history), rate, on_log)
             b.advance(1)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 if rank == 0:
