@@ -6,7 +6,7 @@ exported model, frames/s at 256² next to Python onnxruntime's latency, and the 
     python -m bench.demo_e2e --synthetic        # a default-size generator with random weights and adapter
 
 Writes bench/results/demo_e2e.json and bench/results/demo.png (a screenshot of the page). Needs
-`make demo-deps` (npm ci in demo/) and Debian's chromium. tests/test_demo.py runs the same on the
+`make demo-deps` (npm ci in demo/) and Debian's chromium. tests/deploy/test_demo.py runs the same on the
 synthetic models.
 """
 

@@ -1,7 +1,7 @@
 """Generator size, MACs and onnxruntime latency: E²GAN generator vs pix2pix ResNet-9, side by side in one run.
 
 Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20]  ->  bench/results/generator_latency.json
-Uses the trained base model from models/base when present (else a freshly initialised one: latency
+Uses the trained base model (train_base's output) when present (else a freshly initialised one: latency
 does not depend on the weights).
 """
 
@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.core.io import atomic_write_json
 from pipeline.deploy.export import ImageOnly, export_onnx, ort_latency
 from pipeline.model.nets.pix2pix import ResnetGenerator
+from pipeline.orchestrate.dvc import stage_paths
 
 
 def _macs(model: torch.nn.Module, size: int) -> float:
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench/results/generator_latency.json"))
     args = ap.parse_args()
-    base = Path("models/base")
+    base = stage_paths("train_base")["out"]  # where the pipeline keeps the base model
     if (base / "generator.json").is_file():
         from pipeline.model.checkpoint import load_generator
 

