@@ -101,7 +101,10 @@ def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache:
     from pipeline.deploy.export import ort_latency, ort_session
 
     out.mkdir(parents=True, exist_ok=True)
-    server = make_server(models, {}, port=0, cache=cache)
+    from pipeline.config import load_params
+
+    prompts = {name: c.prompt for name, c in load_params(ROOT / "params.yaml").concepts.items()}  # as `e2gan demo`
+    server = make_server(models, prompts, port=0, cache=cache)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
