@@ -96,17 +96,14 @@ def make_photo(path: Path, src: Path | None = None) -> Path:
     return path
 
 
-def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache: Path) -> dict:
-    """Serve the demo, drive it with demo/e2e.mjs, and compare with Python onnxruntime."""
-    from pipeline.deploy.export import ort_latency, ort_session
-
-    out.mkdir(parents=True, exist_ok=True)
+def drive_page(models: Path, photo: Path, concept: str, missing: str, out: Path, cache: Path) -> dict:
+    """Serve the demo and drive it with demo/e2e.mjs; returns what the page reported (out/e2e.json)."""
     from pipeline.config import load_params
 
+    out.mkdir(parents=True, exist_ok=True)
     prompts = {name: c.prompt for name, c in load_params(ROOT / "params.yaml").concepts.items()}  # as `e2gan demo`
     server = make_server(models, prompts, port=0, cache=cache)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         not_image = out / "notes.txt"
         not_image.write_text("this is not an image\n")
@@ -130,7 +127,14 @@ def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache:
     finally:
         server.shutdown()
         server.server_close()
-    page = json.loads((out / "e2e.json").read_text())
+    return json.loads((out / "e2e.json").read_text())
+
+
+def run(models: Path, photo: Path, concept: str, missing: str, out: Path, cache: Path) -> dict:
+    """Serve the demo, drive it with demo/e2e.mjs, and compare with Python onnxruntime."""
+    from pipeline.deploy.export import ort_latency, ort_session
+
+    page = drive_page(models, photo, concept, missing, out, cache)
     rgba = np.asarray(page.pop("input"), dtype=np.uint8).reshape(SIZE, SIZE, 4)
     x = image_to_array(rgba[..., :3])
     direct = models / concept / "model.onnx"

@@ -57,6 +57,32 @@ def _is_concept_output(path: str, concept: str) -> bool:
     return parts[0] in ("data", "models", "reports") and any(p == concept or p.startswith(f"{concept}.") for p in parts)
 
 
+def time_new_concept(name: str, prompt: str) -> tuple[float, list[str]]:
+    """Add a filters concept to params.yaml, `dvc repro` its stages, then restore params.yaml and dvc.lock and
+    remove its outputs (they stay in the DVC cache). Returns (seconds, the stages that ran)."""
+    params_text, lock_text = Path("params.yaml").read_text(), Path("dvc.lock").read_text()
+    params = yaml.safe_load(params_text)
+    params["concepts"][name] = {"prompt": prompt, "teacher": {"kind": "filters", "op": name}}
+    before = _untracked()
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
+    try:
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        dt, out = _timed(dvc_cmd("repro", *[f"{s}@{name}" for s in PER_CONCEPT]))
+        ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
+    finally:
+        Path("params.yaml").write_text(params_text)
+        Path("dvc.lock").write_text(lock_text)
+        if not staged:  # core.autostage staged the temporary dvc.lock: unstage it again
+            subprocess.run(["git", "reset", "-q", "--", "dvc.lock"], check=False)
+        new = sorted(p for p in _untracked() - before if _is_concept_output(p, name))
+        for path in new:
+            Path(path).unlink(missing_ok=True)
+        for d in sorted({str(p) for f in new for p in Path(f).parents if str(p) != "."}, key=len, reverse=True):
+            if Path(d).is_dir() and not any(Path(d).iterdir()):
+                Path(d).rmdir()
+    return dt, ran
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -82,29 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result["noop_vs_status"] = round(result["noop_repro_s"] / status_s, 2)
     result["noop_vs_full_run"] = round(result["noop_repro_s"] / result["full_run_s"], 5)
     if args.new_concept:
-        params_text, lock_text = Path("params.yaml").read_text(), Path("dvc.lock").read_text()
-        params = yaml.safe_load(params_text)
-        params["concepts"]["sepia"] = {
-            "prompt": "give the photo a warm sepia tone",
-            "teacher": {"kind": "filters", "op": "sepia"},
-        }
-        before = _untracked()
-        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
-        try:
-            Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-            dt, out = _timed(dvc_cmd("repro", *[f"{s}@sepia" for s in PER_CONCEPT]))
-            ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
-        finally:
-            Path("params.yaml").write_text(params_text)
-            Path("dvc.lock").write_text(lock_text)
-            if not staged:  # core.autostage staged the temporary dvc.lock: unstage it again
-                subprocess.run(["git", "reset", "-q", "--", "dvc.lock"], check=False)
-            new = sorted(p for p in _untracked() - before if _is_concept_output(p, "sepia"))
-            for path in new:
-                Path(path).unlink(missing_ok=True)
-            for d in sorted({str(p) for f in new for p in Path(f).parents if str(p) != "."}, key=len, reverse=True):
-                if Path(d).is_dir() and not any(Path(d).iterdir()):
-                    Path(d).rmdir()
+        dt, ran = time_new_concept("sepia", "give the photo a warm sepia tone")
         result["new_concept"] = {
             "concept": "sepia",
             "seconds": round(dt, 1),

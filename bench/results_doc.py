@@ -152,87 +152,65 @@ def ranks() -> list[str]:
     ]
 
 
+FT_COLS = "concept|trainable params|share of base|adapter bytes|train s|pairs used|LPIPS LoRA|LPIPS base|LPIPS identity"
+EV_COLS = (
+    "concept|held-out crops|LPIPS student|LPIPS base|LPIPS identity|KID student|KID identity|FID student|"
+    "FID identity|PSNR|SSIM"
+)
+
+
+def _ft_row(c: str, m: dict) -> list:
+    h = m["heldout"]
+    return [
+        c,
+        m["trainable_params"],
+        f"{100 * m['trainable_share']:.2f} %",
+        m["adapter_bytes"],
+        m["train_seconds"],
+        f"{m['pairs_used']}/{m['pairs_total']}",
+        *(f"{h[k]['lpips']:.3f}" for k in ("lora", "base", "identity")),
+    ]
+
+
+def _fid(x: dict) -> str:
+    return f"{x['fid']['value']:.1f}" if x["fid"]["value"] is not None else "–"
+
+
+def _ev_row(c: str, e: dict) -> list:
+    s, b, i = e["student"], e["base_without_adapter"], e["identity"]
+    return [
+        c,
+        e["heldout_pairs"],
+        f"{s['lpips']['mean']:.3f} ± {s['lpips']['boot_std']:.3f}",
+        f"{b['lpips']['mean']:.3f}",
+        f"{i['lpips']['mean']:.3f}",
+        f"{s['kid']['value']:.4f}",
+        f"{i['kid']['value']:.4f}",
+        _fid(s),
+        _fid(i),
+        f"{s['psnr']['mean']:.2f}",
+        f"{s['ssim']['mean']:.3f}",
+    ]
+
+
 def adapters() -> list[str]:
     out = ["## Per-concept adapters (`finetune_lora`, `evaluate`)", ""]
-    rows, erows = [], []
-    for c in concepts():
-        m = load(f"reports/finetune_lora/{c}/metrics.json")
-        e = load(f"reports/evaluate/{c}.json")
-        if m:
-            h = m["heldout"]
-            rows.append(
-                [
-                    c,
-                    m["trainable_params"],
-                    f"{100 * m['trainable_share']:.2f} %",
-                    m["adapter_bytes"],
-                    m["train_seconds"],
-                    f"{m['pairs_used']}/{m['pairs_total']}",
-                    f"{h['lora']['lpips']:.3f}",
-                    f"{h['base']['lpips']:.3f}",
-                    f"{h['identity']['lpips']:.3f}",
-                ]
-            )
-        if e:
-            s, b, i = e["student"], e["base_without_adapter"], e["identity"]
-            fid = lambda x: f"{x['fid']['value']:.1f}" if x["fid"]["value"] is not None else "–"  # noqa: E731
-            erows.append(
-                [
-                    c,
-                    e["heldout_pairs"],
-                    f"{s['lpips']['mean']:.3f} ± {s['lpips']['boot_std']:.3f}",
-                    f"{b['lpips']['mean']:.3f}",
-                    f"{i['lpips']['mean']:.3f}",
-                    f"{s['kid']['value']:.4f}",
-                    f"{i['kid']['value']:.4f}",
-                    fid(s),
-                    fid(i),
-                    f"{s['psnr']['mean']:.2f}",
-                    f"{s['ssim']['mean']:.3f}",
-                ]
-            )
-    if rows:
+    ft = [_ft_row(c, m) for c in concepts() if (m := load(f"reports/finetune_lora/{c}/metrics.json"))]
+    ev = [_ev_row(c, e) for c in concepts() if (e := load(f"reports/evaluate/{c}.json"))]
+    if ft:
         out += [
             provenance("reports/finetune_lora", "dvc repro finetune_lora@<concept>"),
             "",
-            *table(
-                [
-                    "concept",
-                    "trainable params",
-                    "share of base",
-                    "adapter bytes",
-                    "train s",
-                    "pairs used",
-                    "LPIPS LoRA",
-                    "LPIPS base",
-                    "LPIPS identity",
-                ],
-                rows,
-            ),
+            *table(FT_COLS.split("|"), ft),
             "",
         ]
-    if erows:
+    if ev:
         out += [
             provenance("reports/evaluate", "dvc repro evaluate@<concept>"),
             "",
             "± is the standard deviation over bootstrap resamples of the held-out crops (not of photos, not of seeds).",
             "",
-            *table(
-                [
-                    "concept",
-                    "held-out crops",
-                    "LPIPS student",
-                    "LPIPS base",
-                    "LPIPS identity",
-                    "KID student",
-                    "KID identity",
-                    "FID student",
-                    "FID identity",
-                    "PSNR",
-                    "SSIM",
-                ],
-                erows,
-            ),
+            *table(EV_COLS.split("|"), ev),
             "",
         ]
     grids = [
