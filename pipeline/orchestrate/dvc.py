@@ -68,9 +68,14 @@ def stage_paths(stage: str, concept: str | None = None, root: Path = Path(".")) 
 
 
 def status(targets: list[str] | None = None, root: Path = Path(".")) -> set[str]:
-    """The stale stages among `targets` (all when None), from `dvc status --json`."""
+    """The stale stages among `targets` (all when None), from `dvc status --json`, queued behind other DVC
+    processes (several flows check at once)."""
     res = subprocess.run(
-        dvc_cmd("status", "--json", *(targets or [])), cwd=root, env=_env(), capture_output=True, text=True
+        dvc_cmd("--wait-for-lock", "status", "--json", *(targets or [])),
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     if res.returncode:
         raise DvcError(f"dvc status failed: {res.stderr.strip()[-500:]}")
