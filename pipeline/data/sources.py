@@ -12,11 +12,11 @@ from pipeline.core import assets
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.images import (
     ImageLoadError,
-    list_images,
     load_rgb,
     probe,
     random_crops,
     save_png,
+    scan_images,
     split_photos,
     stable_seed,
 )
@@ -57,6 +57,12 @@ class Photo:
 
 def find_photos(cfg: DataConfig) -> list[Photo]:
     """The configured photos: the offline asset cache, or every image under a user folder."""
+    return scan_photos(cfg)[0]
+
+
+def scan_photos(cfg: DataConfig) -> tuple[list[Photo], list[dict], list[str]]:
+    """(photos, skipped, ignored): the configured photos; for a user folder also the files that are skipped
+    before reading (symlinks, hidden files, pipes: see scan_images) and those without a photo suffix."""
     if cfg.sources == "offline":
         entries = assets.cached_photos(include_grey=cfg.include_grey)
         if not entries:
@@ -65,30 +71,52 @@ def find_photos(cfg: DataConfig) -> list[Photo]:
             Photo(e["name"], Path(e["path"]), e["license"], f"{e['registry']} {e['package']} {e['version']}")
             for e in entries
         ]
+        skipped, ignored = [], []
     else:
-        files = list_images(cfg.sources)
-        if not files:
-            raise ImageLoadError(f"data.sources: no images (png/jpg/bmp/webp/tif) under {cfg.sources}")
-        # the suffix tells apart same-named files in sub-folders; relative, so moving the folder changes nothing
-        photos = [Photo(f"{p.stem}-{stable_seed(p.relative_to(cfg.sources)) % 10**6:06d}", p) for p in files]
+        root = Path(cfg.sources)
+        scan = scan_images(root)
+        skipped = [{"photo": _photo_name(p, root), "reason": reason} for p, reason in scan.skipped]
+        ignored = [str(p.relative_to(root)) for p in scan.ignored]
+        if not scan.files:
+            why = (f"; {len(skipped)} skipped: " + "; ".join(e["reason"] for e in skipped[:3])) if skipped else ""
+            raise ImageLoadError(f"data.sources: no images (png/jpg/bmp/webp/tif) under {cfg.sources}{why}")
+        photos = [Photo(_photo_name(p, root), p) for p in scan.files]
     photos.sort(key=lambda p: p.name)
-    return photos[: cfg.max_photos] if cfg.max_photos else photos
+    return (photos[: cfg.max_photos] if cfg.max_photos else photos), skipped, ignored
 
 
-def prepare_sources(cfg: DataConfig, out: Path) -> dict:
-    """Write `out/{train,heldout}/<photo>_<k>.png` and `out/manifest.json`; return summary counts.
+def _photo_name(path: Path, root: Path) -> str:
+    """The stem plus a hash of the path in the folder: tells same-named files in sub-folders apart, and does
+    not change when the folder moves."""
+    return f"{path.stem}-{stable_seed(path.relative_to(root)) % 10**6:06d}"
 
-    Unreadable or too-small photos are skipped and counted, never fatal; the directory is swapped in
-    atomically, so a killed run leaves the previous sources intact.
-    """
-    photos, skipped = [], []
-    for photo in find_photos(cfg):  # split only usable photos, so a bad file never empties a split
+
+def _usable(cfg: DataConfig) -> tuple[list[Photo], list[dict], list[str]]:
+    """The photos that pass the probe, and every skip so far (named, with the reason)."""
+    found, skipped, ignored = scan_photos(cfg)
+    for e in skipped:
+        log.warning("skipped %s", e["reason"])
+    if ignored:
+        log.info("ignored %d file(s) without a photo suffix: %s", len(ignored), ", ".join(ignored[:5]))
+    photos = []
+    for photo in found:  # split only usable photos, so a bad file never empties a split
         try:
             probe(photo.path, cfg.min_size)
             photos.append(photo)
         except ImageLoadError as e:
             skipped.append({"photo": photo.name, "reason": str(e)})
             log.warning("skipped %s", e)
+    return photos, skipped, ignored
+
+
+def prepare_sources(cfg: DataConfig, out: Path) -> dict:
+    """Write `out/{train,heldout}/<photo>_<k>.png` and `out/manifest.json`; return summary counts.
+
+    Unreadable or too-small photos, symlinks, hidden files and pipes are skipped and counted (each named
+    with the reason in the manifest), never fatal; files without a photo suffix are listed as `ignored`.
+    The directory is swapped in atomically, so a killed run leaves the previous sources intact.
+    """
+    photos, skipped, ignored = _usable(cfg)
     train, held = split_photos([p.name for p in photos], cfg.heldout_fraction, cfg.seed)
     split_of = {**{n: "train" for n in train}, **{n: "heldout" for n in held}}
     records = []
@@ -131,5 +159,6 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
                 f"data: {summary['photos']} usable photos give no train or no held-out crops; "
                 "add photos or lower data.min_size"
             )
-        atomic_write_json(tmp / "manifest.json", {"summary": summary, "skipped": skipped, "crops": records})
+        manifest = {"summary": summary, "skipped": skipped, "crops": records}
+        atomic_write_json(tmp / "manifest.json", {**manifest, "ignored": ignored} if ignored else manifest)
     return summary

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import E2GANError
-from pipeline.core.images import IMAGE_SUFFIXES, ImageLoadError, load_rgb
+from pipeline.core.images import IMAGE_SUFFIXES, FolderScan, ImageLoadError, load_rgb, scan_images
 from pipeline.core.io import atomic_path
 from pipeline.core.progress import bar
 from pipeline.core.slug import check_slug
@@ -22,7 +22,8 @@ FITS = ("resize", "refuse")
 @dataclass
 class ApplyResult:
     written: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line per file: its path and why
+    ignored: list[Path] = field(default_factory=list)  # files in the folders without a photo suffix
 
 
 def model_path(models: Path, concept: str, variant: str) -> Path:
@@ -42,16 +43,24 @@ def model_path(models: Path, concept: str, variant: str) -> Path:
     return model
 
 
-def image_files(inputs: list[Path]) -> list[Path]:
-    """Images given directly or found (recursively) in the given folders."""
-    files = [
-        f
-        for p in inputs
-        for f in (sorted(x for x in p.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p])
-    ]
-    if not files:
-        raise E2GANError(f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+def image_files(inputs: list[Path]) -> FolderScan:
+    """Images given directly or found (recursively) in the given folders; in folders, symlinks, hidden files
+    and pipes are named skips and files without a photo suffix are ignored (see scan_images)."""
+    found = FolderScan()
+    for p in inputs:
+        if p.is_dir():
+            scan = scan_images(p)
+            found.files += scan.files
+            found.skipped += scan.skipped
+            found.ignored += scan.ignored
+        else:
+            found.files.append(p)  # named on the command line: read (or skipped by load_rgb), whatever it is
+    if not found.files:
+        why = f"; skipped: {'; '.join(r for _, r in found.skipped[:3])}" if found.skipped else ""
+        raise E2GANError(
+            f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){why}"
+        )
+    return found
 
 
 def _edit(sess, im: np.ndarray, size: int) -> np.ndarray:
@@ -68,23 +77,25 @@ def apply_model(
     model: Path, inputs: list[Path], out: Path, fit: str = "resize", threads: int = 0, desc: str = "apply"
 ) -> ApplyResult:
     """Run `model` on every image of `inputs`, writing PNGs under `out` (or to `out` for one image file);
-    unreadable images, and with fit='refuse' images of another size, are skipped and counted."""
+    unreadable images (named, with the reason; the others are still written), and with fit='refuse' images
+    of another size, are skipped and counted."""
     from PIL import Image
 
     if fit not in FITS:
         raise E2GANError(f"--fit {fit!r}: use 'resize' or 'refuse'")
-    files = image_files(inputs)
+    found = image_files(inputs)
+    files = found.files
     single = len(files) == 1 and not any(p.is_dir() for p in inputs) and out.suffix.lower() in IMAGE_SUFFIXES
     sess = ort_session(model, threads)
     size = sess.get_inputs()[0].shape[-1]
-    result = ApplyResult()
+    result = ApplyResult(skipped=[reason for _, reason in found.skipped], ignored=found.ignored)
     with bar(desc, len(files), unit="img") as b:
         for f in files:
             b.advance(1)
             try:
                 im = load_rgb(f)
-            except ImageLoadError as e:
-                result.skipped.append(f"{f}: {e}")
+            except ImageLoadError as e:  # names the file
+                result.skipped.append(str(e))
                 continue
             if im.shape[:2] != (size, size) and fit == "refuse":
                 result.skipped.append(

@@ -242,12 +242,19 @@ def apply(
     from pipeline.deploy.runtime import apply_model, model_path
 
     model = model_path(models or _exported_models(Path(".")), concept, variant)
+    from rich.markup import escape
+
     result = apply_model(model, inputs, out, fit, threads, desc=f"apply {concept}")
     console.print(
-        f"{result.written} image(s) written to {out}" + (f"; {len(result.skipped)} skipped:" if result.skipped else "")
+        escape(f"{result.written} image(s) written to {out}")
+        + (f"; {len(result.skipped)} skipped:" if result.skipped else ""),
+        soft_wrap=True,
     )
-    for line in result.skipped:
-        console.print(f"  [yellow]skipped[/]: {line}")
+    for line in result.skipped:  # file names verbatim: no markup, no wrapping
+        console.print(f"  [yellow]skipped[/]: {escape(line)}", soft_wrap=True)
+    if result.ignored:
+        names = ", ".join(p.name for p in result.ignored[:5]) + (", ..." if len(result.ignored) > 5 else "")
+        console.print(escape(f"{len(result.ignored)} file(s) without a photo suffix ignored: {names}"), soft_wrap=True)
     if not result.written:
         raise typer.Exit(2)
 
