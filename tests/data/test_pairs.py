@@ -159,6 +159,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sources):
 
 @pytest.mark.slow
 def test_diffusers_teacher_through_the_stage_cli(tmp_path, sources):
+    """The tiny random InstructPix2Pix edits every pair: its edits (LPIPS about 0.2-0.6 from their inputs) pass the
+    default filter (params.yaml's generate_pairs: LPIPS in [0.02, 1.2], mean change in [0.005, 0.95]), so all
+    16 pairs are kept and none rejected; a teacher that did nothing would have them all rejected as too weak."""
     model = build_tiny_pipeline(tmp_path / "tiny-ip2p")
     teacher = {"kind": "diffusers", "model": str(model), "steps": 2, "batch_size": 4}
     proj = _project(tmp_path, sources, teacher)
@@ -166,11 +169,25 @@ def test_diffusers_teacher_through_the_stage_cli(tmp_path, sources):
     p = _run_stage(proj, "stages", *GEN_ARGS)
     assert p.wait() == 0, p.stderr.read()
     s = json.loads((proj / "reports/demo.json").read_text())
-    assert s["pairs"] == 16 and s["teacher"] == "diffusers"
-    rows = [json.loads(x) for x in (proj / "data/pairs/demo/metadata.jsonl").read_text().splitlines()]
-    rej = [json.loads(x) for x in (proj / "data/pairs/demo/rejected.jsonl").read_text().splitlines()]
-    assert len(rows) + len(rej) == 16
+    assert s["pairs"] == 16 and s["teacher"] == "diffusers" and s["made"] == 16
+    assert s["kept"] == 16 and s["dropped"] == 0 and s["dropped_reasons"] == {}, s
+    assert s["kept_train"] + s["kept_heldout"] == 16 and s["kept_heldout"] > 0
+    out = proj / "data/pairs/demo"
+    rows, rej = read_pairs(out), [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rows) == s["kept"] and len(rej) == s["dropped"]
+    assert len(pd.read_parquet(out / "index.parquet")) == len(rows)
+    for sub, col in (("input", "input_path"), ("edited", "edited_path")):
+        assert sorted(f.name for f in (out / sub).iterdir()) == sorted(Path(r[col]).name for r in rows)
     assert all(r["teacher"]["model"] == str(model) and r["teacher"]["name"] == "diffusers" for r in rows + rej)
+    cfg = GeneratePairsConfig(**yaml.safe_load((proj / "params.yaml").read_text())["generate_pairs"])
+    edited = []
+    for r in rows:  # the teacher ran: each edited image is its own, and unlike its source
+        src, out_img = (np.asarray(Image.open(r[k]).convert("RGB")) for k in ("input_path", "edited_path"))
+        assert src.shape == out_img.shape == (32, 32, 3)
+        change = np.abs(out_img.astype(np.float32) - src.astype(np.float32)).mean() / 255
+        assert cfg.min_change <= change <= cfg.max_change and cfg.min_lpips <= r["lpips"] <= cfg.max_lpips, r
+        edited.append(out_img.tobytes())
+    assert len(set(edited)) == len(rows)
 
 
 def test_missing_diffusers_model_fails_the_stage_cleanly(tmp_path, sources):
