@@ -13,13 +13,13 @@ export PATH := $(BIN):$(PATH)
 DEMO_STAMP := demo/node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test lint install assets repro demo demo-deps browser clean-venv
+.PHONY: run test lint install assets repro demo demo-deps system-deps clean-venv
 
 run: assets  ## venv, install, offline assets, then `dvc repro` (a no-op when nothing changed)
 	dvc repro
 
-test: assets demo-deps browser lint  ## venv, install, offline assets, demo packages, chromium, lint, then every test
-	pytest -q
+test: assets demo-deps system-deps lint  ## venv, install, offline assets, demo packages, chromium + strace, lint, then every test
+	E2GAN_REQUIRE_STRACE=1 pytest -q
 
 lint: $(STAMP)  ## ruff (lint and format check), configured in pyproject.toml
 	ruff check .
@@ -47,9 +47,9 @@ $(DEMO_STAMP): demo/package.json demo/package-lock.json
 	cd demo && npm ci --no-audit --no-fund --loglevel=error
 	touch $(DEMO_STAMP)
 
-browser:  ## Debian's chromium for the browser tests (skipped when it is there)
-	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+system-deps:  ## Debian's chromium (browser tests) and strace (the no-egress test); skipped when both are there
+	command -v chromium >/dev/null && command -v strace >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium strace; }
 
 clean-venv:
 	rm -rf $(VENV)

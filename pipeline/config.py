@@ -7,63 +7,87 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
-from pipeline.adapt.layers import AnalyzeLayersConfig
-from pipeline.adapt.lora import FinetuneConfig
-from pipeline.adapt.ranks import SearchRanksConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.slug import RULE, is_slug, suggest_slug
-from pipeline.data.pairs import GenerateBasePairsConfig, GeneratePairsConfig
-from pipeline.data.prompts import ExpandPromptsConfig
-from pipeline.data.sources import DataConfig
-from pipeline.data.teachers import TEACHER_CONFIGS, ConceptConfig
-from pipeline.deploy.package import ExportOnnxConfig
-from pipeline.evaluate.concept import EvaluateConfig
-from pipeline.model.select_base import SelectBaseConfig
-from pipeline.model.train_base import TrainBaseConfig
+
+if TYPE_CHECKING:
+    from pipeline.data.teachers import ConceptConfig
 
 PARAMS_FILE = "params.yaml"
 
+# Section -> the model its component declares, named, not imported: a stage imports only the sections it
+# reads (dvc.yaml's `params:`), so its code deps are what it runs, not every component of the pipeline.
+SECTIONS = {
+    "data": "pipeline.data.sources:DataConfig",
+    "expand_prompts": "pipeline.data.prompts:ExpandPromptsConfig",
+    "generate_pairs": "pipeline.data.pairs:GeneratePairsConfig",
+    "select_base": "pipeline.model.select_base:SelectBaseConfig",
+    "generate_base_pairs": "pipeline.data.pairs:GenerateBasePairsConfig",
+    "train_base": "pipeline.model.train_base:TrainBaseConfig",
+    "analyze_layers": "pipeline.adapt.layers:AnalyzeLayersConfig",
+    "search_ranks": "pipeline.adapt.ranks:SearchRanksConfig",
+    "finetune_lora": "pipeline.adapt.lora:FinetuneConfig",
+    "evaluate": "pipeline.evaluate.concept:EvaluateConfig",
+    "export_onnx": "pipeline.deploy.package:ExportOnnxConfig",
+    "concepts": "pipeline.data.teachers:ConceptConfig",  # a mapping name -> ConceptConfig
+}
 
-class PipelineConfig(FrozenConfig):
-    """The whole params.yaml: one section per stage (data and concepts are shared)."""
 
-    data: DataConfig
-    expand_prompts: ExpandPromptsConfig
-    generate_pairs: GeneratePairsConfig
-    select_base: SelectBaseConfig
-    generate_base_pairs: GenerateBasePairsConfig
-    train_base: TrainBaseConfig
-    analyze_layers: AnalyzeLayersConfig
-    search_ranks: SearchRanksConfig
-    finetune_lora: FinetuneConfig
-    evaluate: EvaluateConfig
-    export_onnx: ExportOnnxConfig
-    concepts: dict[str, ConceptConfig] = Field(min_length=1)
+def section_model(name: str) -> type[BaseModel]:
+    """The pydantic model of one params.yaml section (for `concepts`: of one concept)."""
+    module, cls = SECTIONS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
+
+def _check_concept_names(v: Any) -> Any:
+    if isinstance(v, dict):
+        for name in v:
+            if not is_slug(name):
+                raise ValueError(
+                    f"concept name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. '{suggest_slug(name)}'"
+                )
+    return v
+
+
+def _missing_concept(name: str, known) -> ConfigError:
+    return ConfigError(f"concept {name!r} is not in params.yaml concepts; known: {', '.join(known)}")
+
+
+class _Pipeline(FrozenConfig):
     def concept(self, name: str) -> ConceptConfig:
         """A concept by name, or a ConfigError listing the known ones."""
         if name not in self.concepts:
-            raise ConfigError(f"concept {name!r} is not in params.yaml concepts; known: {', '.join(self.concepts)}")
+            raise _missing_concept(name, self.concepts)
         return self.concepts[name]
 
-    @field_validator("concepts", mode="before")
+    @field_validator("concepts", mode="before", check_fields=False)
     @classmethod
     def _slug_names(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            for name in v:
-                if not is_slug(name):
-                    raise ValueError(
-                        f"concept name {name!r} is not a lowercase slug ({RULE}); rename it, e.g. "
-                        f"'{suggest_slug(name)}'"
-                    )
-        return v
+        return _check_concept_names(v)
+
+
+@functools.cache
+def _pipeline_config() -> type[BaseModel]:
+    """The whole params.yaml as one model: one section per stage (data and concepts are shared)."""
+    fields: dict[str, Any] = {n: (section_model(n), ...) for n in SECTIONS if n != "concepts"}
+    fields["concepts"] = (dict[str, section_model("concepts")], Field(min_length=1))
+    model = create_model("PipelineConfig", __base__=_Pipeline, __module__=__name__, **fields)
+    model.__doc__ = _pipeline_config.__doc__
+    return model
+
+
+def __getattr__(name: str) -> Any:  # `from pipeline.config import PipelineConfig` builds it on first use
+    if name == "PipelineConfig":
+        return _pipeline_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -77,6 +101,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the field at `loc` (for 'did you mean' hints)."""
+    from pipeline.data.teachers import TEACHER_CONFIGS, ConceptConfig
+
+    PipelineConfig = _pipeline_config()  # noqa: N806
     model: Any = PipelineConfig
     for part in loc[:-1]:
         if model is None:
@@ -121,38 +148,98 @@ def _one_line(err: dict[str, Any], path: str) -> str:
     return f"{path}: {loc}: {msg}{shown}"
 
 
-def parse_params(raw: Any, path: str = PARAMS_FILE) -> PipelineConfig:
+def parse_params(raw: Any, path: str = PARAMS_FILE) -> Any:
     """Validate a parsed YAML document; raise ConfigError with one line per problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:
-        return PipelineConfig.model_validate(raw)
+        return _pipeline_config().model_validate(raw)
     except ValidationError as e:
         lines = [_one_line(err, path) for err in e.errors()]
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
-def read_params(path: str | Path = PARAMS_FILE) -> PipelineConfig:
-    """Read and validate a params file (no caching)."""
+def _read_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: {where}invalid YAML ({problem}); fix the indentation or quoting there") from None
-    return parse_params(raw, str(p))
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> Any:
+    """Read and validate a params file (no caching)."""
+    return parse_params(_read_yaml(path), str(path))
+
+
+class StageParams:
+    """The params.yaml sections one stage declares in dvc.yaml (`params:`), validated by their own models.
+    Reading any other section is an error: DVC would not rerun the stage when it changes."""
+
+    def __init__(self, stage: str, sections: dict[str, BaseModel], concepts: dict[str, Any]):
+        self._stage, self._concepts = stage, concepts
+        self.__dict__.update(sections)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ConfigError(
+            f"stage {self._stage} reads params section {name!r}, which dvc.yaml does not list under its params; "
+            "add it there, or DVC will not rerun the stage when it changes"
+        )
+
+    def concept(self, name: str) -> Any:
+        if name not in self._concepts:
+            raise _missing_concept(name, self._concepts)
+        return self._concepts[name]
+
+
+def load_stage_params(stage: str, declared: list[str], path: str | Path = PARAMS_FILE) -> StageParams:
+    """The sections (and, for `concepts.<name>`, the one concept) a stage declares, each validated with the
+    model its component owns; errors read as `e2gan params check`'s."""
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    sections: dict[str, BaseModel] = {}
+    concepts: dict[str, Any] = {}
+    for entry in declared:
+        top, _, rest = entry.partition(".")
+        try:
+            if entry == "concepts":  # every concept (the report)
+                sections["concepts"] = {
+                    n: section_model("concepts").model_validate(c)
+                    for n, c in _check_concept_names(raw.get("concepts") or {}).items()
+                }
+                concepts.update(sections["concepts"])
+            elif top == "concepts":
+                _check_concept_names({rest: None})
+                if rest not in (raw.get("concepts") or {}):
+                    raise _missing_concept(rest, raw.get("concepts") or {})
+                concepts[rest] = section_model("concepts").model_validate(raw["concepts"][rest])
+            elif top not in sections:
+                if top not in raw:
+                    raise ConfigError(f"{path}: {top}: missing section; add it (the shipped params.yaml has it)")
+                sections[top] = section_model(top).model_validate(raw[top])
+        except ValidationError as e:
+            prefix = ("concepts", rest) if top == "concepts" else (top,)
+            lines = [_one_line({**err, "loc": prefix + tuple(err["loc"])}, str(path)) for err in e.errors()]
+            raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+        except ValueError as e:
+            raise ConfigError(f"{path}: concepts: {e}") from None
+    return StageParams(stage, sections, concepts)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(path: str, resolved: str, mtime_ns: int) -> PipelineConfig:
+def _cached(path: str, resolved: str, mtime_ns: int) -> Any:
     return read_params(path)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> PipelineConfig:
+def load_params(path: str | Path = PARAMS_FILE) -> Any:
     """params.yaml loaded once per process (re-read only if the file changes)."""
     p = Path(path).resolve()
     if not p.is_file():

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from pipeline.core.env import set_quiet_env
 from pipeline.core.errors import E2GANError, exit_on_user_error
 from pipeline.core.slug import check_slug
-from pipeline.orchestrate.dvc import AFTER_ALL, PER_CONCEPT, SHARED
+from pipeline.orchestrate.dvc import AFTER_ALL, PER_CONCEPT, SHARED, stage_params
 
 STAGES = (*SHARED, *PER_CONCEPT, *AFTER_ALL)
 
@@ -47,7 +47,7 @@ def parse(stage: str, argv: list[str], names: tuple[str, ...]) -> tuple[str | No
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """`python -m stages <stage> ...`: quiet analytics, plain logging, validated params, then the stage's run."""
-    from pipeline.config import load_params
+    from pipeline.config import load_stage_params
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(f"stages.{argv[0]}")
     concept, paths = parse(argv[0], argv[1:], module.PATHS)
-    params = load_params()
+    params = load_stage_params(argv[0], stage_params(argv[0], concept))  # only the sections dvc.yaml declares
     if concept is None:
         module.run(params, paths)
     else:

@@ -7,11 +7,12 @@ import json
 
 from pipeline.adapt.lora import finetune_concept, save_adapter_folder
 from pipeline.core.errors import E2GANError
-from pipeline.core.io import atomic_write_json, fingerprint, sha256_file
+from pipeline.core.io import atomic_write_json, sha256_file, work_folder
 from pipeline.core.plots import write_history
 from pipeline.data.dataset import concept_prompt, load_concepts
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.infer import evaluate_concept, write_samples
+from pipeline.orchestrate.dvc import code_hash
 
 PATHS = ("base", "ranks", "pairs", "prompts", "out", "reports", "work")
 
@@ -24,11 +25,17 @@ def run(params, paths, concept: str) -> None:
     base, meta = load_generator(paths.base)
     data = load_concepts({c: paths.pairs}, meta["text_encoder"], {c: paths.prompts})[c]
     base_sha = sha256_file(paths.base / "generator.safetensors")
-    key = fingerprint(
-        c, cfg.model_dump(), spec, base_sha, (paths.pairs / "metadata.jsonl").read_text(), paths.prompts.read_text()
+    key = (
+        code_hash("finetune_lora"),
+        cfg.model_dump(),
+        spec,
+        base_sha,
+        (paths.pairs / "metadata.jsonl").read_text(),
+        paths.prompts.read_text(),
     )
     before = evaluate_concept(base, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
-    model, history, facts = finetune_concept(base, spec, data, cfg, paths.work / f"{c}-{key}")
+    with work_folder(paths.work, c, *key) as work:
+        model, history, facts = finetune_concept(base, spec, data, cfg, work)
     after = evaluate_concept(model, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", f"finetune_lora {c}")
     write_samples(

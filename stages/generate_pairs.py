@@ -7,6 +7,7 @@ import json
 from pipeline.core.io import atomic_write_json
 from pipeline.data.pairs import generate_pairs, write_grid
 from pipeline.data.teachers import build_teacher
+from pipeline.orchestrate.dvc import code_hash
 
 PATHS = ("sources", "prompts", "out", "metrics", "grid", "work")
 
@@ -15,7 +16,15 @@ def run(params, paths, concept: str) -> None:
     cfg = params.concept(concept)
     prompts = json.loads((paths.prompts / "prompts.json").read_text())
     summary = generate_pairs(
-        concept, cfg, params.generate_pairs, build_teacher(cfg.teacher), paths.sources, prompts, paths.out, paths.work
+        concept,
+        cfg,
+        params.generate_pairs,
+        build_teacher(cfg.teacher),
+        paths.sources,
+        prompts,
+        paths.out,
+        paths.work,
+        code_hash("generate_pairs"),
     )
     write_grid(paths.out, paths.grid)
     atomic_write_json(paths.metrics, summary)

@@ -7,9 +7,10 @@ import json
 
 from pipeline.adapt.ranks import plot_ranks, search_ranks
 from pipeline.core.errors import E2GANError
-from pipeline.core.io import atomic_dir, atomic_write_json, fingerprint, sha256_file
+from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file, work_folder
 from pipeline.data.dataset import load_concepts
 from pipeline.model.checkpoint import load_generator
+from pipeline.orchestrate.dvc import code_hash
 
 PATHS = ("base", "analysis", "pairs", "out", "reports", "work")
 
@@ -23,17 +24,19 @@ def run(params, paths) -> None:
     crucial = json.loads((paths.analysis / "crucial.json").read_text())
     deltas = load_file(str(paths.analysis / "deltas.safetensors"))
     calib = load_concepts({c: paths.pairs / c for c in crucial["calibration"]}, meta["text_encoder"])
-    key = fingerprint(
+    key = (
+        code_hash("search_ranks"),
         params.search_ranks.model_dump(),
         params.finetune_lora.model_dump(),
         crucial,
         sha256_file(paths.base / "generator.safetensors"),
         sha256_file(paths.analysis / "deltas.safetensors"),
     )
-    spec, report = search_ranks(
-        base, crucial["crucial_layers"], deltas, calib, params.search_ranks, params.finetune_lora, paths.work / key
-    )
-    with atomic_dir(paths.out) as tmp:
-        atomic_write_json(tmp / "lora.json", spec)
-    atomic_write_json(paths.reports / "table.json", report)
-    plot_ranks(report, paths.reports / "ranks.png")
+    with work_folder(paths.work, "ranks", *key) as work:
+        spec, report = search_ranks(
+            base, crucial["crucial_layers"], deltas, calib, params.search_ranks, params.finetune_lora, work
+        )
+        with atomic_dir(paths.out) as tmp:
+            atomic_write_json(tmp / "lora.json", spec)
+        atomic_write_json(paths.reports / "table.json", report)
+        plot_ranks(report, paths.reports / "ranks.png")

@@ -8,12 +8,13 @@ import json
 import logging
 import time
 
-from pipeline.core.io import atomic_write_json, fingerprint
+from pipeline.core.io import atomic_write_json, work_folder
 from pipeline.core.plots import write_history
 from pipeline.model.checkpoint import save_generator
 from pipeline.model.infer import conditioning_matrix, evaluate_concepts, write_samples
 from pipeline.model.train import init_distributed
 from pipeline.model.train_base import train_base
+from pipeline.orchestrate.dvc import code_hash
 
 PATHS = ("selection", "pairs", "out", "reports", "work")
 log = logging.getLogger("e2gan.train_base")
@@ -24,17 +25,23 @@ def run(params, paths) -> None:
     cfg, encoder = params.train_base, params.expand_prompts.text_encoder
     sel = json.loads(paths.selection.read_text())
     folders = {op: paths.pairs / op for op in sel["base"]}
-    key = fingerprint(
+    key = (
+        code_hash("train_base"),
         cfg.model_dump(),
         encoder,
         sel["base"],
         [(f / "metadata.jsonl").read_text() for f in folders.values() if (f / "metadata.jsonl").is_file()],
     )
-    t0 = time.perf_counter()
-    G, history = train_base(folders, cfg, encoder, paths.work / key)
-    seconds = round(time.perf_counter() - t0, 1)
-    if rank > 0:
-        return
+    with work_folder(paths.work, "base", *key, owner=rank == 0) as work:
+        t0 = time.perf_counter()
+        G, history = train_base(folders, cfg, encoder, work)
+        seconds = round(time.perf_counter() - t0, 1)
+        if rank == 0:
+            _write(G, history, seconds, params, paths, sel, folders, world)
+
+
+def _write(G, history, seconds, params, paths, sel, folders, world) -> None:
+    cfg, encoder = params.train_base, params.expand_prompts.text_encoder
     if world > 1:
         log.info("train_base: trained data-parallel on %d processes", world)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", "train_base")

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
-from pipeline.model.train import TrainConfig, build_models, fit
+from pipeline.model.train import Models, TrainConfig, build_models, fit
 
 
 class FinetuneConfig(FrozenConfig):
@@ -132,13 +132,19 @@ def finetune(
 
     Returns (model, history, seconds); the model is a PeftModel when a spec is given. `evaluate` and
     `eval_every` go to `fit` (an untimed evaluation hook)."""
+    t0 = time.perf_counter()
+    m = finetune_models(base, spec, cfg)
+    history = fit(m, data, cfg, work, desc=desc, perceptual=perceptual, evaluate=evaluate, eval_every=eval_every)
+    return (m.ema if m.ema is not None else m.G).eval(), history, time.perf_counter() - t0
+
+
+def finetune_models(base: nn.Module, spec: dict | None, cfg: TrainConfig) -> Models:
+    """What `finetune` trains: a copy of `base` with LoRA per `spec` (or every weight trainable), a fresh
+    discriminator and optimisers, seeded by cfg.seed."""
     torch.manual_seed(cfg.seed)  # LoRA A init
     G = copy.deepcopy(base).train()
     model = add_lora_spec(G, spec) if spec is not None else G.requires_grad_(True)
-    t0 = time.perf_counter()
-    m = build_models(model, cfg)
-    history = fit(m, data, cfg, work, desc=desc, perceptual=perceptual, evaluate=evaluate, eval_every=eval_every)
-    return (m.ema if m.ema is not None else model).eval(), history, time.perf_counter() - t0
+    return build_models(model, cfg)
 
 
 def finetune_concept(

@@ -26,6 +26,15 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') bytes to disk: a rename after a crash never exposes a hole."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
@@ -36,7 +45,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield Path(tmp)
+        _fsync(Path(tmp))
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -69,7 +80,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+        for f in [*tmp.rglob("*"), tmp]:  # files written straight into the folder (save_file, PIL) too
+            _fsync(f)
         os.replace(tmp, path)
+        _fsync(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -81,6 +95,25 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (work-folder keys)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def work_folder(root: Path, prefix: str, *parts: Any, owner: bool = True) -> Iterator[Path]:
+    """`root/<prefix>-<fingerprint(parts)>`: a stage's resumable state (checkpoints, finished jobs) for exactly
+    these inputs. `parts` must cover everything the state depends on (the stage's code hash, params, data):
+    a rerun with the same parts resumes, any other starts afresh. Folders of the same prefix with other keys
+    can never be used again and are removed on entry; this one is removed when the block finishes without
+    an error (kept for the resume when it raises or the process is killed). Only the `owner` removes
+    folders (under torchrun: rank 0)."""
+    root = Path(root)
+    work = root / f"{prefix}-{fingerprint(*parts)}"
+    for old in root.glob(f"{prefix}-*") if root.is_dir() and owner else []:
+        if old != work and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    yield work
+    if owner:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_recorded(

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.images import load_rgb, save_png, stable_seed
-from pipeline.core.io import atomic_dir, atomic_write_json, atomic_write_text, fingerprint
+from pipeline.core.io import atomic_dir, atomic_write_json, atomic_write_text, work_folder
 from pipeline.core.progress import bar
 from pipeline.data.dataset import read_pairs
 from pipeline.data.prompts import ExpandPromptsConfig, expand_concept
@@ -160,19 +160,30 @@ def generate_pairs(
     prompts: dict,
     out: Path,
     work_root: Path,
+    code: str = "",
 ) -> dict:
-    """Make all pairs for `concept` into `out` (swapped in atomically); return the summary."""
+    """Make all pairs for `concept` into `out` (swapped in atomically); return the summary. Finished shards
+    are kept under `work_root` for a resume, keyed on the inputs and `code` (the stage's code hash)."""
     # 1. plan the work and find the checkpoint folder for exactly these inputs
     jobs = plan_jobs(concept, sources, prompts["instructions"], cfg.seed)
     settings = {"name": teacher.name, **teacher.settings()}
     src_manifest = hashlib.sha256((sources / "manifest.json").read_bytes()).hexdigest()
-    key = fingerprint(concept, ccfg.model_dump(), cfg.model_dump(), prompts, src_manifest)
-    work = work_root / f"{concept}-{key}"
+    with work_folder(work_root, concept, code, ccfg.model_dump(), cfg.model_dump(), prompts, src_manifest) as work:
+        return _make_pairs(concept, ccfg, cfg, teacher, jobs, settings, out, work)
+
+
+def _make_pairs(
+    concept: str,
+    ccfg: ConceptConfig,
+    cfg: GeneratePairsConfig,
+    teacher: Teacher,
+    jobs: list[Job],
+    settings: dict,
+    out: Path,
+    work: Path,
+) -> dict:
     shards = work / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    for stale in work_root.glob(f"{concept}-*"):
-        if stale != work:
-            shutil.rmtree(stale, ignore_errors=True)
     leftovers = list(work.rglob(".*.tmp"))  # a kill -9 mid-write leaves these behind; never read them
     for f in leftovers:
         f.unlink(missing_ok=True)
@@ -208,7 +219,6 @@ def generate_pairs(
             "pairs_per_second": round(len(rows) / total_s, 2) if total_s > 0 else None,
         }
     )
-    shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
@@ -289,7 +299,13 @@ def filter_concept(op: str) -> ConceptConfig:
 
 
 def generate_base_pairs(
-    selection: dict, sources: Path, pcfg: GeneratePairsConfig, ecfg: ExpandPromptsConfig, out: Path, work: Path
+    selection: dict,
+    sources: Path,
+    pcfg: GeneratePairsConfig,
+    ecfg: ExpandPromptsConfig,
+    out: Path,
+    work: Path,
+    code: str = "",
 ) -> dict:
     """Prompts and pairs for every base and calibration concept into `out/<concept>/`."""
     summaries = {}
@@ -297,7 +313,9 @@ def generate_base_pairs(
         for op in selection["base"] + selection["calibration"]:
             concept = filter_concept(op)
             prompts = expand_concept(op, concept, ecfg)
-            s = generate_pairs(op, concept, pcfg, build_teacher(concept.teacher), sources, prompts, tmp / op, work)
+            s = generate_pairs(
+                op, concept, pcfg, build_teacher(concept.teacher), sources, prompts, tmp / op, work, code
+            )
             atomic_write_json(tmp / op / "prompts.json", prompts)
             summaries[op] = s
     return summaries

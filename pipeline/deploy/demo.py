@@ -38,7 +38,7 @@ ORT_DIST = Path(os.environ.get("E2GAN_ORT_WEB") or Path.cwd() / "demo" / "node_m
 PAGE_FILES = {"index.html", "app.js", "style.css"}
 CONCEPT_FILES = {"adapter.safetensors", "model.onnx", "card.json"}
 BASE_FILES = {"model.onnx", "weights.bin", "index.json", "card.json"}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole names only (fullmatch)
 
 
 class DemoError(E2GANError):
@@ -150,7 +150,7 @@ class DemoHandler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         parts = [unquote(p) for p in urlparse(self.path).path.split("/") if p]
-        if any(not _SAFE_NAME.match(p) for p in parts):
+        if any(not _SAFE_NAME.fullmatch(p) for p in parts):
             return self._error(HTTPStatus.BAD_REQUEST, "bad path")
         if not parts:
             return self._file(WEB / "index.html")

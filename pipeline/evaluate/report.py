@@ -15,7 +15,7 @@ class ReportInputs:
     """Where the stages wrote what the report shows (dvc.yaml passes each path)."""
 
     selection: Path  # select_base's JSON
-    train_base: Path  # train_base's reports folder
+    base_samples: Path  # train_base's samples.png
     layers: Path  # analyze_layers' table.json
     ranks: Path  # search_ranks' table.json
     evaluate: Path  # evaluate's folder (<concept>.json, <concept>.png)
@@ -137,7 +137,7 @@ Crucial layer groups: {html.escape(", ".join(s["crucial_groups"]))}. LoRA parame
 <h2>Per concept (held-out photos, student vs teacher)</h2><table><tr>{head}</tr>{body}</table>
 <h2>Rank search comparison (calibration concepts)</h2>
 <table><tr><th>row</th><th>params</th><th>LPIPS ↓</th><th>gain vs base</th></tr>{comp}</table>
-<h2>Base model</h2>{_img(inp.train_base / "samples.png", "base samples")}
+<h2>Base model</h2>{_img(inp.base_samples, "base samples")}
 {_img(inp.layers.parent / "importance.png", "layer importance")}{_img(inp.ranks.parent / "ranks.png", "ranks")}
 {"".join(sections)}</body></html>"""
     atomic_write_text(out_html, doc)

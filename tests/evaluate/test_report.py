@@ -36,7 +36,7 @@ def test_report_is_self_contained(tmp_path):
     r = tmp_path / "reports"
     inputs = ReportInputs(
         r / "select_base.json",
-        r / "train_base",
+        r / "train_base/samples.png",
         r / "analyze_layers/table.json",
         r / "search_ranks/table.json",
         r / "evaluate",

@@ -46,7 +46,7 @@ def _stale(repo: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("dvcrepo")
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     for d in ("pipeline", "stages"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
@@ -56,7 +56,7 @@ def repo(tmp_path_factory) -> Path:
     params["train_base"]["train"].update(steps=4, ckpt_every=2, log_every=2)
     params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
     params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
-    params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=2, log_every=1)
+    params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=1, log_every=1)
     params["evaluate"].update(bootstrap=2, fid=False, fid_bootstrap=0, grid=2)  # FID: tests/core/test_metrics.py
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
@@ -82,6 +82,8 @@ def test_a_full_run_opens_no_connection_off_the_machine(repo):
     """Offline by construction: the whole DAG (every stage, every child process) under strace reaches no
     address but loopback: no model hub, no analytics, no DNS lookup."""
     if not no_egress.available():
+        if os.environ.get("E2GAN_REQUIRE_STRACE"):  # make test sets it (and installs strace)
+            pytest.fail("strace is not installed: run 'make system-deps'")
         pytest.skip("strace is not installed (apt-get install strace)")
     destinations = json.loads((repo / "destinations.json").read_text())
     assert [d for d in destinations if not d["loopback"]] == []
@@ -98,6 +100,103 @@ def test_a_full_run_opens_no_connection_off_the_machine(repo):
         _env(),
     )
     assert res.returncode == 0 and [d["address"] for d in seen] == ["192.0.2.1"]
+
+
+def _stage_argv(repo: Path, stage: str, concept: str) -> list[str]:
+    body = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
+    return body["cmd"].replace("${item.concept}", concept).split()[3:]  # after `python -m stages <stage>`
+
+
+# the stage's command in a process that kill -9s itself right after its first training checkpoint
+KILL_AT_FIRST_CHECKPOINT = """
+import os, signal, sys
+import pipeline.model.train as t
+save = t.save_checkpoint
+def save_then_die(*a, **k):
+    save(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+t.save_checkpoint = save_then_die
+import stages
+stages.main(sys.argv[1:])
+"""
+
+
+def _killed_run(repo: Path, stage: str, concept: str) -> None:
+    argv = [stage, *_stage_argv(repo, stage, concept)]
+    res = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_CHECKPOINT, *argv], cwd=repo, env=_env(), text=True, capture_output=True
+    )
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert list((repo / "data/.work" / stage).glob(f"{concept}-*/last.pt")), "no checkpoint left behind"
+
+
+def _adapter(repo: Path, concept: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(repo / "models/lora" / concept / "adapter_model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
+    """A killed finetune_lora with nothing changed resumes to the uninterrupted result; after a change to the
+    training code, the left-over checkpoint is not resumed: the stage retrains with the new code (weights as
+    a clean run's, not the stale ones)."""
+    stage, c = "finetune_lora", "sepia"
+    ref = _adapter(repo, c)
+    _killed_run(repo, stage, c)
+    out = _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", f"{stage}@{c}"], repo)
+    assert "resuming from step 1" in out, out[-2000:]
+    assert _same(_adapter(repo, c), ref) and not list((repo / "data/.work" / stage).glob(f"{c}-*"))
+
+    code = repo / "pipeline/adapt/lora.py"
+    original = code.read_text()
+    _killed_run(repo, stage, c)  # an interrupted run's checkpoint (step 1), then the code changes
+    code.write_text(
+        original
+        + "\n\n_models = finetune_models\n\n\ndef finetune_models(base, spec, cfg):  # a 3x larger learning rate\n"
+        + "    return _models(base, spec, cfg.model_copy(update={'lr_g': cfg.lr_g * 3}))\n"
+    )
+    try:
+        assert f"{stage}@{c}" in _stale(repo)
+        out = _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
+        assert "resuming" not in out, out[-2000:]
+        changed = _adapter(repo, c)
+        assert not _same(changed, ref)
+        _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", f"{stage}@{c}"], repo)  # a clean run, same code
+        assert _same(_adapter(repo, c), changed)
+    finally:
+        code.write_text(original)
+        _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
+    assert _same(_adapter(repo, c), ref) and _stale(repo) == set()  # the original code: the original weights
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_is_up_to_date_whatever_bytecode_or_editor_files_lie_around(repo, tmp_path):
+    """dvc.lock's code hashes do not depend on __pycache__ or editor files: after a run that left bytecode
+    behind, and with editor files beside the code, the repo and a fresh clone (sharing the cache) are clean."""
+    assert list((repo / "pipeline").rglob("__pycache__"))  # the run left bytecode
+    junk = [repo / "pipeline/core/io.py~", repo / "pipeline/data/.sources.py.swp", repo / "pipeline/model/.DS_Store"]
+    for f in junk:
+        f.write_text("editor state")
+    try:
+        assert _stale(repo) == set()
+    finally:
+        for f in junk:
+            f.unlink()
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=t@e2gan", "-c", "user.name=t", "commit", "-qm", "state", "--allow-empty"], repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not list(clone.rglob("__pycache__"))
+    _run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(repo / ".dvc/cache")], clone)
+    _run([sys.executable, "-m", "dvc", "checkout", "-q"], clone)
+    assert _stale(clone) == set()
 
 
 def _edit_params(repo: Path, fn) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from pipeline.config import PipelineConfig
@@ -82,3 +84,82 @@ def test_shared_stage_order_follows_the_dag():
         for dep in doc[stage]["deps"]:
             makers = [s for s, o in outs.items() if any(dep == x or dep.startswith(x + "/") for x in o)]
             assert all(dvc.SHARED.index(m) < i for m in makers if m in dvc.SHARED), (stage, dep, makers)
+
+
+def _module_file(name: str) -> Path | None:
+    """The project file of a module name (pipeline.* / stages.*), or None for other packages."""
+    if name.split(".")[0] not in ("pipeline", "stages"):
+        return None
+    base = ROOT / Path(*name.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def import_closure(start: list[Path]) -> set[Path]:
+    """Every project file the given files import, directly or through others (function-level imports too),
+    with the `__init__.py` of every package on the way (importing a module runs them)."""
+    from tests.test_layout import _imports
+
+    seen: set[Path] = set()
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # the packages on the way, and `from pkg import submodule`
+                f = _module_file(".".join(parts[:i]))
+                if f is not None and f not in seen:
+                    todo.append(f)
+    return seen
+
+
+def _covered(path: Path, deps: list[str]) -> bool:
+    rel = path.relative_to(ROOT).as_posix()
+    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_stage_deps_cover_every_module_the_stage_imports():
+    """A change to any file a stage runs reruns the stage: dvc.yaml's deps cover its import closure (from the
+    entry point `python -m stages`, the stage's module and the models of the params sections it declares)."""
+    from pipeline.config import SECTIONS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    gaps = {}
+    for name, body in stages.items():
+        entry = [ROOT / "stages/__main__.py", ROOT / "stages/__init__.py", ROOT / f"stages/{name}.py"]
+        for section in {p.split(".")[0] for p in body.get("params", [])}:  # models imported by name
+            entry.append(_module_file(SECTIONS[section].split(":")[0]))
+        missing = sorted(p.relative_to(ROOT).as_posix() for p in import_closure(entry) if not _covered(p, body["deps"]))
+        if missing:
+            gaps[name] = missing
+    assert gaps == {}, f"dvc.yaml deps miss files these stages import: {gaps}"
+
+
+def test_the_closure_follows_function_level_and_submodule_imports():
+    closure = {p.relative_to(ROOT).as_posix() for p in import_closure([ROOT / "stages/train_base.py"])}
+    assert {"pipeline/__init__.py", "pipeline/model/train.py", "pipeline/core/io.py"} <= closure
+    assert "pipeline/core/metrics.py" in closure  # imported inside a function of model/train.py (LPIPS loss)
+    assert "pipeline/deploy/export.py" not in closure
+
+
+def test_every_path_a_stage_is_given_is_a_dep_or_an_output():
+    """What a stage reads is a dep (so a change reruns it); what it writes is an output; the work folder
+    (resumable state, keyed on code, params and data) is neither."""
+    from pipeline.orchestrate.dvc import stage_paths
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, body in stages.items():
+        made = [
+            next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics", "plots") for o in body.get(k, [])
+        ]
+        deps = [d.replace("${item.concept}", "c") for d in body["deps"]]
+        made = [m.replace("${item.concept}", "c") for m in made]
+        for key, path in stage_paths(name, "c" if "matrix" in body else None, Path(".")).items():
+            rel = path.as_posix()
+            if key == "work":
+                assert rel.startswith("data/.work/"), (name, rel)
+                continue
+            inside = [m for m in made if rel == m or rel.startswith(m + "/") or m.startswith(rel + "/")]
+            assert inside or _covered(ROOT / rel, deps), f"{name}: --{key} {rel} is neither a dep nor an output"
