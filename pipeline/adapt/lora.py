@@ -87,7 +87,14 @@ def trainable_parameters(model: nn.Module) -> int:
 
 def save_adapter(peft_model, folder: Path) -> int:
     """A standard peft adapter folder (adapter_config.json + adapter_model.safetensors); returns its bytes."""
+    import json
+
     peft_model.save_pretrained(str(folder), safe_serialization=True)
+    cfg_file = Path(folder) / "adapter_config.json"  # peft writes target_modules from a set: order by process
+    cfg = json.loads(cfg_file.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")  # the same bytes for the same adapter
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 

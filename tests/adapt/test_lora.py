@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -152,3 +153,35 @@ def test_bad_targets_and_missing_adapter(tmp_path):
     with pytest.raises(E2GANError, match="no adapter_config.json"):
         load_adapter(_base(), tmp_path)
     assert "tb.mlp.fc1" in adaptable_layers(_base())
+
+
+SAVE_ADAPTER = """
+import sys, torch
+from pathlib import Path
+from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
+from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+torch.manual_seed(0)
+model = add_lora_spec(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), lora_spec(
+    {"ds.conv": 2, "tb.attn_cross.to_q": 2, "up.1.conv": 4, "down.0.conv": 2, "tb.attn_self.to_k": 1}))
+save_adapter(model, Path(sys.argv[1]))
+"""
+
+
+def test_the_same_adapter_saves_to_the_same_bytes_in_any_process(tmp_path):
+    """peft keeps target_modules in a set (its order follows the process's hash seed); the saved folder does
+    not, so DVC does not see a changed output when a rerun trains the same weights."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}
+        res = subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / seed)], env=env, capture_output=True)
+        assert res.returncode == 0, res.stderr.decode()[-2000:]
+    files = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    for f in files:
+        assert (
+            (tmp_path / "1" / f).read_bytes() == (tmp_path / "2" / f).read_bytes() == (tmp_path / "3" / f).read_bytes()
+        )

@@ -39,6 +39,15 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return res.stdout
 
 
+def _repro(repo: Path, *args: str) -> str:
+    """`dvc repro <args>`; its output and the stages' logs (stderr) together."""
+    res = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", *args], cwd=repo, env=_env(), capture_output=True, text=True
+    )
+    assert res.returncode == 0, f"dvc repro {args}: {res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
 def _stale(repo: Path) -> set[str]:
     return set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], repo)))
 
@@ -104,7 +113,7 @@ def test_a_full_run_opens_no_connection_off_the_machine(repo):
 
 def _stage_argv(repo: Path, stage: str, concept: str) -> list[str]:
     body = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
-    return body["cmd"].replace("${item.concept}", concept).split()[3:]  # after `python -m stages <stage>`
+    return body["cmd"].replace("${item.concept}", concept).split()[4:]  # after `python -m stages <stage>`
 
 
 # the stage's command in a process that kill -9s itself right after its first training checkpoint
@@ -136,6 +145,11 @@ def _adapter(repo: Path, concept: str) -> dict:
     return load_file(str(repo / "models/lora" / concept / "adapter_model.safetensors"))
 
 
+def _out_hash(repo: Path, stage: str, out: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+    return next(o["md5"] for o in lock["outs"] if o["path"] == out)
+
+
 def _same(a: dict, b: dict) -> bool:
     import torch
 
@@ -148,9 +162,9 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     training code, the left-over checkpoint is not resumed: the stage retrains with the new code (weights as
     a clean run's, not the stale ones)."""
     stage, c = "finetune_lora", "sepia"
-    ref = _adapter(repo, c)
+    ref, ref_hash = _adapter(repo, c), _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}")
     _killed_run(repo, stage, c)
-    out = _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", f"{stage}@{c}"], repo)
+    out = _repro(repo, "-f", "-s", f"{stage}@{c}")
     assert "resuming from step 1" in out, out[-2000:]
     assert _same(_adapter(repo, c), ref) and not list((repo / "data/.work" / stage).glob(f"{c}-*"))
 
@@ -164,8 +178,8 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     )
     try:
         assert f"{stage}@{c}" in _stale(repo)
-        out = _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
-        assert "resuming" not in out, out[-2000:]
+        out = _repro(repo, "-s", f"{stage}@{c}")
+        assert "resuming" not in out and "Running stage" in out, out[-2000:]
         changed = _adapter(repo, c)
         assert not _same(changed, ref)
         _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", f"{stage}@{c}"], repo)  # a clean run, same code
@@ -173,14 +187,18 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     finally:
         code.write_text(original)
         _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
-    assert _same(_adapter(repo, c), ref) and _stale(repo) == set()  # the original code: the original weights
+    # the original code: the original weights, and the adapter folder's very bytes (dvc.lock's hash)
+    assert _same(_adapter(repo, c), ref) and _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}") == ref_hash
+    assert _stale(repo) <= {f"export_onnx@{c}", "report"}  # they read the training metrics' timings
+    _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
 
 
 @pytest.mark.slow
 def test_a_fresh_clone_is_up_to_date_whatever_bytecode_or_editor_files_lie_around(repo, tmp_path):
     """dvc.lock's code hashes do not depend on __pycache__ or editor files: after a run that left bytecode
     behind, and with editor files beside the code, the repo and a fresh clone (sharing the cache) are clean."""
-    assert list((repo / "pipeline").rglob("__pycache__"))  # the run left bytecode
+    _run([sys.executable, "-m", "compileall", "-q", "pipeline", "stages"], repo)  # bytecode, as a test run leaves
+    assert list((repo / "pipeline").rglob("__pycache__"))
     junk = [repo / "pipeline/core/io.py~", repo / "pipeline/data/.sources.py.swp", repo / "pipeline/model/.DS_Store"]
     for f in junk:
         f.write_text("editor state")
