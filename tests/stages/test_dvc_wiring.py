@@ -157,43 +157,6 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
-    """A killed finetune_lora with nothing changed resumes to the uninterrupted result; after a change to the
-    training code, the left-over checkpoint is not resumed: the stage retrains with the new code (weights as
-    a clean run's, not the stale ones)."""
-    stage, c = "finetune_lora", "sepia"
-    ref, ref_hash = _adapter(repo, c), _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}")
-    _killed_run(repo, stage, c)
-    out = _repro(repo, "-f", "-s", f"{stage}@{c}")
-    assert "resuming from step 1" in out, out[-2000:]
-    assert _same(_adapter(repo, c), ref) and not list((repo / "data/.work" / stage).glob(f"{c}-*"))
-
-    code = repo / "pipeline/adapt/lora.py"
-    original = code.read_text()
-    _killed_run(repo, stage, c)  # an interrupted run's checkpoint (step 1), then the code changes
-    code.write_text(
-        original
-        + "\n\n_models = finetune_models\n\n\ndef finetune_models(base, spec, cfg):  # a 3x larger learning rate\n"
-        + "    return _models(base, spec, cfg.model_copy(update={'lr_g': cfg.lr_g * 3}))\n"
-    )
-    try:
-        assert f"{stage}@{c}" in _stale(repo)
-        out = _repro(repo, "-s", f"{stage}@{c}")
-        assert "resuming" not in out and "Running stage" in out, out[-2000:]
-        changed = _adapter(repo, c)
-        assert not _same(changed, ref)
-        _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", f"{stage}@{c}"], repo)  # a clean run, same code
-        assert _same(_adapter(repo, c), changed)
-    finally:
-        code.write_text(original)
-        _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
-    # the original code: the original weights, and the adapter folder's very bytes (dvc.lock's hash)
-    assert _same(_adapter(repo, c), ref) and _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}") == ref_hash
-    assert _stale(repo) <= {f"export_onnx@{c}", "report"}  # they read the training metrics' timings
-    _run([sys.executable, "-m", "dvc", "repro", "-q"], repo)
-
-
-@pytest.mark.slow
 def test_a_fresh_clone_is_up_to_date_whatever_bytecode_or_editor_files_lie_around(repo, tmp_path):
     """dvc.lock's code hashes do not depend on __pycache__ or editor files: after a run that left bytecode
     behind, and with editor files beside the code, the repo and a fresh clone (sharing the cache) are clean."""
@@ -485,3 +448,37 @@ def test_ci_retrain_in_a_fresh_clone_runs_only_the_new_concept(repo, tmp_path):
     assert (clone / "models/base/generator.safetensors").is_file()  # needed: pulled
     text = summary.read_text()
     assert "Stages that ran" in text and "noir" in text and "params diff" in text
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
+    """A killed finetune_lora with nothing changed resumes to the uninterrupted result; after a change to the
+    training code, the left-over checkpoint is not resumed: the stage retrains from scratch with the new code.
+    Restoring the code restores the original weights."""
+    stage, c = "finetune_lora", "sepia"
+    ref, ref_hash = _adapter(repo, c), _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}")
+    _killed_run(repo, stage, c)
+    out = _repro(repo, "-f", "-s", f"{stage}@{c}")
+    assert "resuming from step 1" in out, out[-2000:]
+    assert _same(_adapter(repo, c), ref) and not list((repo / "data/.work" / stage).glob(f"{c}-*"))
+
+    code = repo / "pipeline/adapt/lora.py"
+    original = code.read_text()
+    _killed_run(repo, stage, c)  # an interrupted run's checkpoint (step 1), then the code changes
+    code.write_text(
+        original
+        + "\n\n_models = finetune_models\n\n\ndef finetune_models(base, spec, cfg):  # a 3x larger learning rate\n"
+        + "    return _models(base, spec, cfg.model_copy(update={'lr_g': cfg.lr_g * 3}))\n"
+    )
+    try:
+        assert f"{stage}@{c}" in _stale(repo)
+        out = _repro(repo, "-s", f"{stage}@{c}")
+        assert "resuming" not in out and "Running stage" in out, out[-2000:]
+        assert not _same(_adapter(repo, c), ref)
+    finally:
+        code.write_text(original)
+        _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
+    # the original code: the original weights, and the adapter folder's very bytes (dvc.lock's hash)
+    assert _same(_adapter(repo, c), ref) and _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}") == ref_hash
+    assert _stale(repo) <= {f"export_onnx@{c}", "report"}  # they read the training metrics' timings
+    # (the last test of the module: it leaves those two stale)
