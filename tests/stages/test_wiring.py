@@ -163,3 +163,28 @@ def test_every_path_a_stage_is_given_is_a_dep_or_an_output():
                 continue
             inside = [m for m in made if rel == m or rel.startswith(m + "/") or m.startswith(rel + "/")]
             assert inside or _covered(ROOT / rel, deps), f"{name}: --{key} {rel} is neither a dep nor an output"
+
+
+def test_code_hash_follows_the_stage_code_and_nothing_else(tmp_path):
+    """The work-folder key's code part: changes with any file of the stage's code deps, not with bytecode,
+    editor files or code the stage does not run."""
+    import shutil
+
+    from pipeline.orchestrate.dvc import code_hash
+
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for d in ("pipeline", "stages"):
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_hash("finetune_lora", tmp_path)
+    (tmp_path / "pipeline/adapt/__pycache__").mkdir()
+    (tmp_path / "pipeline/adapt/__pycache__/lora.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "pipeline/adapt/lora.py~").write_text("editor backup")
+    (tmp_path / "pipeline/model/.train.py.swp").write_text("editor swap")
+    with open(tmp_path / "pipeline/deploy/export.py", "a") as f:
+        f.write("\n# not run by finetune_lora\n")
+    assert code_hash("finetune_lora", tmp_path) == before
+    assert code_hash("export_onnx", tmp_path) != code_hash("export_onnx", ROOT)
+    with open(tmp_path / "pipeline/model/train.py", "a") as f:  # the training loop it runs
+        f.write("\n# changed\n")
+    assert code_hash("finetune_lora", tmp_path) != before
