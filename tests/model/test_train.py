@@ -226,7 +226,7 @@ def test_ddp_on_two_processes_follows_the_one_process_run(tmp_path):
     moved = sum(float((w1[k] - init[k]).pow(2).sum()) for k in w1 if w1[k].is_floating_point()) ** 0.5
     gap = sum(float((w1[k] - w2[k]).pow(2).sum()) for k in w1 if w1[k].is_floating_point()) ** 0.5
     print(f"DDP vs one process after {steps} steps: {gap / moved:.4f} of the update norm")
-    assert moved > 0 and gap / moved < DDP_DRIFT  # a DDP bug (unaveraged gradients, one rank's data) is > 0.3
+    assert moved > 0 and gap / moved < DDP_DRIFT  # 0.019 measured here: float rounding
 
 
 class _NaNAfter(E2GANGenerator):
