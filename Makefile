@@ -19,7 +19,7 @@ run: assets  ## venv, install, offline assets, then `dvc repro` (a no-op when no
 	dvc repro
 
 test: assets demo-deps system-deps lint  ## venv, install, offline assets, demo packages, chromium + strace, lint, then every test
-	E2GAN_REQUIRE_STRACE=1 pytest -q --durations=15
+	E2GAN_REQUIRE_STRACE=1 pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)  ## ruff (lint and format check), configured in pyproject.toml
 	ruff check .

@@ -76,6 +76,7 @@ def repo(tmp_path_factory) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's: no analytics, no update check
     if no_egress.available():  # the full run under strace: every connection any process opens is recorded
         res, destinations = no_egress.traced_run([sys.executable, "-m", "dvc", "repro", "-q"], repo, _env())
         assert res.returncode == 0, res.stdout + res.stderr
@@ -456,6 +457,7 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     training code, the left-over checkpoint is not resumed: the stage retrains from scratch with the new code.
     Restoring the code restores the original weights."""
     stage, c = "finetune_lora", "sepia"
+    _repro(repo, "-f", "-s", f"{stage}@{c}")  # the uninterrupted run, under the same load as the resumed one
     ref, ref_hash = _adapter(repo, c), _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}")
     _killed_run(repo, stage, c)
     out = _repro(repo, "-f", "-s", f"{stage}@{c}")
