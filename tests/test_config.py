@@ -113,3 +113,23 @@ def test_bad_params_exit_nonzero_with_one_line_no_traceback(tmp_path, params_dic
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: params.yaml: data.image_size"), res.stderr
+
+
+def test_a_stage_gets_only_the_sections_it_declares(tmp_path, params_dict):
+    """A stage validates and reads only its dvc.yaml params: another section's problem does not stop it, and
+    reading a section it does not declare is an error naming the fix (DVC would not rerun it on a change)."""
+    from pipeline.config import load_stage_params
+    from pipeline.orchestrate.dvc import stage_params
+
+    params_dict["export_onnx"]["size"] = "big"  # broken, but not train_base's
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    p = load_stage_params("train_base", stage_params("train_base", root=ROOT), tmp_path / "params.yaml")
+    assert p.train_base.train.steps == params_dict["train_base"]["train"]["steps"] and p.data.image_size
+    with pytest.raises(ConfigError, match="reads params section 'export_onnx', which dvc.yaml does not list"):
+        getattr(p, "export_onnx")  # noqa: B009
+    with pytest.raises(ConfigError, match=r"export_onnx\.size"):
+        load_stage_params("export_onnx", stage_params("export_onnx", "winter", ROOT), tmp_path / "params.yaml")
+    e = load_stage_params("evaluate", stage_params("evaluate", "winter", ROOT), tmp_path / "params.yaml")
+    assert e.concept("winter").prompt
+    with pytest.raises(ConfigError, match="'cartoon' is not in"):
+        e.concept("cartoon")  # only its own concept
