@@ -482,5 +482,6 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
         _run([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@{c}"], repo)
     # the original code: the original weights, and the adapter folder's very bytes (dvc.lock's hash)
     assert _same(_adapter(repo, c), ref) and _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}") == ref_hash
-    assert _stale(repo) <= {f"export_onnx@{c}", "report"}  # they read the training metrics' timings
-    # (the last test of the module: it leaves those two stale)
+    # downstream of the adapter only: the reference run above retrained it (the module fixture's adapter, made
+    # under strace, can differ in the last bits), and export/report read the training metrics' timings
+    assert _stale(repo) <= {f"evaluate@{c}", f"export_onnx@{c}", "report"}  # (the module's last test)
