@@ -56,8 +56,9 @@ def project(tmp_path_factory, crops128) -> Path:
             min_size=64,
             image_size=32,
             crops_per_photo=2,
-            heldout_crops_per_photo=2,
-            heldout_fraction=0.2,
+            eval_crops_per_photo=2,
+            val_fraction=0.2,
+            test_fraction=0.2,
         ),
         sources,
     )
@@ -107,7 +108,7 @@ def test_analyze_search_finetune(project):
     p = _stage(project, "analyze_layers")
     assert p.returncode == 0, p.stderr
     table = json.loads((project / "reports/analyze_layers/table.json").read_text())
-    assert len(table["groups"]) == 10 and len(table["crucial_groups"]) == 3
+    assert len(table["groups"]) == 10 and len(table["crucial_groups"]) == 3 and table["split"] == "val"
     assert {r["probe_rank"] for r in table["groups"]} == set(range(1, 11))
     assert all(r["delta_rel_change"] > 0 and set(r["probe_gain_per_concept"]) == set(CALIB) for r in table["groups"])
     crucial = json.loads((project / "models/analysis/crucial.json").read_text())["crucial_layers"]
@@ -121,7 +122,7 @@ def test_analyze_search_finetune(project):
     LoraConfig(**spec)
     assert sorted(spec["target_modules"]) == sorted(crucial)
     report = json.loads((project / "reports/search_ranks/table.json").read_text())
-    assert report["params"] <= report["budget_params"] == int(0.1 * n_base)
+    assert report["params"] <= report["budget_params"] == int(0.1 * n_base) and report["split"] == "val"
     rows = {r["row"]: r for r in report["comparison"]}
     assert {
         "searched",
@@ -144,7 +145,7 @@ def test_analyze_search_finetune(project):
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     assert m["trainable_params"] == report["params"] and m["pairs_used"] == round(0.5 * m["pairs_total"])
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
-    assert {"base", "lora", "identity"} <= set(m["heldout"]) and m["heldout"]["lora"]["n"] > 0
+    assert m["split"] == "val" and {"base", "lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
     peft_model = PeftModel.from_pretrained(fresh, str(out)).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
