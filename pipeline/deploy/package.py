@@ -179,6 +179,7 @@ def export_concept(
     calibration = _resize(split_pairs(pairs, "val", cfg.calibration_images).inputs, cfg.size)
     threads = sorted({1, os.cpu_count() or 1})
     m: dict = {"concept": concept, "size": cfg.size, "opset": cfg.opset, "threads": threads}
+    m["splits"] = {"parity_and_variants": "test", "int8_calibration": "val"}
     with atomic_dir(out) as tmp:
         # 2. fixed and dynamic-batch fp32 models, checked against torch
         fixed = export_onnx(model, tmp / "model.onnx", cfg.size, cfg.opset)

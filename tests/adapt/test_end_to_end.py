@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.adapt.lora import adaptable_layers, load_adapter, spec_ranks
 from pipeline.core.io import atomic_write_json
+from pipeline.data.dataset import read_pairs
 from pipeline.data.pairs import GeneratePairsConfig, generate_pairs
 from pipeline.data.sources import DataConfig, prepare_sources
 from pipeline.data.teachers import ConceptConfig, build_teacher
@@ -80,6 +81,7 @@ def project(tmp_path_factory, crops128) -> Path:
     params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1)
     params["finetune_lora"]["train"].update(steps=4, batch_size=4, ckpt_every=2, ndf=8)
     params["finetune_lora"]["subset_fraction"] = 0.5
+    params["evaluate"].update(bootstrap=200, kid_bootstrap=2, fid=False, fid_bootstrap=0, grid=2)
     params["concepts"] = {"demo": {"prompt": "make it winter", "teacher": {"kind": "filters", "op": "winter"}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -164,6 +166,20 @@ def test_analyze_search_finetune(project):
     assert (out / "adapter_model.safetensors").read_bytes() == (
         project / "models/lora_again/adapter_model.safetensors"
     ).read_bytes()
+
+    # 5. evaluate@demo: test photos only, per-crop metrics with photo intervals, paired differences
+    p = _stage(project, "evaluate", "demo")
+    assert p.returncode == 0, p.stderr
+    ev = json.loads((project / "reports/evaluate/demo.json").read_text())
+    test = [r for r in read_pairs(project / "data/pairs/demo") if r["split"] == "test"]
+    assert ev["split"] == "test" and ev["test_pairs"] == len(test) == 4 and ev["test_photos"] == 2
+    for name in ("student", "base_without_adapter", "identity"):
+        lp = ev[name]["lpips"]
+        assert lp["ci95"]["low"] <= lp["mean"] <= lp["ci95"]["high"] and ev[name]["photos"] == 2
+    assert set(ev["paired"]) == {"student_minus_identity", "student_minus_base_without_adapter"}
+    d = ev["paired"]["student_minus_identity"]["lpips"]
+    assert d["mean"] == pytest.approx(ev["student"]["lpips"]["mean"] - ev["identity"]["lpips"]["mean"])
+    assert d["ci95"]["low"] <= d["mean"] <= d["ci95"]["high"] and d["photos"] == 2
 
 
 @pytest.mark.slow
