@@ -1,6 +1,6 @@
 """The paper's headline table and ablations on our data: every method trained on the same concept's pairs
-with the same loop (pix2pix objective, same λs, same batch and resolution), scored on the same held-out
-pairs against the teacher.
+with the same loop (pix2pix objective, same λs, same batch and resolution), scored against the teacher on
+the same pairs: the best step is chosen on the concept's val photos, every figure is read on its test photos.
 
 Methods (keys for --methods):
   pix2pix         pix2pix ResNet-9 from scratch, all pairs
@@ -15,7 +15,7 @@ Methods (keys for --methods):
   e2gan_random    the searched ranks, a random half
 The last six are search_ranks' own comparison rows (pipeline.adapt.ranks.comparison_rows), trained longer here.
 
-Columns: held-out LPIPS (final and best), KID, trainable params, stored bytes per concept (the real
+Columns: test LPIPS (at the final step, and at the step with the best val LPIPS), test KID, trainable params, stored bytes per concept (the real
 safetensors file: the whole generator for scratch/full fine-tune, the peft adapter for LoRA), training
 seconds (evaluation excluded) and training FLOPs (torch.utils.flop_counter on one step × steps).
 
@@ -138,16 +138,16 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
         cfg = fcfg.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, **({"lr_g": lr} if lr else {})})
         data = cb.pairs.subset(subsets[data_kind])
         flops = step_flops(G, data, cfg)
-        curve = train_curve(G, data, cfg, steps, scale["eval_every"], cb.lpips)
-        best = min(curve, key=lambda r: r["lpips"])
+        curve = train_curve(G, data, cfg, steps, scale["eval_every"], cb.scores)
+        best = min(curve, key=lambda r: r["lpips_val"])  # chosen on val, reported on test
         rows.append(
             {
                 "key": key,
                 "method": label,
                 "pairs": len(subsets[data_kind]),
                 "steps": steps,
-                "lpips_final": curve[-1]["lpips"],
-                "lpips_best": best["lpips"],
+                "lpips_final": curve[-1]["lpips_test"],
+                "lpips_best": best["lpips_test"],
                 "steps_to_best": best["step"],
                 "seconds_to_best": best["train_seconds"],
                 "kid": cb.kid(G),
@@ -160,10 +160,12 @@ def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:
         )
     return {
         "concept": c,
-        "heldout_pairs": len(cb.inputs),
+        "val_pairs": len(cb.val.inputs),
+        "test_pairs": len(cb.test.inputs),
+        "test_photos": len(set(cb.test.photos)),
         "train_pairs": len(cb.pairs.inputs),
         "lpips_identity": cb.lpips_identity(),
-        "lpips_base": cb.lpips(cb.base),
+        "lpips_base": cb.lpips(cb.base, "test"),
         "kid_identity": cb.kid(),
         "rows": rows,
         "ratios": ratios(rows),
@@ -176,8 +178,8 @@ def ratios(rows: list[dict]) -> dict:
     if not {"pix2pix", "e2gan"} <= set(by):
         return {}
     p, e = by["pix2pix"], by["e2gan"]
-    reach = next((r for r in e["curve"] if r["lpips"] <= p["lpips_best"]), None)  # E²GAN at pix2pix's best
-    cross = next((r for r in p["curve"] if r["lpips"] <= e["lpips_final"]), None)  # pix2pix at E²GAN's final
+    reach = next((r for r in e["curve"] if r["lpips_test"] <= p["lpips_best"]), None)  # E²GAN at pix2pix's best
+    cross = next((r for r in p["curve"] if r["lpips_test"] <= e["lpips_final"]), None)  # pix2pix at E²GAN's final
     return {
         "time_vs_pix2pix_to_best": e["train_seconds"] / p["seconds_to_best"],
         "time_to_pix2pix_best": reach["train_seconds"] / p["seconds_to_best"] if reach else None,
@@ -193,12 +195,12 @@ def markdown(result: dict) -> str:
     out = []
     for r in result["concepts"]:
         out += [
-            f"### {r['concept']} ({r['train_pairs']} training pairs, {r['heldout_pairs']} held-out; "
+            f"### {r['concept']} ({r['train_pairs']} training pairs, {r['val_pairs']} val, {r['test_pairs']} test; "
             f"LPIPS base {r['lpips_base']:.3f}, identity {r['lpips_identity']:.3f}; KID identity "
             f"{r['kid_identity']:.4f})",
             "",
-            "| method | pairs | steps | LPIPS final | LPIPS best | KID | trainable params | stored bytes | train s | "
-            "train TFLOPs |",
+            "| method | pairs | steps | test LPIPS final | test LPIPS at best val step | test KID | trainable params | "
+            "stored bytes | train s | train TFLOPs |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for x in r["rows"]:
@@ -238,6 +240,7 @@ def main() -> None:
     result = {
         "scale": args.scale,
         "settings": scale,
+        "splits": {"best_step": "val", "figures": "test"},
         "resolution": params.data.image_size,
         "threads": torch.get_num_threads(),
         "lambda_l1": params.finetune_lora.train.lambda_l1,

@@ -1,4 +1,4 @@
-"""What the training benchmarks share: one concept's data, held-out pairs, conditioning and scorers
+"""What the training benchmarks share: one concept's data, val and test pairs, conditioning and scorers
 (`ConceptBench`), and a training curve through the pipeline's own loop (`train_curve`: `fit` with its
 untimed evaluation hook), on the device from E2GAN_DEVICE (auto: CUDA when there is one).
 """
@@ -17,7 +17,7 @@ import torch
 from pipeline.adapt.subset import choose_subset
 from pipeline.config import PipelineConfig, load_params
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
-from pipeline.data.dataset import concept_condition, heldout_pairs, load_concepts
+from pipeline.data.dataset import EvalPairs, concept_condition, load_concepts, split_pairs
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.infer import run_generator
 from pipeline.model.train import build_models, fit
@@ -29,7 +29,9 @@ RESULTS = Path("bench/results")
 @dataclass
 class ConceptBench:
     """One concept as the pipeline left it (`make run`): the base, the searched LoRA spec, the training
-    pairs, `eval_limit` held-out pairs (0 = all) and the prompts' text condition."""
+    pairs, its `val` pairs (where every choice, e.g. a best step, is read) and `test` pairs (what is reported),
+    each all of them or at most `eval_limit` spread over all the split's photos, and the prompts' text
+    condition."""
 
     name: str
     params: PipelineConfig
@@ -37,8 +39,8 @@ class ConceptBench:
     meta: dict
     spec: dict
     pairs: object  # pipeline.data.dataset.PairData
-    inputs: list
-    teacher: list
+    val: EvalPairs
+    test: EvalPairs
     tokens: torch.Tensor
     mask: torch.Tensor
 
@@ -50,30 +52,41 @@ class ConceptBench:
         paths = stage_paths("finetune_lora", name, root)  # where the pipeline keeps this concept's inputs
         base, meta = load_generator(paths["base"])
         concept = load_concepts({name: paths["pairs"]}, meta["text_encoder"], {name: paths["prompts"]})[name]
-        inputs, teacher = heldout_pairs(concept.folder, eval_limit)
+        seed = params.finetune_lora.train.seed
+        val, test = (split_pairs(concept.folder, s, eval_limit, seed) for s in ("val", "test"))
         tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
         spec = json.loads(paths["ranks"].read_text())
-        return cls(name, params, base, meta, spec, concept.pairs, inputs, teacher, tokens, mask)
+        return cls(name, params, base, meta, spec, concept.pairs, val, test, tokens, mask)
 
-    def outputs(self, G) -> list:
-        return run_generator(G, self.inputs, self.tokens, self.mask)
+    def _split(self, split: str) -> EvalPairs:
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        return self.val if split == "val" else self.test
 
-    def lpips(self, G) -> float:
-        """Mean held-out LPIPS (alex) of G's outputs against the teacher's."""
-        return float(np.mean(lpips_distance(self.outputs(G), self.teacher)))
+    def outputs(self, G, split: str) -> list:
+        return run_generator(G, self._split(split).inputs, self.tokens, self.mask)
+
+    def lpips(self, G, split: str) -> float:
+        """Mean LPIPS (alex) of G's outputs against the teacher's on `split` (val to choose, test to report)."""
+        return float(np.mean(lpips_distance(self.outputs(G, split), self._split(split).teacher)))
+
+    def scores(self, G) -> dict[str, float]:
+        """What a training curve records per evaluation: LPIPS on val (to choose the best step) and on test."""
+        return {"lpips_val": self.lpips(G, "val"), "lpips_test": self.lpips(G, "test")}
 
     @functools.cached_property
     def teacher_features(self) -> np.ndarray:
-        return inception_features(self.teacher)
+        return inception_features(self.test.teacher)
 
     def kid(self, G=None) -> float:
-        """KID of G's held-out outputs (the inputs when G is None) against the teacher's."""
+        """KID of G's test outputs (the inputs when G is None) against the teacher's (a reported figure)."""
         return kid_from_features(
-            inception_features(self.outputs(G) if G is not None else self.inputs), self.teacher_features
+            inception_features(self.outputs(G, "test") if G is not None else self.test.inputs), self.teacher_features
         )
 
     def lpips_identity(self) -> float:
-        return float(np.mean(lpips_distance(self.inputs, self.teacher)))
+        """The identity mapping's test LPIPS against the teacher."""
+        return float(np.mean(lpips_distance(self.test.inputs, self.test.teacher)))
 
     def subset(self, strategy: str) -> list[int]:
         """Training-pair indices: every pair ('all') or finetune_lora.subset_fraction of them by `strategy`."""
@@ -84,14 +97,16 @@ class ConceptBench:
 
 
 def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate) -> list[dict]:
-    """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` every `eval_every` steps through
-    fit's evaluation hook (not timed). Returns [{step, train_seconds, lpips}, ...]; G ends on the CPU."""
+    """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` (a dict of scores, e.g.
+    ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). Returns
+    [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
     cfg = cfg.model_copy(update={"steps": steps, "ckpt_every": steps, "log_every": min(cfg.log_every, steps)})
     curve: list[dict] = []
 
     def hook(model, step: int, seconds: float) -> None:
-        curve.append({"step": step, "train_seconds": round(seconds, 2), "lpips": evaluate(model)})
-        print(f"  step {step}: lpips {curve[-1]['lpips']:.4f} after {seconds:.0f} s", flush=True)
+        curve.append({"step": step, "train_seconds": round(seconds, 2), **evaluate(model)})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in curve[-1].items() if k not in ("step", "train_seconds"))
+        print(f"  step {step}: {shown} after {seconds:.0f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="e2gan-bench-") as work:
         fit(build_models(G, cfg), data, cfg, Path(work), desc="bench", evaluate=hook, eval_every=eval_every)

@@ -3,7 +3,7 @@
 - no-op `dvc repro` (everything up to date) vs the recorded cost of a full run (the stages' own
   timings), and vs `dvc status` (the least DVC can do);
 - a new concept end to end (`dvc repro` of its five stages after adding it to params.yaml)
-  vs pix2pix from scratch to its best held-out LPIPS (bench/results/baselines.json) and vs
+  vs pix2pix from scratch to its best LPIPS (bench/results/baselines.json) and vs
   the full default run.
 
     python -m bench.dvc_timing                 # no-op timing only

@@ -66,8 +66,8 @@ def base_model() -> list[str]:
         "",
         provenance("reports/train_base/quality.json", "dvc repro train_base"),
         "",
-        f"{q['steps']} steps, {q['train_seconds']} s of training. Held-out LPIPS (alex) and PSNR against the "
-        "teacher; the last two rows are calibration concepts the base never saw.",
+        f"{q['steps']} steps, {q['train_seconds']} s of training. LPIPS (alex) and PSNR against the teacher on "
+        f"the {q.get('split', 'held-out')} photos; the last two rows are calibration concepts the base never saw.",
         "",
         *table(["concept", "LPIPS base", "LPIPS identity", "PSNR base", "PSNR identity", "crops"], rows),
         "",
@@ -145,7 +145,9 @@ def ranks() -> list[str]:
         "",
         f"Searched: {r['params']} parameters (budget {r['budget_params']}), {100 * r['energy_kept']:.0f} % of dW's "
         f"spectral energy. Each row is a {r['settings']['compare_steps']}-step fine-tune per calibration concept, "
-        f"scored on {r['settings']['eval_limit']} held-out pairs each: one seed, no interval.",
+        f"scored on {r['settings']['eval_limit']} "
+        f"{'val crops (spread over all val photos)' if r.get('split') == 'val' else 'held-out pairs'} each: "
+        "one seed, no interval.",
         "",
         *table(["row", "params", "share of base", *cal, "mean LPIPS", "gain vs base"], rows),
         "",
@@ -154,13 +156,20 @@ def ranks() -> list[str]:
 
 FT_COLS = "concept|trainable params|share of base|adapter bytes|train s|pairs used|LPIPS LoRA|LPIPS base|LPIPS identity"
 EV_COLS = (
-    "concept|held-out crops|LPIPS student|LPIPS base|LPIPS identity|KID student|KID identity|FID student|"
+    "concept|crops|LPIPS student|LPIPS base|LPIPS identity|Δ LPIPS vs base|KID student|KID identity|FID student|"
     "FID identity|PSNR|SSIM"
 )
 
 
+def _spread(x: dict) -> str:
+    """A per-crop metric as 'mean [low, high]' (files from before photo intervals: 'mean ± boot_std')."""
+    if "ci95" in x:
+        return f"{x['mean']:.3f} [{x['ci95']['low']:.3f}, {x['ci95']['high']:.3f}]"
+    return f"{x['mean']:.3f} ± {x['boot_std']:.3f}"
+
+
 def _ft_row(c: str, m: dict) -> list:
-    h = m["heldout"]
+    h = m.get("val") or m["heldout"]
     return [
         c,
         m["trainable_params"],
@@ -180,10 +189,11 @@ def _ev_row(c: str, e: dict) -> list:
     s, b, i = e["student"], e["base_without_adapter"], e["identity"]
     return [
         c,
-        e["heldout_pairs"],
-        f"{s['lpips']['mean']:.3f} ± {s['lpips']['boot_std']:.3f}",
+        e.get("test_pairs", e.get("heldout_pairs")),
+        _spread(s["lpips"]),
         f"{b['lpips']['mean']:.3f}",
         f"{i['lpips']['mean']:.3f}",
+        _spread(d) if (d := e.get("paired", {}).get("student_minus_base_without_adapter", {}).get("lpips")) else None,
         f"{s['kid']['value']:.4f}",
         f"{i['kid']['value']:.4f}",
         _fid(s),
@@ -193,10 +203,48 @@ def _ev_row(c: str, e: dict) -> list:
     ]
 
 
+def _ev_note(files: list[dict]) -> str:
+    if files and all(e.get("split") == "test" for e in files):
+        return (
+            "On the test photos. [low, high] is a 95 % bootstrap interval over test photos (a photo's crops "
+            "together); Δ is student minus base on the same crops; one training seed."
+        )
+    return "± is the standard deviation over bootstrap resamples of the held-out crops (not of photos, not of seeds)."
+
+
+def _baselines_note(b: dict) -> str:
+    n = b["settings"]["eval_limit"] or "all"
+    if b.get("splits"):
+        return (
+            f"the best step is chosen on {n} val crops (spread over all val photos) and every figure is read on "
+            f"{n} test crops: these figures prove nothing beyond one run."
+        )
+    return (
+        f"the held-out set is the first {n} held-out pairs, which is also where the best step is read: these "
+        "figures choose nothing and prove nothing beyond one run."
+    )
+
+
+def _spread_note() -> str:
+    files = [load(f"reports/evaluate/{c}.json") or {} for c in concepts()]
+    if files and all(e.get("split") == "test" for e in files):
+        return (
+            "Read the spreads with care: the pipeline's choices (layers, ranks) read the val photos and the "
+            "reported figures the test photos; intervals are a bootstrap over photos, with one training seed. "
+            "A paired difference whose interval contains 0 is a tie."
+        )
+    return (
+        "Read the spreads with care: the pipeline's choices (layers, ranks) and the reported figures still use "
+        "the same held-out photos, with one training seed, and ± below is a bootstrap over crops. A difference "
+        "smaller than a few of those spreads is a tie."
+    )
+
+
 def adapters() -> list[str]:
     out = ["## Per-concept adapters (`finetune_lora`, `evaluate`)", ""]
     ft = [_ft_row(c, m) for c in concepts() if (m := load(f"reports/finetune_lora/{c}/metrics.json"))]
-    ev = [_ev_row(c, e) for c in concepts() if (e := load(f"reports/evaluate/{c}.json"))]
+    ev_files = [e for c in concepts() if (e := load(f"reports/evaluate/{c}.json"))]
+    ev = [_ev_row(e["concept"], e) for e in ev_files]
     if ft:
         out += [
             provenance("reports/finetune_lora", "dvc repro finetune_lora@<concept>"),
@@ -208,7 +256,7 @@ def adapters() -> list[str]:
         out += [
             provenance("reports/evaluate", "dvc repro evaluate@<concept>"),
             "",
-            "± is the standard deviation over bootstrap resamples of the held-out crops (not of photos, not of seeds).",
+            _ev_note(ev_files),
             "",
             *table(EV_COLS.split("|"), ev),
             "",
@@ -279,9 +327,7 @@ def baselines() -> list[str]:
         "",
         provenance("bench/results/baselines.json", "python -m bench.baselines --concepts winter"),
         "",
-        f"Scale `{b['scale']}`, {b['resolution']}², {b['threads']} threads. One seed; the held-out set is the first "
-        f"{b['settings']['eval_limit']} held-out pairs, which is also where the best step is read: these figures "
-        "choose nothing and prove nothing beyond one run.",
+        f"Scale `{b['scale']}`, {b['resolution']}², {b['threads']} threads. One seed; " + _baselines_note(b),
         "",
     ]
     for c in b["concepts"]:
@@ -308,7 +354,7 @@ def baselines() -> list[str]:
                     "pairs",
                     "steps",
                     "LPIPS final",
-                    "LPIPS best",
+                    "LPIPS at best val step" if b.get("splits") else "LPIPS best",
                     "KID",
                     "trainable params",
                     "stored bytes",
@@ -480,9 +526,7 @@ def main() -> None:
         "pipeline's own figures (`reports/`) come from the default `dvc repro` on a 2-core x86_64 CPU machine; "
         "the default teacher is the `filters` stand-in, not a diffusion editor.",
         "",
-        "Read the spreads with care: the pipeline's choices (layers, ranks) and the reported figures still use "
-        "the same held-out photos, with one training seed, and ± below is a bootstrap over crops. A difference "
-        "smaller than a few of those spreads is a tie.",
+        _spread_note(),
         "",
     ]
     for section in (

@@ -33,13 +33,19 @@ def run(params, paths, concept: str) -> None:
         (paths.pairs / "metadata.jsonl").read_text(),
         paths.prompts.read_text(),
     )
-    before = evaluate_concept(base, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
+    score = dict(split="val", limit=cfg.eval_limit, prompts=paths.prompts, seed=cfg.train.seed)  # a choice: never test
+    before = evaluate_concept(base, paths.pairs, meta["text_encoder"], **score)
     with work_folder(paths.work, c, *key) as work:
         model, history, facts = finetune_concept(base, spec, data, cfg, work)
-    after = evaluate_concept(model, paths.pairs, meta["text_encoder"], cfg.eval_limit, paths.prompts)
+    after = evaluate_concept(model, paths.pairs, meta["text_encoder"], **score)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", f"finetune_lora {c}")
     write_samples(
-        model, {c: paths.pairs}, meta["text_encoder"], paths.reports / "samples.png", prompts={c: paths.prompts}
+        model,
+        {c: paths.pairs},
+        meta["text_encoder"],
+        paths.reports / "samples.png",
+        split="val",
+        prompts={c: paths.prompts},
     )
     card = {
         "concept": c,
@@ -58,7 +64,8 @@ def run(params, paths, concept: str) -> None:
             "trainable_share": facts["trainable_params"] / n_base,
             "base_params": n_base,
             "steps": cfg.train.steps,
-            "heldout": {"base": before["student"], "lora": after["student"], "identity": after["identity"]},
+            "split": "val",
+            "val": {"base": before["student"], "lora": after["student"], "identity": after["identity"]},
             "lpips_gain_vs_base": before["student"]["lpips"] - after["student"]["lpips"],
             "lpips_gain_vs_identity": after["lpips_gain_vs_identity"],
         },

@@ -45,8 +45,9 @@ def _write(G, history, seconds, params, paths, sel, folders, world) -> None:
     if world > 1:
         log.info("train_base: trained data-parallel on %d processes", world)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", "train_base")
-    quality = evaluate_concepts(G, {**folders, **{op: paths.pairs / op for op in sel["calibration"]}}, encoder)
-    write_samples(G, folders, encoder, paths.reports / "samples.png")
+    everyone = {**folders, **{op: paths.pairs / op for op in sel["calibration"]}}
+    quality = evaluate_concepts(G, everyone, encoder, split="test")  # reported, chooses nothing
+    write_samples(G, folders, encoder, paths.reports / "samples.png", split="test")
     save_generator(
         G,
         paths.out,
@@ -63,7 +64,8 @@ def _write(G, history, seconds, params, paths, sel, folders, world) -> None:
         {
             "train_seconds": seconds,
             "steps": cfg.train.steps,
+            "split": "test",
             "concepts": quality,
-            "text_conditioning": conditioning_matrix(G, folders, encoder),
+            "text_conditioning": conditioning_matrix(G, folders, encoder, split="test"),
         },
     )

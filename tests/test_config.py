@@ -49,7 +49,14 @@ CASES = [
     ),
     ("wrong_type", lambda d: _set(d, "data.image_size", "big"), ["data.image_size", "integer", "'big'"]),
     ("not_multiple_of_16", lambda d: _set(d, "data.image_size", 100), ["data.image_size", "multiple of 16", "try 96"]),
-    ("out_of_range", lambda d: _set(d, "data.heldout_fraction", 1.5), ["data.heldout_fraction", "less than 1"]),
+    ("out_of_range", lambda d: _set(d, "data.val_fraction", 1.5), ["data.val_fraction", "less than 1"]),
+    ("empty_val", lambda d: _set(d, "data.val_fraction", 0.0), ["data.val_fraction", "greater than 0"]),
+    (
+        "no_train_left",
+        lambda d: d["data"].update(val_fraction=0.5, test_fraction=0.6),
+        ["data.val_fraction + data.test_fraction = 1.1", "no train photos", "keep their sum below 1"],
+    ),
+    ("old_split_key", lambda d: _set(d, "data.heldout_fraction", 0.2), ["data.heldout_fraction", "unknown key"]),
     (
         "unknown_teacher",
         lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "midjourney"}),
@@ -85,6 +92,17 @@ def test_malformed_params_give_one_clear_line(params_dict, case, mutate, expecte
     for part in expected:
         assert part in msg, f"{part!r} not in {msg!r}"
     assert "pydantic" not in msg and "errors.pydantic.dev" not in msg
+
+
+def test_a_stage_refuses_split_fractions_that_leave_no_train_photos(tmp_path, params_dict):
+    from pipeline.config import load_stage_params
+
+    params_dict["data"].update(val_fraction=0.4, test_fraction=0.6)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    with pytest.raises(ConfigError) as exc:
+        load_stage_params("prepare_sources", ["data"], tmp_path / "params.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg and "data.val_fraction + data.test_fraction = 1 leaves no train photos" in msg, msg
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

@@ -3,12 +3,14 @@
 Two scorers, both on the calibration concepts (held back from the base, so they act like new targets):
 
 - probe: LoRA (rank `probe_rank`) on one group alone, fine-tuned for `probe_steps` on each calibration
-  concept; the score is the held-out LPIPS gain vs the teacher over the untouched base (and the gain
-  per thousand LoRA parameters, since groups differ in size).
+  concept; the score is the LPIPS gain vs the teacher over the untouched base on the concept's `val`
+  photos (and the gain per thousand LoRA parameters, since groups differ in size).
 - delta: every weight fine-tuned for `full_steps`; the score is the relative weight change
   |dW|_F / |W|_F of the group. The dW matrices are kept: search_ranks reads their spectra.
 
-The crucial groups are the `top_k` by the chosen scorer whose probe gain exceeds `min_gain`.
+The crucial groups are the `top_k` by the chosen scorer whose probe gain exceeds `min_gain`. Every score
+here is a choice, so it reads `val` only (at most `eval_limit` crops spread over all val photos, the same
+crops for every probe); `test` is left for the reported figures.
 Each probe's result is recorded as it finishes, so a killed run resumes at the next probe.
 """
 
@@ -42,7 +44,7 @@ class AnalyzeLayersConfig(FrozenConfig):
     probe_batch: int = Field(4, ge=1)
     probe_rank: int = Field(4, ge=1)
     full_steps: int = Field(40, ge=1)  # scorer 'delta': a short full fine-tune, then |dW|/|W| per layer
-    eval_limit: int = Field(32, ge=1)  # held-out pairs per calibration concept for the probe scores
+    eval_limit: int = Field(32, ge=1)  # val crops per calibration concept for the scores, spread over all val photos
     select_by: Literal["probe", "delta", "mean_rank"] = "probe"
     top_k: int = Field(5, ge=1)  # this many groups become the crucial layers ...
     min_gain: float = 0.0  # ... of those with a probe LPIPS gain above this
@@ -107,6 +109,11 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else 1.0
 
 
+def _val_lpips(model: nn.Module, concept: ConceptData, cfg: AnalyzeLayersConfig) -> float:
+    """The score every choice here is made by: LPIPS on at most `eval_limit` val crops spread over all val photos."""
+    return concept_lpips(model, concept, split="val", limit=cfg.eval_limit, seed=cfg.seed)
+
+
 def _probes(
     base: nn.Module,
     groups: dict[str, list[str]],
@@ -124,7 +131,7 @@ def _probes(
         model, _, seconds = finetune(
             base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {g}/{c}", perceptual
         )
-        return {"lpips": concept_lpips(model, data[c], cfg.eval_limit), "seconds": round(seconds, 2)}
+        return {"lpips": _val_lpips(model, data[c], cfg), "seconds": round(seconds, 2)}
 
     return run_recorded(
         [(g, c) for g in groups for c in data], work / "probes.json", "analyze_layers: probes", "probe", probe
@@ -141,7 +148,7 @@ def _full_finetunes(
     perceptual,
 ) -> tuple[dict, dict, dict]:
     """Scorer 'delta': a short full fine-tune per concept; returns (dW per "<concept>/<layer>", the relative
-    change per group and concept, the fine-tuned model's held-out LPIPS per concept)."""
+    change per group and concept, the fine-tuned model's val LPIPS per concept)."""
     layers = [n for g in groups.values() for n in g]
     fullcfg = probe_config(fcfg, cfg.full_steps, cfg.probe_batch, cfg.seed)
     before = _weights(base, layers)
@@ -155,7 +162,7 @@ def _full_finetunes(
             deltas[f"{c}/{n}"] = (after[n] - before[n]).contiguous()
         for g, names in groups.items():
             rel[g][c] = relative_change(before, after, names)
-        lpips[c] = concept_lpips(model, data[c], cfg.eval_limit)
+        lpips[c] = _val_lpips(model, data[c], cfg)
     return deltas, rel, lpips
 
 
@@ -206,7 +213,7 @@ def analyze_layers(
     # 1. both scorers on every group and calibration concept
     groups = layer_groups(base)
     perceptual = lpips_loss()
-    base_lpips = {c: concept_lpips(base, calib[c], cfg.eval_limit) for c in calib}
+    base_lpips = {c: _val_lpips(base, calib[c], cfg) for c in calib}
     done = _probes(base, groups, calib, cfg, fcfg, work, perceptual)
     deltas, rel, full_lpips = _full_finetunes(base, groups, calib, cfg, fcfg, work, perceptual)
     full_gain = {c: base_lpips[c] - full_lpips[c] for c in calib}
@@ -221,6 +228,7 @@ def analyze_layers(
         )
     table = {
         "calibration": list(calib),
+        "split": "val",
         "base_lpips": base_lpips,
         "full_finetune_gain": full_gain,
         "select_by": cfg.select_by,
@@ -248,7 +256,7 @@ def plot_importance(table: dict, out_png: Path) -> None:
     colours = ["C3" if n in table["crucial_groups"] else "0.6" for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
     axes[0].barh(names, [r["probe_gain"] for r in rows], color=colours)
-    axes[0].set_xlabel("held-out LPIPS gain, LoRA on this group alone")
+    axes[0].set_xlabel("val LPIPS gain, LoRA on this group alone")
     axes[1].barh(names, [r["delta_rel_change"] for r in rows], color=colours)
     axes[1].set_xlabel("|dW| / |W| after a short full fine-tune")
     axes[0].invert_yaxis()

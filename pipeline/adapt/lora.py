@@ -22,7 +22,7 @@ class FinetuneConfig(FrozenConfig):
     subset: Literal["kmeans", "random", "all"] = "kmeans"  # which training pairs to keep
     subset_fraction: float = Field(0.5, gt=0.0, le=1.0)  # kept share of the concept's training pairs
     subset_features: str = "lpips"  # "lpips" (offline AlexNet features) or a CLIP id/path
-    eval_limit: int = Field(0, ge=0)  # held-out pairs scored at the end (0 = all)
+    eval_limit: int = Field(0, ge=0)  # val crops scored before and after (0 = all; else spread over all val photos)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
 

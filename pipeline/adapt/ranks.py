@@ -12,7 +12,8 @@ parameter and still fits the parameter budget; it stops when the kept energy rea
 nothing fits. The result is exactly what peft takes (target_modules, r, lora_alpha, rank_pattern,
 alpha_pattern). It is then checked the way the paper does: short fine-tunes on the calibration
 concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
-ranks on a random subset and on all the data).
+ranks on a random subset and on all the data). The comparison is scored on `val` (at most `eval_limit`
+crops spread over all val photos, the same crops for every row), never on `test`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class SearchRanksConfig(FrozenConfig):
     uniform_high: int = Field(4, ge=1)
     compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
     compare_batch: int = Field(4, ge=1)
-    eval_limit: int = Field(32, ge=1)
+    eval_limit: int = Field(32, ge=1)  # val crops per calibration concept, spread over all val photos
     seed: int = 0
 
     @field_validator("ranks")
@@ -178,6 +179,11 @@ def comparison_rows(
     return rows
 
 
+def _val_lpips(model: nn.Module, concept: ConceptData, cfg: SearchRanksConfig) -> float:
+    """LPIPS on at most `eval_limit` val crops spread over all val photos."""
+    return concept_lpips(model, concept, split="val", limit=cfg.eval_limit, seed=cfg.seed)
+
+
 def _compare(
     base: nn.Module,
     rows: list[ComparisonRow],
@@ -212,7 +218,7 @@ def _compare(
             f"{name}/{c}",
             perceptual,
         )
-        return {"lpips": concept_lpips(model, calib[c], cfg.eval_limit), "seconds": round(seconds, 2)}
+        return {"lpips": _val_lpips(model, calib[c], cfg), "seconds": round(seconds, 2)}
 
     done = run_recorded(
         [(r.name, c) for r in rows for c in calib], work / "rows.json", "search_ranks: comparison", "run", compare
@@ -240,7 +246,7 @@ def search_ranks(
     spec = lora_spec(ranks, cfg.alpha_scale)
     # 2. the comparison rows, each a short fine-tune per calibration concept
     rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset)
-    base_lpips = {c: concept_lpips(base, d, cfg.eval_limit) for c, d in calib.items()}
+    base_lpips = {c: _val_lpips(base, d, cfg) for c, d in calib.items()}
     done, subsets = _compare(base, rows_def, calib, cfg, fcfg, work)
     rows = []
     for row in rows_def:
@@ -267,6 +273,7 @@ def search_ranks(
         "params": count(modules, ranks),
         "energy_kept": trace[-1]["energy"],
         "trace": trace,
+        "split": "val",
         "base_lpips": base_lpips,
         "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])} for n in crucial},
         "comparison": rows,
@@ -277,7 +284,7 @@ def search_ranks(
 
 
 def plot_ranks(report: dict, out_png: Path) -> None:
-    """Left: the searched rank per layer. Right: held-out LPIPS vs trainable params of each comparison row."""
+    """Left: the searched rank per layer. Right: val LPIPS vs trainable params of each comparison row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +298,7 @@ def plot_ranks(report: dict, out_png: Path) -> None:
     for i, row in enumerate(report["comparison"]):
         axes[1].scatter(row["params"] / 1000, row["lpips"], s=60, color=f"C{i}", label=row["row"])
     axes[1].set_xlabel("trainable params (thousands)")
-    axes[1].set_ylabel("held-out LPIPS vs teacher (lower is better)")
+    axes[1].set_ylabel("val LPIPS vs teacher (lower is better)")
     axes[1].legend(fontsize=7)
     fig.suptitle(
         f"search_ranks: {report['params']} params (budget {report['budget_params']}), "

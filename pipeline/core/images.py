@@ -1,4 +1,4 @@
-"""Safe image loading, deterministic crops and the train/held-out split (by photo, never by crop).
+"""Safe image loading, deterministic crops and the train / val / test split (by photo, never by crop).
 
 A photo folder may hold anything: every file is either loaded or skipped with an ImageLoadError that names
 it and says why, never a traceback. Memory is bounded however large a file's header says the image is:
@@ -367,9 +367,31 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(arr[y : y + size, x : x + size])
 
 
-def split_photos(names: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split photo names into (train, heldout) deterministically, by photo: crops of one photo never straddle."""
+SPLITS = ("train", "val", "test")  # train: fitting; val: every choice; test: every reported figure
+
+
+class SplitError(E2GANError):
+    """Too few photos to fill train, val and test."""
+
+
+def split_photos(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Split photo names into {"train", "val", "test"} by photo, so crops of one photo never cross splits.
+
+    Photos are ranked by a hash of (seed, name), so the split depends on the seed and the names only, not on
+    their order. The first round(n * test_fraction) are test, the next round(n * val_fraction) val, the rest
+    train; each split gets at least one photo (val and test shrink, larger first, to leave one for train).
+    Raises SplitError for fewer than 3 photos."""
+    if len(names) < 3:
+        raise SplitError(
+            f"data: {len(names)} usable photo(s) cannot fill train, val and test (3 needed); "
+            "add photos or lower data.min_size"
+        )
     ranked = sorted(names, key=lambda n: stable_seed("split", seed, n))
-    n_held = max(1, round(len(ranked) * heldout_fraction)) if len(ranked) > 1 else 0
-    held = sorted(ranked[:n_held])
-    return sorted(ranked[n_held:]), held
+    n_test, n_val = max(1, round(len(ranked) * test_fraction)), max(1, round(len(ranked) * val_fraction))
+    while n_test + n_val > len(ranked) - 1:
+        n_test, n_val = (n_test - 1, n_val) if n_test >= n_val else (n_test, n_val - 1)
+    return {
+        "train": sorted(ranked[n_test + n_val :]),
+        "val": sorted(ranked[n_test : n_test + n_val]),
+        "test": sorted(ranked[:n_test]),
+    }

@@ -1,18 +1,25 @@
 """A concept's pairs in memory: the one place that reads a pairs folder and its prompts for training,
-evaluation and export (`read_pairs`, `PairData`, `ConceptData`, the held-out pairs and the text condition)."""
+evaluation and export (`read_pairs`, `PairData`, `ConceptData`, one split's pairs for scoring and the text
+condition)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from pipeline.core.errors import E2GANError
-from pipeline.core.images import load_rgb
+from pipeline.core.images import SPLITS, load_rgb, stable_seed
 from pipeline.core.tensors import to_signed
+
+
+class DataError(E2GANError):
+    """Pairs that cannot be used (none left, mismatched shapes)."""
+
 
 # ----------------------------------------------------------------------------- pairs folders
 
@@ -43,12 +50,55 @@ def load_pair(r: dict) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def heldout_pairs(folder, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The held-out (inputs, teacher edits) of a pairs folder (the first `limit` when set)."""
-    rows = read_pairs(folder, "heldout")
-    rows = rows[:limit] if limit else rows
+def photo_of(row: dict) -> str:
+    """The source photo of a pairs row (pairs folders made before rows carried it: from the crop's file name)."""
+    return row.get("photo") or Path(row["input_image"]).stem.rsplit("_", 1)[0]
+
+
+def spread_sample(rows: list[dict], limit: int, seed: int) -> list[dict]:
+    """At most `limit` of `rows` spread over all their photos (0, or a limit >= len(rows): every row), in
+    their original order; never the first `limit` rows.
+
+    Photos are visited in a seeded order and, round after round, each gives its next crop (its crops also
+    in a seeded order) until `limit` crops are taken: no photo gives a second crop before every photo has
+    given one. The sample depends on the seed and the rows only, not on their order."""
+    if not limit or limit >= len(rows):
+        return list(rows)
+    by_photo: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_photo.setdefault(photo_of(r), []).append(i)
+    photos = sorted(by_photo, key=lambda ph: (stable_seed("sample", seed, ph), ph))
+    queues = [
+        sorted(by_photo[ph], key=lambda i: (stable_seed("sample", seed, rows[i]["input_image"]), i)) for ph in photos
+    ]
+    picked = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
+    return [rows[i] for i in sorted(picked[:limit])]
+
+
+class EvalPairs(NamedTuple):
+    """One split's pairs for scoring: inputs, the teacher's edits and, per pair, its source photo."""
+
+    inputs: list[np.ndarray]
+    teacher: list[np.ndarray]
+    photos: list[str]
+
+
+def split_pairs(folder, split: str, limit: int = 0, seed: int = 0) -> EvalPairs:
+    """The pairs of one split (`val` for every choice, `test` for every reported figure) of a pairs folder:
+    all of them, or at most `limit` spread over all the split's photos (spread_sample with `seed`).
+
+    `split` has no default, so no caller can score on test by accident."""
+    if split not in SPLITS:
+        raise E2GANError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+    rows = read_pairs(folder, split)
+    if not rows:
+        raise DataError(
+            f"{folder}: no {split} pairs in metadata.jsonl; check generate_pairs' metrics (every pair dropped?), "
+            "or rerun prepare_sources and generate_pairs (pairs made before the train / val / test split)"
+        )
+    rows = spread_sample(rows, limit, seed)
     pairs = [load_pair(r) for r in rows]
-    return [a for a, _ in pairs], [b for _, b in pairs]
+    return EvalPairs([a for a, _ in pairs], [b for _, b in pairs], [photo_of(r) for r in rows])
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -76,10 +126,6 @@ def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- training pairs in memory
-
-
-class DataError(E2GANError):
-    """Training pairs that cannot be used (none left, mismatched shapes)."""
 
 
 @dataclass
@@ -127,7 +173,6 @@ def load_pair_data(
     folders: dict[str, Path],
     encoder: str,
     split: str = "train",
-    limit: int = 0,
     prompts_files: dict[str, Path] | None = None,
 ) -> PairData:
     """Pairs of several concepts, each conditioned on its own instructions (its prompts.json: in the pairs
@@ -143,10 +188,7 @@ def load_pair_data(
         instr = json.loads(pfile.read_text())["instructions"]
         first = len(prompts)
         prompts += instr
-        pairs = read_pairs(folder, split)
-        if limit:
-            pairs = pairs[:limit]
-        for r in pairs:
+        for r in read_pairs(folder, split):
             a, b = load_pair(r)
             inputs.append(a)
             targets.append(b)
@@ -164,10 +206,10 @@ def load_pair_data(
 
 @dataclass
 class ConceptData:
-    """A concept's training pairs in memory plus where its held-out pairs and prompts are."""
+    """A concept's training pairs in memory plus where its val / test pairs and prompts are."""
 
     name: str
-    folder: Path  # pairs folder (train + heldout)
+    folder: Path  # pairs folder (train, val and test rows)
     encoder: str
     pairs: PairData
     prompts: Path | None = None  # prompts.json when not inside `folder`

@@ -2,7 +2,7 @@
 
 Output (`data/pairs/<concept>/`): `input/`, `edited/`, `metadata.jsonl` with the columns diffusers'
 InstructPix2Pix training script reads (`input_image`, `edit_prompt`, `edited_image`) plus seed,
-split, teacher settings and quality scores, and `index.parquet` with the same rows. Work happens in
+photo, split (`train` / `val` / `test`, from the source manifest), teacher settings and quality scores, and `index.parquet` with the same rows. Work happens in
 a scratch folder keyed by a fingerprint of everything the pairs depend on; each finished shard is
 recorded atomically, so a killed run restarts at the first unfinished shard.
 """
@@ -23,10 +23,10 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.core.frozen import FrozenConfig
-from pipeline.core.images import load_rgb, save_png, stable_seed
+from pipeline.core.images import SPLITS, load_rgb, save_png, stable_seed
 from pipeline.core.io import atomic_dir, atomic_write_json, atomic_write_text, work_folder
 from pipeline.core.progress import bar
-from pipeline.data.dataset import read_pairs
+from pipeline.data.dataset import photo_of, read_pairs
 from pipeline.data.prompts import ExpandPromptsConfig, expand_concept
 from pipeline.data.teachers import ConceptConfig, Teacher, build_teacher
 from pipeline.data.teachers.filters import FILTER_PROMPTS
@@ -58,6 +58,7 @@ class Job:
     """One pair to make: a source crop, its instruction and its seed."""
 
     id: str
+    photo: str
     split: str
     source: Path
     prompt: str
@@ -65,13 +66,13 @@ class Job:
 
 
 def plan_jobs(concept: str, sources: Path, instructions: list[str], seed: int) -> list[Job]:
-    """Every source crop (train and held-out) with a deterministic instruction and seed."""
+    """Every source crop (train, val and test) with a deterministic instruction and seed."""
     manifest = json.loads((sources / "manifest.json").read_text())
     jobs = []
     for c in manifest["crops"]:
         pid = Path(c["file"]).stem
         s = stable_seed(concept, pid, seed)
-        jobs.append(Job(pid, c["split"], sources / c["file"], instructions[s % len(instructions)], s))
+        jobs.append(Job(pid, c["photo"], c["split"], sources / c["file"], instructions[s % len(instructions)], s))
     return jobs
 
 
@@ -138,6 +139,7 @@ def _run_shard(jobs: list[Job], teacher: Teacher, work: Path, cfg: GeneratePairs
                 "edit_prompt": job.prompt,
                 "edited_image": f"edited/{job.id}.png",
                 "seed": job.seed,
+                "photo": job.photo,
                 "split": job.split,
                 **q,
                 "rejected": verdict(q, cfg),
@@ -249,8 +251,7 @@ def _assemble(rows: list[dict], work: Path, out: Path, concept: str, ccfg: Conce
         "teacher": ccfg.teacher.kind,
         "pairs": len(rows),
         "kept": len(kept),
-        "kept_train": sum(r["split"] == "train" for r in kept),
-        "kept_heldout": sum(r["split"] == "heldout" for r in kept),
+        **{f"kept_{split}": sum(r["split"] == split for r in kept) for split in SPLITS},
         "dropped": len(rows) - len(kept),
         "dropped_reasons": reasons,
         "lpips_mean": round(float(lp.mean()), 4),
@@ -269,12 +270,13 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 
 def write_grid(folder: Path, out_png: Path, n: int = 8) -> None:
-    """An image grid, input row over edited row, of the first `n` held-out pairs (then train)."""
+    """An image grid, input row over edited row, of `n` pairs from different photos (test, then val, then train)."""
     from PIL import Image
 
     rows, seen = [], set()
-    for r in sorted(read_pairs(folder), key=lambda r: (r["split"] != "heldout", r["input_image"])):
-        photo = Path(r["input_image"]).stem.rsplit("_", 1)[0]
+    order = {s: i for i, s in enumerate(reversed(SPLITS))}
+    for r in sorted(read_pairs(folder), key=lambda r: (order.get(r["split"], len(order)), r["input_image"])):
+        photo = photo_of(r)
         if photo not in seen:  # one crop per photo, so the grid shows different scenes
             seen.add(photo)
             rows.append(r)

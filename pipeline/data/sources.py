@@ -1,4 +1,4 @@
-"""Source photos -> train/held-out crops at `data.image_size`, split by photo, with a manifest."""
+"""Source photos -> train / val / test crops at `data.image_size`, split by photo, with a manifest."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.core import assets
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.images import (
+    SPLITS,
     ImageLoadError,
     load_rgb,
     probe,
@@ -34,9 +35,10 @@ class DataConfig(FrozenConfig):
     min_size: int = Field(256, ge=16)  # photos whose short side is smaller are skipped (and counted)
     image_size: int = Field(128, ge=16, le=2048)  # crop size; 256 in the paper-scale profile
     crops_per_photo: int = Field(4, ge=1, le=256)  # training crops per photo
-    heldout_crops_per_photo: int = Field(8, ge=1, le=256)  # many crops: FID on a dozen images is noise
+    eval_crops_per_photo: int = Field(8, ge=1, le=256)  # val and test crops per photo: FID on a dozen is noise
     max_photos: int = Field(0, ge=0)  # 0 = all
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # photos for every choice (layers, ranks, best steps)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # photos for every reported figure
     seed: int = 0
 
     @field_validator("image_size")
@@ -45,6 +47,15 @@ class DataConfig(FrozenConfig):
         if v % 16:
             raise ValueError(f"must be a multiple of 16 (the generator downsamples 16x); try {round(v / 16) * 16}")
         return v
+
+    @model_validator(mode="after")
+    def _train_left(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction:g} leaves no "
+                "train photos; keep their sum below 1 (e.g. 0.15 and 0.2)"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -110,15 +121,17 @@ def _usable(cfg: DataConfig) -> tuple[list[Photo], list[dict], list[str]]:
 
 
 def prepare_sources(cfg: DataConfig, out: Path) -> dict:
-    """Write `out/{train,heldout}/<photo>_<k>.png` and `out/manifest.json`; return summary counts.
+    """Write `out/{train,val,test}/<photo>_<k>.png` and `out/manifest.json`; return summary counts.
 
-    Unreadable or too-small photos, symlinks, hidden files and pipes are skipped and counted (each named
-    with the reason in the manifest), never fatal; files without a photo suffix are listed as `ignored`.
-    The directory is swapped in atomically, so a killed run leaves the previous sources intact.
+    Photos are split by photo (split_photos): train photos give `crops_per_photo` crops, val and test
+    photos `eval_crops_per_photo`. Unreadable or too-small photos, symlinks, hidden files and pipes are
+    skipped and counted (each named with the reason in the manifest), never fatal; files without a photo
+    suffix are listed as `ignored`. The directory is swapped in atomically, so a killed run leaves the
+    previous sources intact.
     """
     photos, skipped, ignored = _usable(cfg)
-    train, held = split_photos([p.name for p in photos], cfg.heldout_fraction, cfg.seed)
-    split_of = {**{n: "train" for n in train}, **{n: "heldout" for n in held}}
+    splits = split_photos([p.name for p in photos], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    split_of = {n: split for split, names in splits.items() for n in names}
     records = []
     with atomic_dir(out) as tmp:
         for photo in progress(photos, "cropping photos"):
@@ -129,7 +142,7 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
                 log.warning("skipped %s", e)
                 continue
             split = split_of[photo.name]
-            n = cfg.crops_per_photo if split == "train" else cfg.heldout_crops_per_photo
+            n = cfg.crops_per_photo if split == "train" else cfg.eval_crops_per_photo
             for k, crop in enumerate(random_crops(img, cfg.image_size, n, stable_seed(cfg.seed, photo.name))):
                 rel = f"{split}/{photo.name}_{k:02d}.png"
                 save_png(crop, tmp / rel)
@@ -145,20 +158,23 @@ def prepare_sources(cfg: DataConfig, out: Path) -> dict:
                 )
         for r in records:
             r["sha256"] = sha256_file(tmp / r["file"])
-        summary = {
-            "photos": len({r["photo"] for r in records}),
-            "photos_train": len({r["photo"] for r in records if r["split"] == "train"}),
-            "photos_heldout": len({r["photo"] for r in records if r["split"] == "heldout"}),
-            "crops_train": sum(r["split"] == "train" for r in records),
-            "crops_heldout": sum(r["split"] == "heldout" for r in records),
-            "skipped": len(skipped),
-            "image_size": cfg.image_size,
-        }
-        if not summary["crops_train"] or not summary["crops_heldout"]:
+        summary = _summary(records, len(skipped), cfg.image_size)
+        empty = [s for s in SPLITS if not summary[f"crops_{s}"]]
+        if empty:
             raise ImageLoadError(
-                f"data: {summary['photos']} usable photos give no train or no held-out crops; "
+                f"data: {summary['photos']} usable photos give no {' / '.join(empty)} crops; "
                 "add photos or lower data.min_size"
             )
         manifest = {"summary": summary, "skipped": skipped, "crops": records}
         atomic_write_json(tmp / "manifest.json", {**manifest, "ignored": ignored} if ignored else manifest)
     return summary
+
+
+def _summary(records: list[dict], skipped: int, image_size: int) -> dict:
+    """Photos and crops per split."""
+    out: dict = {"photos": len({r["photo"] for r in records})}
+    for s in SPLITS:
+        out[f"photos_{s}"] = len({r["photo"] for r in records if r["split"] == s})
+    for s in SPLITS:
+        out[f"crops_{s}"] = sum(r["split"] == s for r in records)
+    return {**out, "skipped": skipped, "image_size": image_size}

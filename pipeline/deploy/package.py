@@ -15,7 +15,7 @@ from pipeline.core.frozen import FrozenConfig
 from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.core.metrics import lpips_distance
 from pipeline.core.tensors import image_to_array
-from pipeline.data.dataset import concept_prompt, heldout_pairs
+from pipeline.data.dataset import concept_prompt, split_pairs
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
 from pipeline.deploy.export import (
     ExportError,
@@ -46,10 +46,10 @@ class ExportOnnxConfig(FrozenConfig):
 
     size: int = Field(256, ge=16, le=2048)  # the fixed input side; 256 as in the paper
     opset: int = Field(17, ge=13, le=21)
-    parity_tol: float = Field(1e-3, gt=0)  # max |onnxruntime - torch| on held-out photos (fp32)
-    parity_images: int = Field(16, ge=1)
+    parity_tol: float = Field(1e-3, gt=0)  # max |onnxruntime - torch| on test photos (fp32)
+    parity_images: int = Field(16, ge=1)  # test crops, spread over all test photos, for parity and variants
     quantize: bool = True  # also write fp16 and int8 (static, calibrated) variants
-    calibration_images: int = Field(32, ge=1)
+    calibration_images: int = Field(32, ge=1)  # int8 calibration: val crops, spread over all val photos
     latency_runs: int = Field(10, ge=1)
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
 
@@ -103,16 +103,24 @@ def check_artifact(artifact: Path, base_onnx: Path, fixed: Path, x: np.ndarray, 
     return out
 
 
-def variants(fixed: Path, folder: Path, photos: list[np.ndarray], cfg: ExportOnnxConfig, threads: list[int]) -> dict:
-    """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs, onnxruntime latency."""
-    fp32_imgs = run_onnx(fixed, photos[: cfg.parity_images])
+def variants(
+    fixed: Path,
+    folder: Path,
+    photos: list[np.ndarray],
+    calibration: list[np.ndarray],
+    cfg: ExportOnnxConfig,
+    threads: list[int],
+) -> dict:
+    """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs on `photos`, onnxruntime latency.
+    int8 is calibrated on `calibration`, which should be other photos (export_concept: val; `photos`: test)."""
+    fp32_imgs = run_onnx(fixed, photos)
     paths = {"fp32": fixed}
     if cfg.quantize:
         paths["fp16"] = to_fp16(fixed, folder / "model_fp16.onnx")
-        paths["int8"] = to_int8(fixed, folder / "model_int8.onnx", photos[-cfg.calibration_images :])
+        paths["int8"] = to_int8(fixed, folder / "model_int8.onnx", calibration)
     out = {}
     for name, path in paths.items():
-        imgs = run_onnx(path, photos[: cfg.parity_images])
+        imgs = run_onnx(path, photos)
         out[name] = {
             "bytes": path.stat().st_size,
             "lpips_vs_fp32": float(np.mean(lpips_distance(imgs, fp32_imgs))),
@@ -165,25 +173,24 @@ def export_concept(
     returns the export's metrics (parity, artifact, variants)."""
     from safetensors.torch import save_file
 
-    # 1. the merged model and the held-out photos it is checked on
+    # 1. the merged model, the test crops it is checked on and the val crops int8 is calibrated on
     model, meta = concept_model(base_dir, adapter, prompts)
-    inputs, _ = heldout_pairs(pairs)
-    if not inputs:
-        raise ExportError(f"{pairs}: no held-out pairs to check the export on; check generate_pairs@{concept}")
-    photos = _resize(inputs, cfg.size)
+    photos = _resize(split_pairs(pairs, "test", cfg.parity_images).inputs, cfg.size)
+    calibration = _resize(split_pairs(pairs, "val", cfg.calibration_images).inputs, cfg.size)
     threads = sorted({1, os.cpu_count() or 1})
     m: dict = {"concept": concept, "size": cfg.size, "opset": cfg.opset, "threads": threads}
+    m["splits"] = {"parity_and_variants": "test", "int8_calibration": "val"}
     with atomic_dir(out) as tmp:
         # 2. fixed and dynamic-batch fp32 models, checked against torch
         fixed = export_onnx(model, tmp / "model.onnx", cfg.size, cfg.opset)
         dynamic = export_onnx(model, tmp / "model_dynamic.onnx", cfg.size, cfg.opset, dynamic_batch=True)
-        x = np.concatenate([image_to_array(im) for im in photos[: cfg.parity_images]])
+        x = np.concatenate([image_to_array(im) for im in photos])
         m["parity"], fixed_out = check_parity(model, fixed, dynamic, x, cfg.parity_tol, f"export_onnx@{concept}")
         # 3. the adapter artifact for the shared base model, checked against the direct export
         save_file(adapter_artifact(adapter, model.tokens, model.mask), str(tmp / "adapter.safetensors"))
         m["adapter_artifact"] = check_artifact(tmp / "adapter.safetensors", base_onnx, fixed, x, fixed_out)
         # 4. lower-precision variants and the model card
-        m["variants"] = variants(fixed, tmp, photos, cfg, threads)
+        m["variants"] = variants(fixed, tmp, photos, calibration, cfg, threads)
         card = model_card(
             concept,
             concept_prompt(prompts),
@@ -198,10 +205,11 @@ def export_concept(
 
 
 def training_summary(metrics: dict) -> dict:
-    """The held-out figures of finetune_lora's metrics.json that go into the model card."""
+    """finetune_lora's figures (on val photos, as its metrics.json says) that go into the model card."""
     if not metrics:
         return {}
-    return {"heldout_lpips": metrics["heldout"]["lora"]["lpips"], "heldout_psnr": metrics["heldout"]["lora"]["psnr"]}
+    val = metrics["val"]["lora"]
+    return {"split": "val", "lpips": val["lpips"], "psnr": val["psnr"]}
 
 
 def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOnnxConfig, out: Path) -> None:

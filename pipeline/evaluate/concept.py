@@ -1,5 +1,5 @@
-"""evaluate@C: the student's held-out outputs against the teacher's, beside the base without its adapter and the
-identity mapping; and the input | teacher | base | student grid."""
+"""evaluate@C: the student's outputs on the test photos against the teacher's, beside the base without its
+adapter and the identity mapping, with paired differences; and the input | teacher | base | student grid."""
 
 from __future__ import annotations
 
@@ -14,37 +14,42 @@ from pipeline.core.frozen import FrozenConfig
 from pipeline.core.images import save_png
 from pipeline.core.metrics import inception_features
 from pipeline.core.plots import grid
-from pipeline.data.dataset import concept_condition, concept_prompt, heldout_pairs
-from pipeline.evaluate.sets import compare_sets
+from pipeline.data.dataset import concept_condition, concept_prompt, split_pairs
+from pipeline.evaluate.sets import compare_sets, paired_difference
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.infer import run_generator
 
 
 class EvaluateConfig(FrozenConfig):
-    """evaluate@C: held-out quality of the student against the teacher."""
+    """evaluate@C: the student's quality against the teacher on the test photos (a reported figure)."""
 
-    bootstrap: int = Field(20, ge=1)  # resamples of the held-out set for the spread of every metric
+    bootstrap: int = Field(1000, ge=1)  # resamples of the test photos: 95 % interval of every per-crop metric
+    kid_bootstrap: int = Field(20, ge=0)  # resamples of the test crops for KID's spread (a set metric)
     fid: bool = True  # FID per set (a 2048x2048 matrix square root: ~16 s on 2 CPU cores); false: KID only
-    fid_bootstrap: int = Field(5, ge=0)  # of those, how many also give FID (seconds each on a CPU; student only)
+    fid_bootstrap: int = Field(5, ge=0)  # of the KID resamples, how many also give FID (seconds each; student only)
     clip_model: str | None = None  # CLIP id/path for the directional CLIP score (none ships offline)
     grid: int = Field(6, ge=1)  # photos in the input | teacher | base | student grid
     seed: int = 0
+
+
+PAIRED = ("lpips", "psnr", "ssim", "clip_direction")  # per-crop metrics that get paired differences
 
 
 def evaluate_student(
     concept: str, base_dir: Path, adapter: Path, pairs: Path, prompts: Path, cfg: EvaluateConfig
 ) -> tuple[dict, np.ndarray]:
     """All metrics of the concept's student, its base without the adapter and the identity against the teacher
-    on every held-out pair; returns (the metrics, the grid image)."""
+    on every `test` pair (test only: nothing is chosen from these figures), and the paired differences
+    student - identity and student - base on the same crops; returns (the metrics, the grid image)."""
     # 1. check inputs
     if not (adapter / "adapter_config.json").is_file():
         raise E2GANError(f"{adapter}: no adapter; run 'dvc repro finetune_lora@{concept}' first")
-    inputs, teacher = heldout_pairs(pairs)
+    inputs, teacher, photos = split_pairs(pairs, "test")
     if len(inputs) < 2:
         raise E2GANError(
-            f"{pairs}: {len(inputs)} held-out pairs; FID/KID need at least 2 (raise data.heldout_crops_per_photo)"
+            f"{pairs}: {len(inputs)} test pairs; FID/KID need at least 2 (raise data.eval_crops_per_photo)"
         )
-    # 2. the base and the student (base + merged adapter) on the held-out inputs
+    # 2. the base and the student (base + merged adapter) on the test inputs
     base, meta = load_generator(base_dir)
     tokens, mask = concept_condition(prompts, meta["text_encoder"])
     base_out = run_generator(base, inputs, tokens, mask)
@@ -55,28 +60,44 @@ def evaluate_student(
         from pipeline.core.metrics import ClipScorer
 
         clip = ClipScorer(cfg.clip_model)
-    # 3. every metric of the three against the teacher (the teacher's Inception features once)
+    # 3. every metric of the three against the teacher (the teacher's Inception features once), then paired
     prompt = concept_prompt(prompts)
     tf = inception_features(teacher)
+    boot = dict(n_boot=cfg.bootstrap, set_boot=cfg.kid_bootstrap, seed=cfg.seed, clip=clip, fid=cfg.fid)
+    sets, crops = {}, {}
+    for name, out in (("student", student_out), ("base_without_adapter", base_out), ("identity", inputs)):
+        fid_boot = cfg.fid_bootstrap if name == "student" else 0
+        sets[name], crops[name] = compare_sets(out, teacher, tf, inputs, prompt, photos, fid_boot=fid_boot, **boot)
     result = {
         "concept": concept,
         "prompt": prompt,
-        "heldout_pairs": len(inputs),
-        "bootstrap": cfg.bootstrap,
-        "student": compare_sets(
-            student_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, cfg.fid_bootstrap, fid=cfg.fid
-        ),
-        "base_without_adapter": compare_sets(
-            base_out, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid
-        ),
-        "identity": compare_sets(inputs, teacher, tf, inputs, prompt, cfg.bootstrap, cfg.seed, clip, fid=cfg.fid),
+        "split": "test",
+        "test_pairs": len(inputs),
+        "test_photos": len(set(photos)),
+        "bootstrap": {"unit": "photo", "resamples": cfg.bootstrap, "kid_resamples": cfg.kid_bootstrap},
+        **sets,
+        "paired": {
+            f"student_minus_{other}": {
+                k: paired_difference(crops["student"][k], crops[other][k], photos, cfg.bootstrap, cfg.seed)
+                for k in PAIRED
+                if k in crops["student"]
+            }
+            for other in ("identity", "base_without_adapter")
+        },
     }
-    # 4. the picture: photos spread over the held-out set
-    n = min(cfg.grid, len(inputs))
-    step = max(1, len(inputs) // n)
-    pick = list(range(0, len(inputs), step))[:n]
+    # 4. the picture: crops of different photos where there are enough
+    pick = _spread(photos, min(cfg.grid, len(inputs)))
     rows = [[x[i] for i in pick] for x in (inputs, teacher, base_out, student_out)]
-    return result, grid(rows, [f"{concept}: input", "teacher", "base (no adapter)", "E2GAN student"])
+    return result, grid(rows, [f"{concept}: input (test)", "teacher", "base (no adapter)", "E2GAN student"])
+
+
+def _spread(photos: list[str], n: int) -> list[int]:
+    """`n` crop indices, round-robin over the photos (one crop per photo before a second), in order."""
+    by_photo: dict[str, list[int]] = {}
+    for i, p in enumerate(photos):
+        by_photo.setdefault(p, []).append(i)
+    order = [q[k] for k in range(max(map(len, by_photo.values()))) for q in by_photo.values() if k < len(q)]
+    return sorted(order[:n])
 
 
 def write_evaluation(result: dict, picture: np.ndarray, out: Path, png: Path) -> None:

@@ -42,6 +42,19 @@ def _f(v, nd=4) -> str:
     return str(v)
 
 
+def _ci(x: dict | None) -> str | None:
+    """A 95 % interval as 'low – high' (None when the figure has none)."""
+    ci = (x or {}).get("ci95")
+    return f"{ci['low']:.4f} – {ci['high']:.4f}" if ci else None
+
+
+def _diff(x: dict | None) -> str | None:
+    """A paired difference as 'mean [low, high]'."""
+    if not x or "ci95" not in x:
+        return None
+    return f"{x['mean']:+.4f} [{x['ci95']['low']:+.4f}, {x['ci95']['high']:+.4f}]"
+
+
 def concept_rows(inp: ReportInputs, concepts: list[str]) -> list[dict]:
     rows = []
     for c in concepts:
@@ -49,14 +62,18 @@ def concept_rows(inp: ReportInputs, concepts: list[str]) -> list[dict]:
         ft = _load(inp.finetune / c / "metrics.json")
         ex = _load(inp.export / f"{c}.json")
         s, b, i = ev.get("student", {}), ev.get("base_without_adapter", {}), ev.get("identity", {})
+        paired = ev.get("paired", {})
         rows.append(
             {
                 "concept": c,
-                "heldout": ev.get("heldout_pairs"),
+                "test": ev.get("test_pairs"),
+                "photos": ev.get("test_photos"),
                 "fid": s.get("fid", {}).get("value"),
                 "kid": s.get("kid", {}).get("value"),
                 "lpips": s.get("lpips", {}).get("mean"),
-                "lpips_std": s.get("lpips", {}).get("boot_std"),
+                "lpips_ci": _ci(s.get("lpips")),
+                "lpips_vs_base": _diff(paired.get("student_minus_base_without_adapter", {}).get("lpips")),
+                "lpips_vs_identity": _diff(paired.get("student_minus_identity", {}).get("lpips")),
                 "psnr": s.get("psnr", {}).get("mean"),
                 "ssim": s.get("ssim", {}).get("mean"),
                 "lpips_base": b.get("lpips", {}).get("mean"),
@@ -76,11 +93,14 @@ def concept_rows(inp: ReportInputs, concepts: list[str]) -> list[dict]:
 
 COLUMNS = [
     ("concept", "concept"),
-    ("heldout", "held-out pairs"),
+    ("test", "test pairs"),
+    ("photos", "test photos"),
     ("lpips", "LPIPS ↓"),
-    ("lpips_std", "± (bootstrap)"),
+    ("lpips_ci", "95 % interval (photos)"),
     ("lpips_base", "LPIPS base ↓"),
     ("lpips_identity", "LPIPS identity ↓"),
+    ("lpips_vs_base", "Δ LPIPS vs base [95 %]"),
+    ("lpips_vs_identity", "Δ LPIPS vs identity [95 %]"),
     ("fid", "FID ↓"),
     ("fid_base", "FID base ↓"),
     ("kid", "KID ↓"),
@@ -134,8 +154,10 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}}td:first-child{{t
 <h1>e2gan report</h1>
 <p>Base concepts: {html.escape(", ".join(s["base"]))}. Calibration concepts: {html.escape(", ".join(s["calibration"]))}.
 Crucial layer groups: {html.escape(", ".join(s["crucial_groups"]))}. LoRA parameters per concept: {s["lora_params"]}.</p>
-<h2>Per concept (held-out photos, student vs teacher)</h2><table><tr>{head}</tr>{body}</table>
-<h2>Rank search comparison (calibration concepts)</h2>
+<h2>Per concept (test photos, student vs teacher)</h2>
+<p>Intervals: 95 % percentile bootstrap over test photos (a photo's crops together); Δ is student minus the
+other model on the same crops. KID and FID are computed on the whole test set.</p><table><tr>{head}</tr>{body}</table>
+<h2>Rank search comparison (calibration concepts, val photos)</h2>
 <table><tr><th>row</th><th>params</th><th>LPIPS ↓</th><th>gain vs base</th></tr>{comp}</table>
 <h2>Base model</h2>{_img(inp.base_samples, "base samples")}
 {_img(inp.layers.parent / "importance.png", "layer importance")}{_img(inp.ranks.parent / "ranks.png", "ranks")}
@@ -147,10 +169,14 @@ Crucial layer groups: {html.escape(", ".join(s["crucial_groups"]))}. LoRA parame
         f"Base: {', '.join(s['base'])}; calibration: {', '.join(s['calibration'])}; "
         f"crucial groups: {', '.join(s['crucial_groups'])}; LoRA params per concept: {s['lora_params']}.",
         "",
+        "Per concept, on the test photos (intervals: 95 % bootstrap over photos; Δ: student minus the other model "
+        "on the same crops):",
+        "",
         "| " + " | ".join(t for _, t in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     md += ["| " + " | ".join(_f(r[k]) for k, _ in COLUMNS) + " |" for r in rows]
-    md += ["", "| rank-search row | params | LPIPS | gain vs base |", "|---|---|---|---|"]
+    md += ["", "Rank search comparison (calibration concepts, val photos):", ""]
+    md += ["| rank-search row | params | LPIPS | gain vs base |", "|---|---|---|---|"]
     md += [f"| {r['row']} | {r['params']} | {_f(r['lpips'])} | {_f(r['gain_vs_base'])} |" for r in s["comparison"]]
     atomic_write_text(out_md, "\n".join(md) + "\n")

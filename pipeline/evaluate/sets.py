@@ -1,6 +1,15 @@
-"""evaluate@C: the student's held-out outputs against the teacher's (FID, KID, LPIPS, PSNR, SSIM and,
-with a CLIP model, the directional CLIP score), beside the base model without the adapter and the
-identity mapping. Spread: bootstrap resamples of the held-out set (mean and standard deviation)."""
+"""evaluate@C's statistics: a set of outputs against the teacher's edits of the same inputs (LPIPS, PSNR,
+SSIM and, with a CLIP model, the directional CLIP score per crop; KID and FID per set) and their spreads.
+
+- Per-crop metrics: the mean over the crops and a 95 % percentile interval from a bootstrap over photos.
+  Each resample draws the set's photos with replacement and keeps every crop of each drawn photo, since
+  crops of one photo are not independent samples (a crop bootstrap would make the interval too narrow).
+- Two methods on the same crops: `paired_difference`, the mean per-crop difference and its photo-bootstrap
+  95 % interval (evaluate@C: student - identity, student - base without adapter).
+- KID and FID are statistics of a whole set, not means over crops: the value is computed on the whole
+  set and the spread (`boot_std`) is the standard deviation over resamples of the crops, a rough guide
+  only. They get no photo interval and no paired difference.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,51 @@ import numpy as np
 from pipeline.core.metrics import fid_from_features, inception_features, kid_from_features, lpips_distance, psnr, ssim
 
 
-def _boot(values: np.ndarray, idx: list[np.ndarray]) -> dict[str, float]:
-    means = [float(values[i].mean()) for i in idx]
-    return {"mean": float(values.mean()), "boot_std": float(np.std(means))}
+def photo_resamples(photos: list[str], n_boot: int, seed: int) -> list[np.ndarray]:
+    """`n_boot` bootstrap resamples over photos: each draws as many photos as there are, with replacement, and
+    is the indices of every crop of the drawn photos (`photos[i]` names crop i's photo)."""
+    names = sorted(set(photos))
+    crops = {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([crops[names[k]] for k in rng.integers(0, len(names), len(names))]) for _ in range(n_boot)]
+
+
+def crop_resamples(n: int, n_boot: int, seed: int) -> list[np.ndarray]:
+    """`n_boot` bootstrap resamples of `n` crops, each crop drawn on its own (for the set metrics)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, n) for _ in range(n_boot)]
+
+
+def interval(values: np.ndarray, idx: list[np.ndarray]) -> dict:
+    """The mean of `values` and the 95 % percentile interval of the mean over the resamples `idx` (resample means
+    themselves, not interpolated: an infinite PSNR of an unchanged crop stays infinite instead of NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    means = np.asarray([values[i].mean() for i in idx])
+    low, high = np.percentile(means, [2.5, 97.5], method="inverted_cdf")
+    return {"mean": float(values.mean()), "ci95": {"low": float(low), "high": float(high)}}
+
+
+def paired_difference(a, b, photos: list[str], n_boot: int, seed: int) -> dict:
+    """Method a minus method b on the same crops (per-crop values in the same order, `photos[i]` crop i's photo):
+    the mean difference and its 95 % interval from a bootstrap over photos. An interval that excludes 0 is a
+    difference these photos support; one that contains 0 is a tie."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if not len(d) == len(photos) > 0:
+        raise ValueError(f"paired_difference: {len(a)} and {len(b)} values for {len(photos)} photos' crops")
+    return {**interval(d, photo_resamples(photos, n_boot, seed)), "n": len(d), "photos": len(set(photos))}
+
+
+def per_crop(outputs: list[np.ndarray], teacher: list[np.ndarray], inputs=None, prompt="", clip=None) -> dict:
+    """Per crop: LPIPS (alex), PSNR and SSIM of each output against the teacher's edit of the same input, and
+    with a CLIP scorer the directional CLIP score of input -> output against `prompt`."""
+    out = {
+        "lpips": np.asarray(lpips_distance(outputs, teacher), dtype=np.float64),
+        "psnr": np.asarray([psnr(a, b) for a, b in zip(outputs, teacher)]),
+        "ssim": np.asarray([ssim(a, b) for a, b in zip(outputs, teacher)]),
+    }
+    if clip is not None:
+        out["clip_direction"] = np.asarray(clip.directional(inputs, outputs, [prompt] * len(outputs)), np.float64)
+    return out
 
 
 def compare_sets(
@@ -20,37 +71,39 @@ def compare_sets(
     teacher_feats: np.ndarray,
     inputs: list[np.ndarray],
     prompt: str,
+    photos: list[str],
+    *,
     n_boot: int,
+    set_boot: int,
     seed: int,
     clip=None,
     fid_boot: int = 0,
     fid: bool = True,
-) -> dict:
-    """All metrics of `outputs` against `teacher` (same inputs, same order). FID's spread uses only the
-    first `fid_boot` resamples: each FID is a 2048x2048 matrix square root, seconds on a CPU. Without
-    `fid`, FID is left out (value None) and KID, which needs no square root, stays."""
-    rng = np.random.default_rng(seed)
-    n = len(outputs)
-    idx = [rng.integers(0, n, n) for _ in range(n_boot)]
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """All metrics of `outputs` against `teacher` (same inputs, same order; `photos[i]` names crop i's photo):
+    per-crop metrics with `n_boot` photo resamples, KID over `set_boot` crop resamples and FID over the first
+    `fid_boot` of those (each FID is a 2048x2048 matrix square root, seconds on a CPU). Without `fid`, FID is
+    left out (value None) and KID, which needs no square root, stays. Returns (the summary, the per-crop
+    values for paired differences)."""
+    values = per_crop(outputs, teacher, inputs, prompt, clip)
+    by_photo = photo_resamples(photos, n_boot, seed)
+    by_crop = crop_resamples(len(outputs), set_boot, seed)
     feats = inception_features(outputs)
-    lp = np.asarray(lpips_distance(outputs, teacher), dtype=np.float64)
-    ps = np.asarray([psnr(a, b) for a, b in zip(outputs, teacher)])
-    ss = np.asarray([ssim(a, b) for a, b in zip(outputs, teacher)])
-    fid_b = [fid_from_features(feats[i], teacher_feats[i]) for i in idx[:fid_boot]] if fid else []
-    kid_b = [kid_from_features(feats[i], teacher_feats[i], seed) for i in idx]
+    fid_b = [fid_from_features(feats[i], teacher_feats[i]) for i in by_crop[:fid_boot]] if fid else []
+    kid_b = [kid_from_features(feats[i], teacher_feats[i], seed) for i in by_crop]
     out = {
-        "n": n,
+        "n": len(outputs),
+        "photos": len(set(photos)),
         "fid": {
             "value": fid_from_features(feats, teacher_feats) if fid else None,
             "boot_std": float(np.std(fid_b)) if fid_b else None,
             "boot_n": len(fid_b),
         },
-        "kid": {"value": kid_from_features(feats, teacher_feats, seed), "boot_std": float(np.std(kid_b))},
-        "lpips": _boot(lp, idx),
-        "psnr": _boot(ps, idx),
-        "ssim": _boot(ss, idx),
+        "kid": {
+            "value": kid_from_features(feats, teacher_feats, seed),
+            "boot_std": float(np.std(kid_b)) if kid_b else None,
+            "boot_n": len(kid_b),
+        },
+        **{k: interval(v, by_photo) for k, v in values.items()},
     }
-    if clip is not None:
-        d = np.asarray(clip.directional(inputs, outputs, [prompt] * n), dtype=np.float64)
-        out["clip_direction"] = _boot(d, idx)
-    return out
+    return out, values

@@ -8,7 +8,7 @@ from torch import nn
 
 from pipeline.core.metrics import lpips_distance, psnr, ssim
 from pipeline.core.tensors import images_to_tensor, tensor_to_images
-from pipeline.data.dataset import ConceptData, concept_condition, heldout_pairs
+from pipeline.data.dataset import ConceptData, concept_condition, split_pairs
 
 
 @torch.no_grad()
@@ -34,50 +34,60 @@ def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict
     }
 
 
-def evaluate_concept(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> dict:
-    """One concept on held-out pairs: the student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher."""
-    inputs, teacher = heldout_pairs(folder, limit)
+def evaluate_concept(G: nn.Module, folder, encoder: str, *, split: str, limit: int = 0, prompts=None, seed=0) -> dict:
+    """One concept on one split (`val` when the figure chooses something, `test` when it is reported): the
+    student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher, on all the split's pairs or at most
+    `limit` spread over all its photos (dataset.spread_sample)."""
+    inputs, teacher, _ = split_pairs(folder, split, limit, seed)
     tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
     student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
     identity = paired_quality(inputs, teacher)
-    return {"student": student, "identity": identity, "lpips_gain_vs_identity": identity["lpips"] - student["lpips"]}
+    return {
+        "split": split,
+        "student": student,
+        "identity": identity,
+        "lpips_gain_vs_identity": identity["lpips"] - student["lpips"],
+    }
 
 
-def heldout_lpips(G: nn.Module, folder, encoder: str, limit: int = 0, prompts=None) -> float:
-    """Mean held-out LPIPS (alex) of G's outputs against the teacher: the score layer analysis and rank search use."""
-    inputs, teacher = heldout_pairs(folder, limit)
+def split_lpips(G: nn.Module, folder, encoder: str, *, split: str, limit: int = 0, prompts=None, seed=0) -> float:
+    """Mean LPIPS (alex) of G's outputs against the teacher on one split (all pairs, or at most `limit` spread
+    over all its photos): the score layer analysis and rank search choose by, on `val`."""
+    inputs, teacher, _ = split_pairs(folder, split, limit, seed)
     tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
     return float(np.mean(lpips_distance(run_generator(G, inputs, tokens, mask), teacher)))
 
 
-def concept_lpips(G: nn.Module, concept: ConceptData, limit: int = 0) -> float:
-    """heldout_lpips on a loaded concept (its pairs folder and prompts)."""
-    return heldout_lpips(G, concept.folder, concept.encoder, limit, concept.prompts)
+def concept_lpips(G: nn.Module, concept: ConceptData, *, split: str, limit: int = 0, seed: int = 0) -> float:
+    """split_lpips on a loaded concept (its pairs folder and prompts)."""
+    return split_lpips(G, concept.folder, concept.encoder, split=split, limit=limit, prompts=concept.prompts, seed=seed)
 
 
-def evaluate_concepts(G: nn.Module, folders: dict, encoder: str, limit: int = 0) -> dict[str, dict]:
-    """evaluate_concept for each of several concepts (folders with their own prompts.json)."""
-    return {name: evaluate_concept(G, folder, encoder, limit) for name, folder in folders.items()}
+def evaluate_concepts(G: nn.Module, folders: dict, encoder: str, *, split: str, limit: int = 0) -> dict[str, dict]:
+    """evaluate_concept on one split for each of several concepts (folders with their own prompts.json)."""
+    return {name: evaluate_concept(G, folder, encoder, split=split, limit=limit) for name, folder in folders.items()}
 
 
-def write_samples(G: nn.Module, folders: dict, encoder: str, png, n: int = 6, prompts: dict | None = None) -> None:
-    """Per concept, three rows: input | teacher | student on the first held-out photos."""
+def write_samples(
+    G: nn.Module, folders: dict, encoder: str, png, *, split: str, n: int = 6, prompts: dict | None = None
+) -> None:
+    """Per concept, three rows: input | teacher | student on `n` crops of one split, each from a different
+    photo where the split has enough (spread_sample, seed 0)."""
     from pipeline.core.images import save_png
     from pipeline.core.plots import grid
 
     rows, labels = [], []
     for name, folder in folders.items():
-        inputs, teacher = heldout_pairs(folder)
-        idx = list(range(0, len(inputs), max(1, len(inputs) // n)))[:n]
-        inputs, teacher = [inputs[i] for i in idx], [teacher[i] for i in idx]
+        inputs, teacher, _ = split_pairs(folder, split, n)
         tokens, mask = concept_condition((prompts or {}).get(name, folder), encoder)
         rows += [inputs, teacher, run_generator(G, inputs, tokens, mask)]
-        labels += [f"{name}: input", "teacher", "student"]
+        labels += [f"{name}: input ({split})", "teacher", "student"]
     save_png(grid(rows, labels), png)
 
 
-def conditioning_matrix(G: nn.Module, folders: dict, encoder: str, limit: int = 24) -> dict:
-    """LPIPS of G(x | prompt of concept j) against teacher i's edit of x, for all base concepts i, j.
+def conditioning_matrix(G: nn.Module, folders: dict, encoder: str, *, split: str, limit: int = 24) -> dict:
+    """LPIPS of G(x | prompt of concept j) against teacher i's edit of x, for all base concepts i, j, on at
+    most `limit` crops of one split per concept, spread over all its photos.
 
     Text conditioning works when each row's minimum is on the diagonal: an output matches the teacher
     of the prompt it was given better than the teachers of the other prompts.
@@ -86,7 +96,7 @@ def conditioning_matrix(G: nn.Module, folders: dict, encoder: str, limit: int = 
     conds = {n: concept_condition(folders[n], encoder) for n in names}
     matrix = {}
     for i in names:
-        inputs, teacher = heldout_pairs(folders[i], limit)
+        inputs, teacher, _ = split_pairs(folders[i], split, limit)
         matrix[i] = {j: float(np.mean(lpips_distance(run_generator(G, inputs, *conds[j]), teacher))) for j in names}
     diagonal_wins = sum(min(matrix[i], key=matrix[i].get) == i for i in names)
-    return {"lpips": matrix, "diagonal_wins": diagonal_wins, "concepts": len(names)}
+    return {"split": split, "lpips": matrix, "diagonal_wins": diagonal_wins, "concepts": len(names)}

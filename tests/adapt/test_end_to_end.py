@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.adapt.lora import adaptable_layers, load_adapter, spec_ranks
 from pipeline.core.io import atomic_write_json
+from pipeline.data.dataset import read_pairs
 from pipeline.data.pairs import GeneratePairsConfig, generate_pairs
 from pipeline.data.sources import DataConfig, prepare_sources
 from pipeline.data.teachers import ConceptConfig, build_teacher
@@ -56,8 +57,9 @@ def project(tmp_path_factory, crops128) -> Path:
             min_size=64,
             image_size=32,
             crops_per_photo=2,
-            heldout_crops_per_photo=2,
-            heldout_fraction=0.2,
+            eval_crops_per_photo=2,
+            val_fraction=0.2,
+            test_fraction=0.2,
         ),
         sources,
     )
@@ -79,6 +81,7 @@ def project(tmp_path_factory, crops128) -> Path:
     params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1)
     params["finetune_lora"]["train"].update(steps=4, batch_size=4, ckpt_every=2, ndf=8)
     params["finetune_lora"]["subset_fraction"] = 0.5
+    params["evaluate"].update(bootstrap=200, kid_bootstrap=2, fid=False, fid_bootstrap=0, grid=2)
     params["concepts"] = {"demo": {"prompt": "make it winter", "teacher": {"kind": "filters", "op": "winter"}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -107,7 +110,7 @@ def test_analyze_search_finetune(project):
     p = _stage(project, "analyze_layers")
     assert p.returncode == 0, p.stderr
     table = json.loads((project / "reports/analyze_layers/table.json").read_text())
-    assert len(table["groups"]) == 10 and len(table["crucial_groups"]) == 3
+    assert len(table["groups"]) == 10 and len(table["crucial_groups"]) == 3 and table["split"] == "val"
     assert {r["probe_rank"] for r in table["groups"]} == set(range(1, 11))
     assert all(r["delta_rel_change"] > 0 and set(r["probe_gain_per_concept"]) == set(CALIB) for r in table["groups"])
     crucial = json.loads((project / "models/analysis/crucial.json").read_text())["crucial_layers"]
@@ -121,7 +124,7 @@ def test_analyze_search_finetune(project):
     LoraConfig(**spec)
     assert sorted(spec["target_modules"]) == sorted(crucial)
     report = json.loads((project / "reports/search_ranks/table.json").read_text())
-    assert report["params"] <= report["budget_params"] == int(0.1 * n_base)
+    assert report["params"] <= report["budget_params"] == int(0.1 * n_base) and report["split"] == "val"
     rows = {r["row"]: r for r in report["comparison"]}
     assert {
         "searched",
@@ -144,7 +147,7 @@ def test_analyze_search_finetune(project):
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     assert m["trainable_params"] == report["params"] and m["pairs_used"] == round(0.5 * m["pairs_total"])
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
-    assert {"base", "lora", "identity"} <= set(m["heldout"]) and m["heldout"]["lora"]["n"] > 0
+    assert m["split"] == "val" and {"base", "lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
     peft_model = PeftModel.from_pretrained(fresh, str(out)).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -163,6 +166,20 @@ def test_analyze_search_finetune(project):
     assert (out / "adapter_model.safetensors").read_bytes() == (
         project / "models/lora_again/adapter_model.safetensors"
     ).read_bytes()
+
+    # 5. evaluate@demo: test photos only, per-crop metrics with photo intervals, paired differences
+    p = _stage(project, "evaluate", "demo")
+    assert p.returncode == 0, p.stderr
+    ev = json.loads((project / "reports/evaluate/demo.json").read_text())
+    test = [r for r in read_pairs(project / "data/pairs/demo") if r["split"] == "test"]
+    assert ev["split"] == "test" and ev["test_pairs"] == len(test) == 4 and ev["test_photos"] == 2
+    for name in ("student", "base_without_adapter", "identity"):
+        lp = ev[name]["lpips"]
+        assert lp["ci95"]["low"] <= lp["mean"] <= lp["ci95"]["high"] and ev[name]["photos"] == 2
+    assert set(ev["paired"]) == {"student_minus_identity", "student_minus_base_without_adapter"}
+    d = ev["paired"]["student_minus_identity"]["lpips"]
+    assert d["mean"] == pytest.approx(ev["student"]["lpips"]["mean"] - ev["identity"]["lpips"]["mean"])
+    assert d["ci95"]["low"] <= d["mean"] <= d["ci95"]["high"] and d["photos"] == 2
 
 
 @pytest.mark.slow

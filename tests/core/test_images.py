@@ -1,5 +1,5 @@
 """Image loading (modes, EXIF, size, corrupt files, memory bounds), photo folders (symlinks, hidden files),
-deterministic crops and the split by photo."""
+deterministic crops and the train / val / test split by photo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,17 @@ import pytest
 from PIL import Image, ImageFile
 
 from pipeline.core import images
-from pipeline.core.images import ImageLoadError, center_crop, list_images, load_rgb, probe, random_crops, split_photos
+from pipeline.core.images import (
+    SPLITS,
+    ImageLoadError,
+    SplitError,
+    center_crop,
+    list_images,
+    load_rgb,
+    probe,
+    random_crops,
+    split_photos,
+)
 from tests.conftest import synthetic_photo
 from tests.data.hostile import _png_header
 
@@ -92,13 +102,25 @@ def test_crops_are_deterministic_and_sized():
 
 def test_split_is_by_photo_disjoint_and_deterministic():
     names = [f"photo{i}" for i in range(50)]
-    train, held = split_photos(names, 0.2, seed=0)
-    assert len(held) == 10 and not set(train) & set(held) and sorted(train + held) == sorted(names)
-    assert (train, held) == split_photos(list(reversed(names)), 0.2, seed=0)
-    assert held != split_photos(names, 0.2, seed=1)[1]
+    s = split_photos(names, 0.15, 0.2, seed=0)
+    assert set(s) == set(SPLITS) and [len(s[k]) for k in ("train", "val", "test")] == [32, 8, 10]
+    assert not (set(s["train"]) & set(s["val"]) or set(s["train"]) & set(s["test"]) or set(s["val"]) & set(s["test"]))
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(names)
+    assert s == split_photos(list(reversed(names)), 0.15, 0.2, seed=0)  # the order of the names does not matter
+    assert s["test"] != split_photos(names, 0.15, 0.2, seed=1)["test"]
+    assert split_photos(names, 0.3, 0.2, seed=0)["test"] == s["test"]  # a bigger val leaves test as it is
 
 
-# ----------------------------------------------------------------------------- memory bounds
+@pytest.mark.parametrize("n", [3, 4, 5, 7, 10])
+@pytest.mark.parametrize("fractions", [(0.15, 0.2), (0.01, 0.01), (0.45, 0.5)])
+def test_every_split_gets_a_photo_from_three_photos_on(n, fractions):
+    s = split_photos([f"p{i}" for i in range(n)], *fractions, seed=0)
+    assert all(s[k] for k in SPLITS) and sum(map(len, s.values())) == n
+
+
+def test_fewer_than_three_photos_cannot_be_split():
+    with pytest.raises(SplitError, match="2 usable photo.*3 needed.*add photos"):
+        split_photos(["a", "b"], 0.15, 0.2, seed=0)
 
 
 def test_a_phone_sized_jpeg_is_read_downscaled_within_the_bound(tmp_path):

@@ -120,8 +120,14 @@ def test_compare_sets_without_fid_keeps_kid_and_the_paired_metrics(crops128):
 
     teacher, other = crops128[:6], crops128[6:12]
     tf = inception_features(teacher)
-    same = compare_sets(teacher, teacher, tf, other, "p", n_boot=3, seed=0, fid=False)
-    diff = compare_sets(other, teacher, tf, other, "p", n_boot=3, seed=0, fid=False)
-    assert same["fid"]["value"] is None and diff["fid"]["boot_n"] == 0
-    assert same["lpips"]["mean"] == 0.0 and diff["lpips"]["mean"] > 0.2
+    photos = ["a", "a", "b", "b", "c", "c"]
+    boot = dict(n_boot=50, set_boot=3, seed=0, fid=False)
+    same, _ = compare_sets(teacher, teacher, tf, other, "p", photos, **boot)
+    diff, crops = compare_sets(other, teacher, tf, other, "p", photos, **boot)
+    assert same["fid"]["value"] is None and diff["fid"]["boot_n"] == 0 and diff["kid"]["boot_n"] == 3
+    assert same["lpips"]["mean"] == 0.0 and diff["lpips"]["mean"] > 0.2 and diff["photos"] == 3
+    lo, hi = diff["lpips"]["ci95"]["low"], diff["lpips"]["ci95"]["high"]
+    assert lo <= diff["lpips"]["mean"] <= hi and lo < hi
+    assert set(crops) == {"lpips", "psnr", "ssim"} and len(crops["lpips"]) == 6
+    assert crops["lpips"].mean() == diff["lpips"]["mean"]
     assert diff["kid"]["value"] > same["kid"]["value"] + 0.01

@@ -39,8 +39,9 @@ def sources(tmp_path, crops128) -> Path:
             min_size=64,
             image_size=32,
             crops_per_photo=2,
-            heldout_crops_per_photo=2,
-            heldout_fraction=0.25,
+            eval_crops_per_photo=2,
+            val_fraction=0.125,
+            test_fraction=0.125,
         ),
         out,
     )
@@ -61,9 +62,11 @@ def test_pairs_layout_and_quality_filter(tmp_path, sources):
     assert s["pairs"] == 16 and s["kept"] == len(rows) and s["kept"] + s["dropped"] == 16
     assert sum(s["dropped_reasons"].values()) == s["dropped"]
     for r in rows:
-        assert {"input_image", "edit_prompt", "edited_image", "seed", "split", "lpips", "ssim", "teacher"} <= set(r)
+        assert {"input_image", "edit_prompt", "edited_image", "seed", "photo", "split", "lpips", "teacher"} <= set(r)
+        assert r["split"] in ("train", "val", "test") and Path(r["input_image"]).stem.startswith(r["photo"] + "_")
         assert r["edit_prompt"] in PROMPTS["instructions"] and r["lpips"] >= cfg.min_lpips
         assert Path(r["input_path"]).is_file() and Path(r["edited_path"]).is_file()
+    assert len({(r["photo"], r["split"]) for r in rows}) == len({r["photo"] for r in rows})  # one split per photo
     assert len(pd.read_parquet(out / "index.parquet")) == len(rows)
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert all(r["rejected"] == "edit too weak" for r in rejected) and len(rejected) == s["dropped"]
@@ -171,7 +174,7 @@ def test_diffusers_teacher_through_the_stage_cli(tmp_path, sources):
     s = json.loads((proj / "reports/demo.json").read_text())
     assert s["pairs"] == 16 and s["teacher"] == "diffusers" and s["made"] == 16
     assert s["kept"] == 16 and s["dropped"] == 0 and s["dropped_reasons"] == {}, s
-    assert s["kept_train"] + s["kept_heldout"] == 16 and s["kept_heldout"] > 0
+    assert s["kept_train"] + s["kept_val"] + s["kept_test"] == 16 and s["kept_val"] > 0 and s["kept_test"] > 0
     out = proj / "data/pairs/demo"
     rows, rej = read_pairs(out), [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert len(rows) == s["kept"] and len(rej) == s["dropped"]
@@ -246,9 +249,8 @@ def test_bad_source_files_are_counted_skips_with_names(tmp_path):
         min_size=64,
         image_size=32,
         include_grey=True,
-        heldout_fraction=0.3,
         crops_per_photo=1,
-        heldout_crops_per_photo=1,
+        eval_crops_per_photo=1,
     )
     s = prepare_sources(cfg, tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

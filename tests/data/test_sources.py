@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.core.images import ImageLoadError
+from pipeline.core.images import SplitError
 from pipeline.data.sources import DataConfig, prepare_sources
 from tests.conftest import ROOT, synthetic_photo
 from tests.data.hostile import MIN_SIZE, build_hostile_folder
@@ -36,20 +36,20 @@ def test_prepare_sources_from_a_folder(tmp_path):
         min_size=100,
         image_size=64,
         crops_per_photo=2,
-        heldout_crops_per_photo=3,
-        heldout_fraction=0.3,
+        eval_crops_per_photo=3,
+        val_fraction=0.2,
+        test_fraction=0.3,
     )
     out = tmp_path / "sources"
     summary = prepare_sources(cfg, out)
     assert summary["skipped"] == 2  # tiny + broken, counted not fatal
-    assert summary["photos_train"] + summary["photos_heldout"] == 10
+    assert [summary[f"photos_{s}"] for s in ("train", "val", "test")] == [5, 2, 3]
     assert summary["crops_train"] == 2 * summary["photos_train"]
-    assert summary["crops_heldout"] == 3 * summary["photos_heldout"]
+    assert summary["crops_val"] == 3 * summary["photos_val"] and summary["crops_test"] == 3 * summary["photos_test"]
     manifest = json.loads((out / "manifest.json").read_text())
-    train = {c["photo"] for c in manifest["crops"] if c["split"] == "train"}
-    held = {c["photo"] for c in manifest["crops"] if c["split"] == "heldout"}
-    assert train and held and not train & held
-    assert all((out / c["file"]).is_file() for c in manifest["crops"])
+    photos = {s: {c["photo"] for c in manifest["crops"] if c["split"] == s} for s in ("train", "val", "test")}
+    assert all(photos.values()) and sum(map(len, photos.values())) == len(set.union(*photos.values())) == 10
+    assert all((out / c["file"]).is_file() and c["file"].startswith(f"{c['split']}/") for c in manifest["crops"])
     again = tmp_path / "again"
     prepare_sources(cfg, again)
     assert (again / "manifest.json").read_text() == (out / "manifest.json").read_text()  # deterministic
@@ -60,10 +60,8 @@ def test_failed_run_keeps_previous_output(tmp_path):
     out = tmp_path / "sources"
     prepare_sources(DataConfig(sources=str(src), min_size=100, image_size=64), out)
     before = (out / "manifest.json").read_text()
-    with pytest.raises(ImageLoadError, match="lower data.min_size"):
-        prepare_sources(
-            DataConfig(sources=str(src), min_size=100, image_size=64, heldout_fraction=0.01, max_photos=1), out
-        )
+    with pytest.raises(SplitError, match="cannot fill train, val and test.*lower data.min_size"):
+        prepare_sources(DataConfig(sources=str(src), min_size=100, image_size=64, max_photos=2), out)
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -81,8 +79,7 @@ def _stage_project(tmp_path: Path, folder: Path) -> Path:
         min_size=MIN_SIZE,
         image_size=32,
         crops_per_photo=1,
-        heldout_crops_per_photo=1,
-        heldout_fraction=0.3,
+        eval_crops_per_photo=1,
     )
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")  # what the stages declare, if the entry point asks

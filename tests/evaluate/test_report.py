@@ -15,16 +15,22 @@ def test_report_is_self_contained(tmp_path):
     (tmp_path / "reports/evaluate").mkdir(parents=True)
     (tmp_path / "reports/finetune_lora/demo").mkdir(parents=True)
     ev = {
-        "heldout_pairs": 10,
+        "split": "test",
+        "test_pairs": 10,
+        "test_photos": 3,
         "student": {
             "fid": {"value": 12.5},
             "kid": {"value": 0.01},
-            "lpips": {"mean": 0.2, "boot_std": 0.01},
+            "lpips": {"mean": 0.2, "ci95": {"low": 0.15, "high": 0.25}},
             "psnr": {"mean": 20.0},
             "ssim": {"mean": 0.7},
         },
         "base_without_adapter": {"lpips": {"mean": 0.3}, "fid": {"value": 30.0}},
         "identity": {"lpips": {"mean": 0.4}},
+        "paired": {
+            "student_minus_base_without_adapter": {"lpips": {"mean": -0.1, "ci95": {"low": -0.15, "high": -0.05}}},
+            "student_minus_identity": {"lpips": {"mean": -0.2, "ci95": {"low": -0.3, "high": -0.1}}},
+        },
     }
     (tmp_path / "reports/evaluate/demo.json").write_text(json.dumps(ev))
     (tmp_path / "reports/finetune_lora/demo/metrics.json").write_text(
@@ -48,5 +54,7 @@ def test_report_is_self_contained(tmp_path):
     assert not re.search(r"<script|<link|src=['\"]http", html)
     assert html.count("src='data:image/png;base64,") == 1 and "not produced yet" in html
     assert "<td>0.2000</td>" in html and "<td>1234</td>" in html and "<td>5/10</td>" in html
+    assert "<td>0.1500 – 0.2500</td>" in html and "<td>-0.1000 [-0.1500, -0.0500]</td>" in html
+    assert "test photos" in html and "val photos" in html
     md = (tmp_path / "summary.md").read_text()
-    assert "| demo | 10 | 0.2000 |" in md and "| missing |" in md
+    assert "| demo | 10 | 3 | 0.2000 | 0.1500 – 0.2500 |" in md and "| missing |" in md
