@@ -46,7 +46,7 @@ from pipeline.adapt.lora import (
     spec_ranks,
     trainable_parameters,
 )
-from pipeline.adapt.ranks import comparison_rows
+from pipeline.adapt.ranks import comparison_rows, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text
 from pipeline.model.nets.generator import E2GANGenerator
@@ -114,7 +114,7 @@ def build(key: str, model: str, base, spec: dict, params) -> tuple[torch.nn.Modu
     modules = dict(base.named_modules())
     crucial = {n: modules[n] for n in spec["target_modules"]}
     row = {r.key: r for r in comparison_rows(crucial, spec_ranks(spec), s, params.finetune_lora.subset)}[key]
-    return add_lora_spec(copy.deepcopy(base), lora_spec(row.ranks, s.alpha_scale)), True, row.subset
+    return add_lora_spec(copy.deepcopy(base), spec_for(row.ranks, s)), True, row.subset
 
 
 def run_concept(c: str, methods: list[str], scale: dict, params) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.adapt.lora import with_loraplus
 from pipeline.adapt.subset import choose_subset
 from pipeline.config import PipelineConfig, load_params
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
@@ -44,19 +45,46 @@ class ConceptBench:
     tokens: torch.Tensor
     mask: torch.Tensor
 
+    base_dir: Path | None = None
+
     @classmethod
     def load(
-        cls, name: str, eval_limit: int = 48, params: PipelineConfig | None = None, root: Path = Path(".")
+        cls,
+        name: str,
+        eval_limit: int = 48,
+        params: PipelineConfig | None = None,
+        root: Path = Path("."),
+        test_limit: int | None = None,
     ) -> ConceptBench:
-        params = params or load_params()
+        """A concept of params.yaml as the pipeline left it."""
         paths = stage_paths("finetune_lora", name, root)  # where the pipeline keeps this concept's inputs
-        base, meta = load_generator(paths["base"])
-        concept = load_concepts({name: paths["pairs"]}, meta["text_encoder"], {name: paths["prompts"]})[name]
+        return cls.from_folders(
+            name, paths["base"], paths["pairs"], paths["prompts"], paths["ranks"], eval_limit, params, test_limit
+        )
+
+    @classmethod
+    def from_folders(
+        cls,
+        name: str,
+        base_dir: Path,
+        pairs: Path,
+        prompts: Path,
+        ranks: Path,
+        eval_limit: int = 48,
+        params: PipelineConfig | None = None,
+        test_limit: int | None = None,
+    ) -> ConceptBench:
+        """Any concept's pairs and prompts folders on a base and an adapter spec; val (and test unless
+        `test_limit` is given) limited to `eval_limit` crops spread over all the split's photos."""
+        params = params or load_params()
+        base, meta = load_generator(base_dir)
+        concept = load_concepts({name: pairs}, meta["text_encoder"], {name: prompts})[name]
         seed = params.finetune_lora.train.seed
-        val, test = (split_pairs(concept.folder, s, eval_limit, seed) for s in ("val", "test"))
+        val = split_pairs(concept.folder, "val", eval_limit, seed)
+        test = split_pairs(concept.folder, "test", eval_limit if test_limit is None else test_limit, seed)
         tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
-        spec = json.loads(paths["ranks"].read_text())
-        return cls(name, params, base, meta, spec, concept.pairs, val, test, tokens, mask)
+        spec = json.loads(Path(ranks).read_text())
+        return cls(name, params, base, meta, spec, concept.pairs, val, test, tokens, mask, Path(base_dir))
 
     def _split(self, split: str) -> EvalPairs:
         if split not in ("val", "test"):
@@ -96,7 +124,7 @@ class ConceptBench:
         return choose_subset(self.pairs.inputs, strategy, f.subset_fraction, f.subset_features, f.train.seed)
 
 
-def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate) -> list[dict]:
+def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate, loraplus_ratio: float = 1.0) -> list[dict]:
     """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` (a dict of scores, e.g.
     ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). Returns
     [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
@@ -109,5 +137,13 @@ def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate) -> list[dic
         print(f"  step {step}: {shown} after {seconds:.0f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="e2gan-bench-") as work:
-        fit(build_models(G, cfg), data, cfg, Path(work), desc="bench", evaluate=hook, eval_every=eval_every)
+        fit(
+            with_loraplus(build_models(G, cfg), cfg, loraplus_ratio),
+            data,
+            cfg,
+            Path(work),
+            desc="bench",
+            evaluate=hook,
+            eval_every=eval_every,
+        )
     return curve

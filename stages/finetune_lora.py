@@ -54,7 +54,7 @@ def run(params, paths, concept: str) -> None:
         "text_encoder": meta["text_encoder"],
         "image_size": meta.get("image_size"),
     }
-    sizes = save_adapter_folder(model, spec, card, paths.out)
+    sizes = save_adapter_folder(model, spec, card, paths.out, cfg.store)
     n_base = sum(p.numel() for p in base.parameters())
     atomic_write_json(
         paths.reports / "metrics.json",

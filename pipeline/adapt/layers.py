@@ -129,7 +129,14 @@ def _probes(
     def probe(g: str, c: str) -> dict:
         spec = lora_spec({n: cfg.probe_rank for n in groups[g]})
         model, _, seconds = finetune(
-            base, spec, data[c].pairs, pcfg, work / "probe" / g / c, f"probe {g}/{c}", perceptual
+            base,
+            spec,
+            data[c].pairs,
+            pcfg,
+            work / "probe" / g / c,
+            f"probe {g}/{c}",
+            perceptual,
+            loraplus_ratio=fcfg.loraplus_ratio,
         )
         return {"lpips": _val_lpips(model, data[c], cfg), "seconds": round(seconds, 2)}
 

@@ -23,12 +23,32 @@ class FinetuneConfig(FrozenConfig):
     subset_fraction: float = Field(0.5, gt=0.0, le=1.0)  # kept share of the concept's training pairs
     subset_features: str = "lpips"  # "lpips" (offline AlexNet features) or a CLIP id/path
     eval_limit: int = Field(0, ge=0)  # val crops scored before and after (0 = all; else spread over all val photos)
+    store: Literal["float16", "float32"] = "float16"  # the adapter file's dtype (the model is evaluated as stored)
+    # LoRA+ (Hayou et al. 2024, peft's create_loraplus_optimizer): the B factors and the biases learn at this
+    # multiple of train.lr_g (1 = one learning rate for every trainable weight)
+    loraplus_ratio: float = Field(1.0, ge=1.0)
+    # every this many steps (and at the end) the adapter is scored on `select_limit` val crops spread over all
+    # val photos, and the best step is the one shipped (a GAN's last step is not its best); 0 = the last step
+    select_every: int = Field(0, ge=0)
+    select_limit: int = Field(48, ge=1)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
 
 def adaptable_layers(model: nn.Module) -> list[str]:
-    """Names of the layers peft can wrap with LoRA here: every Linear and Conv2d."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    """Names of the layers LoRA adapts here: every Conv2d and Linear except a text norm's `to_scale` /
+    `to_shift`. For one concept's prompts those can only add a per-channel vector to the norm's scale and shift,
+    which the adapter learns directly as the norm's biases (lora_spec's `bias`), a few thousand numbers."""
+    from pipeline.model.nets.generator import TextNorm
+
+    norm_linears = {
+        f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, TextNorm) for k in ("to_scale", "to_shift")
+    }
+    prefix = "base_model.model."  # the same names inside a PeftModel
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and n.removeprefix(prefix) not in norm_linears
+    ]
 
 
 def lora_parameters(layer: nn.Module, r: int) -> int:
@@ -42,9 +62,11 @@ def lora_parameters(layer: nn.Module, r: int) -> int:
     raise E2GANError(f"{type(layer).__name__} is not a layer LoRA can adapt here (Linear or Conv2d)")
 
 
-def lora_spec(ranks: dict[str, int], alpha_scale: float = 1.0) -> dict:
+def lora_spec(ranks: dict[str, int], alpha_scale: float = 1.0, rslora: bool = False, bias: str = "none") -> dict:
     """The LoraConfig keyword arguments for per-layer ranks (what search_ranks writes and peft takes):
-    target_modules, r, lora_alpha and anchored rank_pattern / alpha_pattern for the layers that differ."""
+    target_modules, r, lora_alpha and anchored rank_pattern / alpha_pattern for the layers that differ,
+    use_rslora (scale alpha / sqrt(r) instead of alpha / r) and bias ("all": every bias of the generator is
+    trained and stored with the adapter, e.g. the text norms' per-channel scale and shift)."""
     if not ranks:
         raise E2GANError("no LoRA target layers; analyze_layers chose none (lower analyze_layers.min_gain)")
     r = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank is the default
@@ -54,6 +76,8 @@ def lora_spec(ranks: dict[str, int], alpha_scale: float = 1.0) -> dict:
         "lora_alpha": alpha_scale * r,
         "rank_pattern": {f"^{k}$": v for k, v in sorted(ranks.items()) if v != r},
         "alpha_pattern": {f"^{k}$": alpha_scale * v for k, v in sorted(ranks.items()) if v != r},
+        "use_rslora": rslora,
+        "bias": bias,
     }
 
 
@@ -68,11 +92,11 @@ def add_lora_spec(model: nn.Module, spec: dict):
     from peft import LoraConfig, get_peft_model
 
     _check_targets(model, spec["target_modules"])
-    return get_peft_model(model, LoraConfig(**spec, lora_dropout=0.0, bias="none"))
+    return get_peft_model(model, LoraConfig(**{"bias": "none", **spec}, lora_dropout=0.0))
 
 
 def _check_targets(model: nn.Module, targets: list[str]) -> None:
-    known = set(adaptable_layers(model))
+    known = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}  # what peft can wrap
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise E2GANError(
@@ -85,11 +109,28 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(peft_model, folder: Path) -> int:
-    """A standard peft adapter folder (adapter_config.json + adapter_model.safetensors); returns its bytes."""
+def round_to(model: nn.Module, dtype: str) -> None:
+    """Round the trainable weights to `dtype` in place (still float32 tensors): the model then computes exactly
+    what the adapter stored in that dtype does."""
+    if dtype != "float32":
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(p.to(getattr(torch, dtype)).float())
+
+
+def save_adapter(peft_model, folder: Path, dtype: str = "float32") -> int:
+    """A standard peft adapter folder (adapter_config.json + adapter_model.safetensors, its tensors in `dtype`;
+    peft casts them back to the model's dtype when it loads them); returns its bytes."""
     import json
 
+    from safetensors.torch import load_file, save_file
+
     peft_model.save_pretrained(str(folder), safe_serialization=True)
+    if dtype != "float32":
+        weights = Path(folder) / "adapter_model.safetensors"
+        t = load_file(str(weights))
+        save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in t.items()}, str(weights), {"format": "pt"})
     cfg_file = Path(folder) / "adapter_config.json"  # peft writes target_modules from a set: order by process
     cfg = json.loads(cfg_file.read_text())
     if isinstance(cfg.get("target_modules"), list):
@@ -98,14 +139,14 @@ def save_adapter(peft_model, folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def save_adapter_folder(peft_model, spec: dict, card: dict, out: Path) -> dict[str, int]:
+def save_adapter_folder(peft_model, spec: dict, card: dict, out: Path, dtype: str = "float32") -> dict[str, int]:
     """The adapter folder, swapped in atomically: peft's files plus e2gan.json (`card` and the per-layer ranks).
     Returns its sizes in bytes."""
     from pipeline.core.io import atomic_dir, atomic_write_json
 
     with atomic_dir(out) as tmp:
-        save_adapter(peft_model, tmp)
-        atomic_write_json(tmp / "e2gan.json", {**card, "ranks": spec_ranks(spec)})
+        save_adapter(peft_model, tmp, dtype)
+        atomic_write_json(tmp / "e2gan.json", {**card, "ranks": spec_ranks(spec), "dtype": dtype})
         folder_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
     return {"adapter_bytes": (Path(out) / "adapter_model.safetensors").stat().st_size, "folder_bytes": folder_bytes}
 
@@ -134,24 +175,38 @@ def finetune(
     perceptual=None,
     evaluate=None,
     eval_every: int = 0,
+    loraplus_ratio: float = 1.0,
 ):
     """Train a copy of `base` on `data` with the shared loop: LoRA per `spec`, or every weight when spec is None.
 
     Returns (model, history, seconds); the model is a PeftModel when a spec is given. `evaluate` and
     `eval_every` go to `fit` (an untimed evaluation hook)."""
     t0 = time.perf_counter()
-    m = finetune_models(base, spec, cfg)
+    m = finetune_models(base, spec, cfg, loraplus_ratio)
     history = fit(m, data, cfg, work, desc=desc, perceptual=perceptual, evaluate=evaluate, eval_every=eval_every)
     return (m.ema if m.ema is not None else m.G).eval(), history, time.perf_counter() - t0
 
 
-def finetune_models(base: nn.Module, spec: dict | None, cfg: TrainConfig) -> Models:
+def finetune_models(base: nn.Module, spec: dict | None, cfg: TrainConfig, loraplus_ratio: float = 1.0) -> Models:
     """What `finetune` trains: a copy of `base` with LoRA per `spec` (or every weight trainable), a fresh
-    discriminator and optimisers, seeded by cfg.seed."""
+    discriminator and optimisers, seeded by cfg.seed; with LoRA and `loraplus_ratio` > 1, peft's LoRA+ optimiser
+    (Adam, the B factors and biases at that multiple of lr_g)."""
     torch.manual_seed(cfg.seed)  # LoRA A init
     G = copy.deepcopy(base).train()
     model = add_lora_spec(G, spec) if spec is not None else G.requires_grad_(True)
-    return build_models(model, cfg)
+    return with_loraplus(build_models(model, cfg), cfg, loraplus_ratio if spec is not None else 1.0)
+
+
+def with_loraplus(m: Models, cfg: TrainConfig, ratio: float) -> Models:
+    """`m` with peft's LoRA+ optimiser for its generator (Adam; B factors and biases at `ratio` x lr_g) when
+    `ratio` > 1 and the generator has LoRA layers; else `m` as it is."""
+    if ratio > 1 and any("lora_B" in n for n, _ in m.G.named_parameters()):
+        from peft.optimizers import create_loraplus_optimizer
+
+        m.opt_g = create_loraplus_optimizer(
+            m.G, torch.optim.Adam, lr=cfg.lr_g, loraplus_lr_ratio=ratio, betas=(cfg.beta1, 0.999)
+        )
+    return m
 
 
 def finetune_concept(
@@ -175,9 +230,72 @@ def finetune_concept(
         if feats is not None:  # how well the kept inputs cover all inputs, vs a random subset of the same size
             facts["subset_coverage"] = coverage(feats, kept)
             facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
+    best = BestStep(work, concept, cfg) if cfg.select_every else None
     model, history, seconds = finetune(
-        base, spec, pairs.subset(kept), cfg.train, work, desc=f"finetune_lora {concept.name}"
+        base,
+        spec,
+        pairs.subset(kept),
+        cfg.train,
+        work,
+        desc=f"finetune_lora {concept.name}",
+        evaluate=best,
+        eval_every=cfg.select_every,
+        loraplus_ratio=cfg.loraplus_ratio,
     )
+    if best is not None:
+        facts.update(best.restore(model))
+    round_to(model, cfg.store)  # evaluated, exported and shipped as stored
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)
     return model, history, facts
+
+
+class BestStep:
+    """fit's evaluation hook for finetune_lora: val LPIPS of the adapter every `select_every` steps; the best
+    step's adapter weights (LoRA factors and trained biases) are kept in the work folder, so a resumed run
+    still knows the best step before the kill."""
+
+    def __init__(self, work: Path, concept, cfg: FinetuneConfig):
+        self.file, self.concept, self.cfg = Path(work) / "best.safetensors", concept, cfg
+        self.scores: list[dict] = []
+
+    def _adapter(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n or n.endswith(".bias")}
+
+    def __call__(self, model: nn.Module, step: int, seconds: float) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        from pipeline.core.io import atomic_path, atomic_write_json
+        from pipeline.model.infer import concept_lpips
+
+        lp = concept_lpips(model, self.concept, split="val", limit=self.cfg.select_limit, seed=self.cfg.train.seed)
+        self.scores.append({"step": step, "train_seconds": round(seconds, 2), "lpips_val": lp})
+        record = self.file.with_suffix(".json")
+        prev = json.loads(record.read_text()) if record.is_file() and self.file.is_file() else None
+        if prev is None or lp < prev["lpips_val"]:
+            with atomic_path(self.file) as tmp:
+                save_file({k: v.contiguous() for k, v in self._adapter(model).items()}, str(tmp))
+            atomic_write_json(record, {"step": step, "lpips_val": lp, "train_seconds": seconds})
+
+    def restore(self, model: nn.Module) -> dict:
+        """Load the best step's adapter weights into `model`; returns the facts for the metrics."""
+        import json
+
+        from safetensors.torch import load_file
+
+        if not (self.file.is_file() and self.file.with_suffix(".json").is_file()):
+            return {}
+        best = json.loads(self.file.with_suffix(".json").read_text())
+        state = load_file(str(self.file))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+        return {
+            "best_step": best["step"],
+            "seconds_to_best": round(best["train_seconds"], 2),
+            "best_val_lpips": best["lpips_val"],
+            "val_curve": self.scores,
+        }

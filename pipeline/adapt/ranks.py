@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class SearchRanksConfig(FrozenConfig):
     budget: float = Field(0.016, gt=0.0, le=1.0)  # trainable params, as a share of the base generator's
     energy: float = Field(0.9, gt=0.0, le=1.0)  # stop once this share of dW's spectral energy is kept
     alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
+    rslora: bool = False  # peft's use_rslora: scale alpha / sqrt(r) instead of alpha / r
+    bias: Literal["none", "all"] = "all"  # "all": every bias trains with the adapter (the text norms' scale/shift)
     uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
     uniform_high: int = Field(4, ge=1)
     compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
@@ -179,6 +182,11 @@ def comparison_rows(
     return rows
 
 
+def spec_for(ranks: dict[str, int], cfg: SearchRanksConfig) -> dict:
+    """The peft spec of per-layer ranks with search_ranks' scaling and bias settings (every row and the result)."""
+    return lora_spec(ranks, cfg.alpha_scale, rslora=cfg.rslora, bias=cfg.bias)
+
+
 def _val_lpips(model: nn.Module, concept: ConceptData, cfg: SearchRanksConfig) -> float:
     """LPIPS on at most `eval_limit` val crops spread over all val photos."""
     return concept_lpips(model, concept, split="val", limit=cfg.eval_limit, seed=cfg.seed)
@@ -211,12 +219,13 @@ def _compare(
         data = calib[c].pairs.subset(subsets[(c, row.subset)])
         model, _, seconds = finetune(
             base,
-            lora_spec(row.ranks, cfg.alpha_scale),
+            spec_for(row.ranks, cfg),
             data,
             pcfg,
             work / "runs" / name.replace(" ", "_").replace(",", "") / c,
             f"{name}/{c}",
             perceptual,
+            loraplus_ratio=fcfg.loraplus_ratio,
         )
         return {"lpips": _val_lpips(model, calib[c], cfg), "seconds": round(seconds, 2)}
 
@@ -243,7 +252,7 @@ def search_ranks(
     budget = int(cfg.budget * n_base)
     energy = spectra(deltas, crucial, list(calib))
     ranks, trace = greedy_ranks(modules, energy, cfg, budget)
-    spec = lora_spec(ranks, cfg.alpha_scale)
+    spec = spec_for(ranks, cfg)
     # 2. the comparison rows, each a short fine-tune per calibration concept
     rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset)
     base_lpips = {c: _val_lpips(base, d, cfg) for c, d in calib.items()}

@@ -15,7 +15,8 @@ PREFIX = "G."  # ImageOnly's name for the generator in exported initializer name
 
 def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
-    factors and scale (alpha / r), plus the concept's text tokens and mask."""
+    factors and scale (alpha / r), every bias the adapter trained (`<layer>.bias`, the whole new vector), plus
+    the concept's text tokens and mask. Stored as float32 (an fp16 adapter's values, exactly)."""
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
@@ -50,8 +51,12 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
                 f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; the adapter is incomplete"
             )
         r = ranks.get(layer, cfg["r"])
-        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
-        out[f"{layer}.scale"] = torch.tensor([alphas.get(layer, cfg["lora_alpha"]) / r], dtype=torch.float32)
+        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.float().contiguous(), b.float().contiguous()
+        scale = alphas.get(layer, cfg["lora_alpha"]) / (r**0.5 if cfg.get("use_rslora") else r)
+        out[f"{layer}.scale"] = torch.tensor([scale], dtype=torch.float32)
+    for k, v in weights.items():  # bias="all": the trained biases, by the base layer's name
+        if k.startswith(pre) and k.endswith(".bias") and ".lora_" not in k:
+            out[k[len(pre) :].replace(".base_layer.", ".")] = v.float().contiguous()  # a LoRA layer's own bias
     return out
 
 
@@ -72,7 +77,8 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, shape: tuple[int,
 
 
 def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
-    """Patch the base ONNX model's initializers with a concept's LoRA deltas and text tokens -> `out`."""
+    """Patch the base ONNX model's initializers with a concept's LoRA deltas, trained biases and text tokens
+    -> `out`."""
     import onnx
     from onnx import numpy_helper
     from safetensors.torch import load_file
@@ -98,6 +104,11 @@ def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
         w = numpy_helper.to_array(inits[name]).copy()
         d = lora_delta(t[f"{layer}.lora_A"], t[f"{layer}.lora_B"], float(t[f"{layer}.scale"]), w.shape)
         inits[name].CopyFrom(numpy_helper.from_array((torch.from_numpy(w).double() + d).float().numpy(), name))
+    for key in sorted(k for k in t if k.endswith(".bias")):
+        name = f"{PREFIX}{key}"
+        if name not in inits or tuple(inits[name].dims) != tuple(t[key].shape):
+            raise ExportError(f"{artifact}: bias {key!r} does not fit {base_onnx}; the artifact is for another base")
+        inits[name].CopyFrom(numpy_helper.from_array(t[key].float().numpy(), name))
     length = inits["tokens"].dims[1]
     tokens, mask = pad_tokens(t["tokens"], t["mask"].to(t["tokens"].dtype), length)
     for n, v in (("tokens", tokens), ("mask", mask.to(torch.float32))):

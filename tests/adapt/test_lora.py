@@ -14,6 +14,7 @@ from pipeline.adapt.lora import (
     load_adapter,
     lora_parameters,
     lora_spec,
+    round_to,
     save_adapter,
     spec_ranks,
     trainable_parameters,
@@ -99,6 +100,48 @@ def test_save_load_roundtrip(tmp_path):
         got = load_adapter(_base(), tmp_path / "a")(x, t)
         merged = load_adapter(_base(), tmp_path / "a", merge=True)(x, t)
     assert torch.equal(want, got) and torch.allclose(want, merged, atol=1e-5)
+
+
+def test_fp16_adapter_with_biases_loads_as_the_rounded_model(tmp_path):
+    """The shipped storage: every bias trained (bias="all"), rank-stabilised scaling, the file in fp16 at half the
+    bytes; loaded (and merged) it computes what the in-memory model rounded to fp16 computes."""
+    from safetensors.torch import load_file
+
+    x, t = _inputs()
+    spec = lora_spec({"ds.conv": 2, "us.conv": 4, "tb.mlp.fc1": 2}, alpha_scale=1.0, rslora=True, bias="all")
+    model = add_lora_spec(_base(), spec)
+    biases = [n for n, p in model.named_parameters() if n.endswith(".bias") and "lora_" not in n and p.requires_grad]
+    assert biases and all("lora_" not in n for n in biases)  # every base bias trains beside the LoRA factors
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    round_to(model, "float16")
+    save_adapter(model, tmp_path / "a16", "float16")
+    save_adapter(model, tmp_path / "a32")
+    n16, n32 = ((tmp_path / a / "adapter_model.safetensors").stat().st_size for a in ("a16", "a32"))
+    stored = load_file(str(tmp_path / "a16" / "adapter_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert any(k.endswith(".bias") and "lora_" not in k for k in stored)
+    assert n16 < 0.7 * n32  # half the bytes, plus the header (names of every tensor)
+    with torch.no_grad():
+        want = model(x, t)
+        got = load_adapter(_base(), tmp_path / "a16")(x, t)
+        merged = load_adapter(_base(), tmp_path / "a16", merge=True)(x, t)
+        untouched = _base()(x, t)
+    assert torch.equal(want, got) and torch.allclose(want, merged, atol=1e-5)
+    assert (want - untouched).abs().max() > 1e-3  # the biases and factors changed the output
+
+
+def test_text_norm_linears_are_not_lora_targets():
+    """A text norm's to_scale / to_shift only add a per-channel vector for one concept's prompts: its biases
+    (bias="all") learn that directly, so the LoRA pool leaves them out."""
+    from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm="film"))
+    pool = adaptable_layers(G)
+    assert "ds.conv" in pool and "tb.attn_cross.to_k" in pool
+    assert not [n for n in pool if n.endswith(("to_scale", "to_shift"))]
 
 
 SPECS = [  # (name, per-layer ranks): a uniform spec, mixed ranks, one layer of each kind

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
+from pipeline.adapt.lora import add_lora_spec, lora_spec, round_to, save_adapter
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
 from pipeline.deploy.export import ExportError, ImageOnly, check_onnx, export_onnx, onnx_outputs, to_fp16, to_int8
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
@@ -37,15 +37,20 @@ def _base(norm: str = "instance") -> E2GANGenerator:
 
 @pytest.fixture(scope="module", params=["instance", "film"])
 def adapted(tmp_path_factory, request):
-    """A LoRA adapter with non-zero factors on the tiny base (instance norm / text norms), in peft's layout."""
+    """A LoRA adapter with non-zero factors on the tiny base, in peft's layout: instance norm, fp32; or text
+    norms with the shipped options (rank-stabilised scaling, every bias trained, stored as fp16)."""
     folder = tmp_path_factory.mktemp("adapter")
-    ranks = FILM_RANKS if request.param == "film" else RANKS
-    model = add_lora_spec(_base(request.param), lora_spec(ranks, alpha_scale=2.0))
+    film = request.param == "film"
+    ranks = FILM_RANKS if film else RANKS
+    spec = lora_spec(ranks, alpha_scale=2.0, rslora=film, bias="all" if film else "none")
+    model = add_lora_spec(_base(request.param), spec)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    save_adapter(model, folder)
+            if "lora_B" in n or (film and n.endswith("bias") and p.requires_grad):
+                p.add_(torch.randn_like(p) * 0.05)
+    if film:
+        round_to(model, "float16")  # what the fp16 file holds
+    save_adapter(model, folder, "float16" if film else "float32")
     return model.eval(), folder
 
 

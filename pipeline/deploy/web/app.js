@@ -102,7 +102,8 @@ async function loadBase() {
   return state.base;
 }
 
-// W' = W + scale * B @ A for every LoRA layer, and the concept's text tokens, written into a copy of the
+// W' = W + scale * B @ A for every LoRA layer, the biases the adapter trained and the concept's text tokens,
+// written into a copy of the
 // base weights; the same arithmetic as pipeline.deploy.artifact.apply_artifact (float64, rounded to float32 once).
 function patchWeights(base, art, concept) {
   const bytes = base.weights.slice(0);
@@ -126,6 +127,11 @@ function patchWeights(base, art, concept) {
       const w = off + i * cols;
       for (let j = 0; j < cols; j++) f32[w + j] = f32[w + j] + scale * acc[j];
     }
+  }
+  for (const key of Object.keys(art).filter((k) => k.endsWith('.bias'))) {
+    const idx = base.index[`G.${key}`];
+    if (!idx || idx.length !== art[key].data.length * 4) throw new UserError(`The adapter of '${concept}' changes bias ${key}, which does not fit the base model: it was made for another base. Re-export with "dvc repro export_onnx@${concept}".`);
+    f32.set(Float32Array.from(art[key].data), idx.offset / 4);
   }
   const tok = base.index.tokens, mask = base.index.mask;
   if (!tok || !mask) throw new UserError('The base model has no text-token tensors; re-export it with "dvc repro -f export_base_onnx".');

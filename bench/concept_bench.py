@@ -1,0 +1,465 @@
+"""The concept benchmark: does a new concept's adapter do the edit, against everything simpler, over concepts and
+seeds? Every method trains with the pipeline's own loop on the same concept's training pairs at one scale;
+its best step is chosen on the concept's val photos and every figure is read on its test photos (all test
+crops), with 95 % intervals from a bootstrap over test photos and paired differences on the same crops.
+
+Per concept and seed:
+  pix2pix        pix2pix ResNet-9 from scratch, all training pairs
+  e2gan_scratch  the E²GAN generator from scratch (random init), all training pairs
+  full_ft        full fine-tune of the base, the adapter's data subset
+  adapter        the shipped adapter: search_ranks' spec, finetune_lora's settings and subset
+  uniform        one rank on every layer of the spec, at about the adapter's trainable parameters
+and per concept `--random` allocations of the spec's layers at the adapter's parameter count (draw d is
+trained with seed d mod the number of seeds).
+
+Concepts in params.yaml use the pipeline's pairs (`make run` first); others must be filter concepts of the
+pool: their prompts and pairs are made here with the pipeline's own stages' code, under data/.work/concept_bench.
+
+    python -m bench.concept_bench                       # 4 concepts x 3 seeds at the default scale
+    python -m bench.concept_bench --scale smoke         # a few steps: checks the plumbing in minutes
+
+Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
+and a plot), so a killed benchmark resumes where it stopped; a results file made with other settings, another
+base or another adapter spec is refused (`--fresh` starts over).
+
+Gap closed = (LPIPS_identity - LPIPS_adapter) / (LPIPS_identity - LPIPS_full_finetune), test LPIPS at each
+run's val-best step, pooled = the mean gaps over concepts and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS, ConceptBench, train_curve
+from pipeline.adapt.lora import add_lora_spec, round_to, spec_ranks, trainable_parameters
+from pipeline.adapt.ranks import count, random_ranks, spec_for
+from pipeline.config import load_params
+from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
+from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
+from pipeline.evaluate.sets import interval, paired_difference, photo_resamples
+from pipeline.model.nets.generator import E2GANGenerator
+from pipeline.model.nets.pix2pix import ResnetGenerator
+from pipeline.orchestrate.dvc import stage_paths
+
+SCALES = {
+    # fine-tunes (full_ft, adapter, uniform, random) run finetune_lora.train.steps unless `lora_steps` is set
+    "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
+    "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
+}
+METHODS = ("adapter", "full_ft", "pix2pix", "e2gan_scratch", "uniform")
+LABELS = {
+    "identity": "identity (input unchanged)",
+    "base": "base, no adapter",
+    "pix2pix": "pix2pix ResNet-9, from scratch",
+    "e2gan_scratch": "E²GAN generator, from scratch",
+    "full_ft": "full fine-tune of the base",
+    "adapter": "shipped adapter",
+    "uniform": "uniform ranks, same params",
+    "random": "random ranks, same params",
+}
+N_BOOT = 1000
+
+
+def concept_data(name: str, params, val_limit: int) -> ConceptBench:
+    """The concept's pipeline outputs when it is a target in params.yaml, else pairs made here for a pool filter."""
+    if name in params.concepts:
+        return ConceptBench.load(name, val_limit, params, test_limit=0)
+    from pipeline.data.pairs import FILTER_PROMPTS, filter_concept, generate_pairs
+    from pipeline.data.prompts import write_prompts
+    from pipeline.data.teachers import build_teacher
+    from pipeline.orchestrate.dvc import code_hash
+
+    if name not in FILTER_PROMPTS:
+        raise SystemExit(f"{name!r} is neither a concept in params.yaml nor a filter ({', '.join(FILTER_PROMPTS)})")
+    base_paths = stage_paths("finetune_lora", next(iter(params.concepts)))
+    root = Path("data/.work/concept_bench") / name
+    prompts, pairs = root / "prompts", root / "pairs"
+    cc = filter_concept(name)
+    if not (pairs / "metadata.jsonl").is_file():
+        write_prompts(name, cc, params.expand_prompts, prompts)
+        instr = json.loads((prompts / "prompts.json").read_text())
+        generate_pairs(
+            name,
+            cc,
+            params.generate_pairs,
+            build_teacher(cc.teacher),
+            stage_paths("generate_pairs", next(iter(params.concepts)))["sources"],
+            instr,
+            pairs,
+            root / "work",
+            code_hash("generate_pairs"),
+        )
+    return ConceptBench.from_folders(
+        name, base_paths["base"], pairs, prompts, base_paths["ranks"], val_limit, params, test_limit=0
+    )
+
+
+def build(method: str, cb: ConceptBench, seed: int, draw: int | None, s) -> tuple[torch.nn.Module, bool]:
+    """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights."""
+    torch.manual_seed(seed)
+    if method == "pix2pix":
+        return ResnetGenerator(ngf=64), False
+    if method == "e2gan_scratch":
+        return E2GANGenerator(cb.base.cfg), False
+    if method == "full_ft":
+        return copy.deepcopy(cb.base).requires_grad_(True), False
+    ranks = spec_ranks(cb.spec)
+    modules = {n: m for n, m in cb.base.named_modules() if n in ranks}
+    if method == "uniform":
+        target = count(modules, ranks)
+        r = min(s.ranks, key=lambda r: abs(count(modules, {n: r for n in modules}) - target))
+        ranks = {n: r for n in modules}
+    elif method == "random":
+        ranks = random_ranks(modules, count(modules, ranks), s.ranks, 1000 + draw)
+    spec = spec_for(ranks, s) if method != "adapter" else cb.spec
+    return add_lora_spec(copy.deepcopy(cb.base), spec), True
+
+
+def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
+    """What one concept costs on disk: the adapter's weights file as finetune_lora writes it, or the whole
+    generator as one fp32 safetensors file."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from pipeline.adapt.lora import save_adapter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if adapter:
+            save_adapter(G, Path(tmp), dtype)
+            return (Path(tmp) / "adapter_model.safetensors").stat().st_size
+        path = Path(tmp) / "g.safetensors"
+        save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(path))
+        return path.stat().st_size
+
+
+def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, scale: dict, params) -> dict:
+    fcfg = params.finetune_lora
+    scratch = method in ("pix2pix", "e2gan_scratch")
+    steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
+    G, adapter = build(method, cb, seed, draw, params.search_ranks)
+    lr = 2e-4 if not adapter else fcfg.train.lr_g
+    cfg = fcfg.train.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, "seed": seed, "lr_g": lr})
+    data = cb.pairs if scratch else cb.pairs.subset(cb.subset(fcfg.subset))
+    best: dict = {}
+
+    def scores(model) -> dict:
+        v = cb.lpips(model, "val")
+        if not best or v < best["lpips_val"]:
+            best.update(lpips_val=v, state=copy.deepcopy(model.state_dict()))
+        return {"lpips_val": v}
+
+    print(f"[{cb.name} seed {seed}] {method}{'' if draw is None else f' draw {draw}'}: {steps} steps", flush=True)
+    curve = train_curve(G, data, cfg, steps, scale["eval_every"], scores, fcfg.loraplus_ratio if adapter else 1.0)
+    G.load_state_dict(best["state"])  # the val-best step, read on test
+    if adapter:
+        round_to(G, fcfg.store)  # scored as finetune_lora stores it
+    at = min(curve, key=lambda r: r["lpips_val"])
+    outs = cb.outputs(G.eval(), "test")
+    return {
+        "concept": cb.name,
+        "method": method,
+        "seed": seed,
+        "draw": draw,
+        "steps": steps,
+        "pairs": len(data.inputs),
+        "best_step": at["step"],
+        "seconds_to_best": at["train_seconds"],
+        "train_seconds": curve[-1]["train_seconds"],
+        "trainable_params": trainable_parameters(G),
+        "stored_bytes": stored_bytes(G, adapter, fcfg.store),
+        "lpips_test": [round(float(x), 6) for x in lpips_distance(outs, cb.test.teacher)],
+        "kid_test": kid_from_features(inception_features(outs), cb.teacher_features),
+        "curve": curve,
+        **({"ranks": spec_ranks_of(G)} if adapter else {}),
+    }
+
+
+def spec_ranks_of(G) -> dict[str, int]:
+    cfg = G.peft_config["default"]
+    pattern = {k.strip("^$"): v for k, v in (cfg.rank_pattern or {}).items()}
+    return {t: pattern.get(t, cfg.r) for t in sorted(cfg.target_modules)}
+
+
+def references(cb: ConceptBench) -> dict:
+    """The untrained references on test: the identity (input passed through) and the base without adapter."""
+    base_out = cb.outputs(cb.base, "test")
+    return {
+        "photos": list(cb.test.photos),
+        "identity": {
+            "lpips_test": [round(float(x), 6) for x in lpips_distance(cb.test.inputs, cb.test.teacher)],
+            "kid_test": cb.kid(),
+        },
+        "base": {
+            "lpips_test": [round(float(x), 6) for x in lpips_distance(base_out, cb.test.teacher)],
+            "kid_test": kid_from_features(inception_features(base_out), cb.teacher_features),
+        },
+        "train_pairs": len(cb.pairs.inputs),
+        "val_pairs": len(cb.val.inputs),
+        "test_pairs": len(cb.test.inputs),
+    }
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _gap(identity, adapter, full, i) -> float:
+    """Share of the identity -> full fine-tune LPIPS gap the adapter closes, on the crops `i`."""
+    return float((identity[i].mean() - adapter[i].mean()) / (identity[i].mean() - full[i].mean()))
+
+
+def _pooled_gap(gaps_ad, gaps_full, i) -> float:
+    return float(np.mean([g[i].mean() for g in gaps_ad]) / np.mean([g[i].mean() for g in gaps_full]))
+
+
+def _mean_curve(rows: list[dict]) -> np.ndarray:
+    """Per test crop, the mean over the given runs (seeds / draws)."""
+    return np.mean([r["lpips_test"] for r in rows], axis=0)
+
+
+def summarise(result: dict) -> dict:
+    rows, refs = result["runs"], result["references"]
+    per: dict = {}
+    gaps_ad, gaps_full, seeds_done = [], [], set()
+    for c, ref in refs.items():
+        mine = [r for r in rows if r["concept"] == c]
+        by = {m: [r for r in mine if r["method"] == m] for m in (*METHODS, "random")}
+        if not by["adapter"] or not by["full_ft"]:
+            continue
+        photos = ref["photos"]
+        idx = photo_resamples(photos, N_BOOT, 0)
+        lp = {"identity": np.asarray(ref["identity"]["lpips_test"]), "base": np.asarray(ref["base"]["lpips_test"])}
+        lp.update({m: _mean_curve(v) for m, v in by.items() if v})
+        kid = {"identity": ref["identity"]["kid_test"], "base": ref["base"]["kid_test"]}
+        kid.update({m: float(np.mean([r["kid_test"] for r in v])) for m, v in by.items() if v})
+        gap = functools.partial(_gap, lp["identity"], lp["adapter"], lp["full_ft"])
+        g = [gap(i) for i in idx]
+        entry = {
+            "seeds": sorted({r["seed"] for r in by["adapter"]}),
+            "lpips": {m: interval(v, idx) for m, v in lp.items()},
+            "kid": kid,
+            "gap_closed": {
+                "mean": float(gap(np.arange(len(photos)))),
+                "ci95": dict(zip(("low", "high"), map(float, np.percentile(g, [2.5, 97.5])))),
+            },
+            "adapter_minus": {
+                m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0)
+                for m in ("identity", "base", "pix2pix", "full_ft", "uniform", "random")
+                if m in lp
+            },
+        }
+        ad_runs = {r["seed"]: r for r in by["adapter"]}
+        p2p = {r["seed"]: r for r in by["pix2pix"]}
+        common = sorted(set(ad_runs) & set(p2p))
+        if common:
+            entry["time_ratio_vs_pix2pix"] = float(
+                np.mean([ad_runs[s]["seconds_to_best"] / max(p2p[s]["seconds_to_best"], 1e-9) for s in common])
+            )
+        if by["random"]:
+            rand = [float(np.mean(r["lpips_test"])) for r in by["random"]]
+            a = float(lp["adapter"].mean())
+            median = sorted(by["random"], key=lambda r: float(np.mean(r["lpips_test"])))[len(rand) // 2]
+            entry["searched_vs_random"] = {
+                "draws": len(rand),
+                "percentile": float(np.mean([a < x for x in rand]) * 100),  # share of draws the adapter beats
+                "median_draw": paired_difference(lp["adapter"], median["lpips_test"], photos, N_BOOT, 0),
+            }
+        per[c] = entry
+        seeds_done |= set(entry["seeds"])
+        gaps_ad.append(lp["identity"] - lp["adapter"])
+        gaps_full.append(lp["identity"] - lp["full_ft"])
+    if not per:
+        return {}
+    # pooled over concepts (same test photos in every concept: one photo bootstrap for all)
+    photos = next(iter(refs.values()))["photos"]
+    idx = photo_resamples(photos, N_BOOT, 0)
+    pooled = functools.partial(_pooled_gap, gaps_ad, gaps_full)
+    pg = [pooled(i) for i in idx]
+    ad = [r for r in rows if r["method"] == "adapter"]
+    full = [r for r in rows if r["method"] == "full_ft"]
+    summary = {
+        "concepts_done": sorted(per),
+        "seeds_done": sorted(seeds_done),
+        "pooled": {
+            "gap_closed": pooled(np.arange(len(photos))),
+            "gap_closed_ci95": dict(zip(("low", "high"), map(float, np.percentile(pg, [2.5, 97.5])))),
+        },
+        "per_concept": {
+            c: {
+                "gap_closed": e["gap_closed"],
+                "lpips": {
+                    m: e["lpips"][m]["mean"] for m in ("identity", "pix2pix", "full_ft", "adapter") if m in e["lpips"]
+                },
+                "kid": {m: e["kid"][m] for m in ("identity", "pix2pix", "full_ft", "adapter") if m in e["kid"]},
+                **{k: e[k] for k in ("time_ratio_vs_pix2pix", "searched_vs_random") if k in e},
+            }
+            for c, e in per.items()
+        },
+        "adapter_bytes_vs_full": float(
+            np.mean([r["stored_bytes"] for r in ad]) / np.mean([r["stored_bytes"] for r in full])
+        ),
+        "detail": per,
+    }
+    ratios = [e["time_ratio_vs_pix2pix"] for e in per.values() if "time_ratio_vs_pix2pix" in e]
+    if ratios:
+        summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
+    svr = [e["searched_vs_random"] for e in per.values() if "searched_vs_random" in e]
+    if svr:
+        summary["searched_vs_random"] = {
+            "percentile": float(np.mean([s["percentile"] for s in svr])),
+            "diff": float(np.mean([s["median_draw"]["mean"] for s in svr])),
+            "ci95": {
+                "low": float(np.mean([s["median_draw"]["ci95"]["low"] for s in svr])),
+                "high": float(np.mean([s["median_draw"]["ci95"]["high"] for s in svr])),
+            },
+            "note": "adapter minus the median random draw, test LPIPS, averaged over concepts (per concept in detail)",
+        }
+    return summary
+
+
+def markdown(result: dict) -> str:
+    s = result.get("summary") or {}
+    if not s:
+        return "No concept has both its adapter and full fine-tune runs yet.\n"
+    p = s["pooled"]
+    out = [
+        f"Test split, seeds {s['seeds_done']}, concepts {', '.join(s['concepts_done'])}; 95 % intervals from a "
+        f"bootstrap over the test photos. Pooled gap closed by the adapter: **{p['gap_closed']:.1%}** "
+        f"[{p['gap_closed_ci95']['low']:.1%}, {p['gap_closed_ci95']['high']:.1%}]; adapter bytes / full "
+        f"checkpoint: {s['adapter_bytes_vs_full']:.2%}.",
+        "",
+        "| concept | method | test LPIPS [95 % CI] | test KID | adapter − method (LPIPS) [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for c, e in s["detail"].items():
+        for m in ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "uniform", "random", "adapter"):
+            if m not in e["lpips"]:
+                continue
+            lp, d = e["lpips"][m], e["adapter_minus"].get(m)
+            diff = f"{d['mean']:+.4f} [{d['ci95']['low']:+.4f}, {d['ci95']['high']:+.4f}]" if d else ""
+            out.append(
+                f"| {c} | {LABELS[m]} | {lp['mean']:.4f} [{lp['ci95']['low']:.4f}, {lp['ci95']['high']:.4f}] | "
+                f"{e['kid'][m]:.4f} | {diff} |"
+            )
+        g = e["gap_closed"]
+        extra = (
+            f"; adapter time to val-best / pix2pix's: {e['time_ratio_vs_pix2pix']:.3f}"
+            if "time_ratio_vs_pix2pix" in e
+            else ""
+        )
+        out.append(
+            f"| {c} | **gap closed** | {g['mean']:.1%} [{g['ci95']['low']:.1%}, {g['ci95']['high']:.1%}]{extra} | | |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from pipeline.core.plots import save_fig
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in (*METHODS, "random"):
+        rs = [r for r in result["runs"] if r["method"] == m]
+        if rs:
+            ax.scatter(
+                [r["stored_bytes"] for r in rs], [float(np.mean(r["lpips_test"])) for r in rs], label=LABELS[m], s=18
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes per concept (log)")
+    ax.set_ylabel("test LPIPS vs teacher (lower is better)")
+    ax.set_title("Concept benchmark: quality vs what a concept costs to ship")
+    ax.legend(fontsize=8)
+    save_fig(fig, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def fingerprint(params, scale: dict, cbs: dict[str, ConceptBench]) -> str:
+    base = next(iter(cbs.values()))
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [scale, params.finetune_lora.model_dump(), params.search_ranks.model_dump()], sort_keys=True
+        ).encode()
+    )
+    h.update(json.dumps(base.spec, sort_keys=True).encode())
+    h.update(sha256_file(base.base_dir / "generator.safetensors").encode())
+    return h.hexdigest()[:16]
+
+
+def plan(concepts: list[str], seeds: list[int], n_random: int) -> list[tuple[str, str, int, int | None]]:
+    """(concept, method, seed, draw), seed by seed so that a partial run already covers every concept."""
+    jobs = []
+    for s in seeds:
+        for c in concepts:
+            jobs += [(c, m, s, None) for m in METHODS]
+            jobs += [(c, "random", s, d) for d in range(n_random) if d % len(seeds) == seeds.index(s)]
+    return jobs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concepts", default="watercolor,cartoon,winter,pop_art")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--random", type=int, default=5, help="random allocations per concept")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="default")
+    ap.add_argument("--out", type=Path, default=RESULTS / "concept_bench.json")
+    ap.add_argument("--fresh", action="store_true", help="discard a results file made with other settings")
+    args = ap.parse_args()
+    params, scale = load_params(), SCALES[args.scale]
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cbs = {c: concept_data(c, params, scale["val_limit"]) for c in concepts}
+    fp = fingerprint(params, scale, cbs)
+    result = json.loads(args.out.read_text()) if args.out.is_file() else None
+    if result and result.get("fingerprint") != fp:
+        if not args.fresh:
+            raise SystemExit(
+                f"{args.out} was made with other settings, base or adapter spec ({result.get('fingerprint')} != {fp}); "
+                "rerun with --fresh to start over (or --out elsewhere)"
+            )
+        result = None
+    result = result or {"fingerprint": fp, "runs": [], "references": {}}
+    result.update(
+        {
+            "scale": args.scale,
+            "settings": scale,
+            "split": "test",
+            "concepts": concepts,
+            "seeds": seeds,
+            "random_draws": args.random,
+            "resolution": params.data.image_size,
+            "threads": torch.get_num_threads(),
+            "device": str(__import__("pipeline.model.train", fromlist=["train_device"]).train_device()),
+        }
+    )
+    for c, cb in cbs.items():
+        result["references"].setdefault(c, references(cb))
+    done = {(r["concept"], r["method"], r["seed"], r["draw"]) for r in result["runs"]}
+    t0 = time.perf_counter()
+    for job in plan(concepts, seeds, args.random):
+        if job in done:
+            continue
+        result["runs"].append(run_one(cbs[job[0]], job[1], job[2], job[3], scale, params))
+        result["summary"] = summarise(result)
+        result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        atomic_write_json(args.out, result)  # after every run: a killed benchmark keeps what it has
+        atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+        plot(result, args.out.with_suffix(".png"))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
