@@ -1,0 +1,74 @@
+"""The concept benchmark's summary: gap closed, paired differences and the random-draw percentile, computed from
+per-crop test LPIPS of runs (synthetic here), against the definitions written out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.concept_bench import markdown, plan, summarise
+
+
+def _run(concept, method, seed, lpips, draw=None, seconds=10.0, nbytes=1000):
+    return {
+        "concept": concept,
+        "method": method,
+        "seed": seed,
+        "draw": draw,
+        "lpips_test": list(lpips),
+        "kid_test": 0.01,
+        "seconds_to_best": seconds,
+        "stored_bytes": nbytes,
+    }
+
+
+@pytest.fixture
+def result():
+    rng = np.random.default_rng(0)
+    photos = [f"p{i // 4}" for i in range(40)]  # 10 test photos, 4 crops each
+    ident = 0.5 + 0.05 * rng.standard_normal(40)
+    runs, refs = [], {}
+    for c in ("a", "b"):
+        refs[c] = {
+            "photos": photos,
+            "identity": {"lpips_test": list(ident), "kid_test": 0.05},
+            "base": {"lpips_test": list(ident + 0.05), "kid_test": 0.06},
+        }
+        for s in (0, 1, 2):
+            noise = 0.005 * rng.standard_normal(40)
+            runs.append(_run(c, "full_ft", s, ident - 0.2 + noise, nbytes=10_000_000))
+            runs.append(_run(c, "adapter", s, ident - 0.18 + noise, seconds=20.0, nbytes=150_000))
+            runs.append(_run(c, "pix2pix", s, ident - 0.1 + noise, seconds=200.0))
+        for d in range(5):
+            runs.append(_run(c, "random", d % 3, ident - 0.15 - 0.02 * d, draw=d))
+    return {"runs": runs, "references": refs}
+
+
+def test_gap_closed_and_ratios_follow_their_definitions(result):
+    s = summarise(result)
+    # identity - adapter = 0.18 and identity - full = 0.20 on every crop (up to the seeds' noise): 90 %
+    assert s["pooled"]["gap_closed"] == pytest.approx(0.9, abs=0.01)
+    lo, hi = s["pooled"]["gap_closed_ci95"]["low"], s["pooled"]["gap_closed_ci95"]["high"]
+    assert lo <= s["pooled"]["gap_closed"] <= hi and hi - lo < 0.05
+    for c in ("a", "b"):
+        pc = s["per_concept"][c]
+        assert pc["gap_closed"]["mean"] == pytest.approx(0.9, abs=0.01)
+        assert pc["time_ratio_vs_pix2pix"] == pytest.approx(0.1)
+        # random draws are 0.15, 0.17, .. 0.23 below the identity: the adapter (0.18) beats draws 0 and 1 of 5
+        assert pc["searched_vs_random"]["percentile"] == pytest.approx(40.0)
+        d = s["detail"][c]["adapter_minus"]["full_ft"]
+        assert d["mean"] == pytest.approx(0.02, abs=2e-3) and d["ci95"]["low"] > 0  # full FT better, resolved
+    assert s["adapter_bytes_vs_full"] == pytest.approx(0.015)
+    assert "gap closed" in markdown({**result, "summary": s})
+
+
+def test_no_summary_until_adapter_and_full_finetune_ran(result):
+    result["runs"] = [r for r in result["runs"] if r["method"] != "full_ft"]
+    assert summarise(result) == {}
+
+
+def test_plan_covers_every_concept_seed_by_seed():
+    jobs = plan(["a", "b"], [0, 1, 2], 5)
+    assert len(jobs) == 2 * 3 * 5 + 2 * 5  # five methods per concept and seed, five random draws per concept
+    assert {j[0] for j in jobs[: len(jobs) // 3]} == {"a", "b"}  # the first seed covers every concept first
+    assert sorted(j[3] for j in jobs if j[0] == "a" and j[1] == "random") == [0, 1, 2, 3, 4]
