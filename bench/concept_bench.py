@@ -9,6 +9,7 @@ Per concept and seed:
   full_ft        full fine-tune of the base, the adapter's data subset
   adapter        the shipped adapter: search_ranks' spec, finetune_lora's settings and subset
   uniform        one rank on every layer of the spec, at about the adapter's trainable parameters
+  uniform_all    one rank on every adaptable layer (no layer analysis), at about the same parameters
 and per concept `--random` allocations of the spec's layers at the adapter's parameter count (draw d is
 trained with seed d mod the number of seeds).
 
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS, ConceptBench, train_curve
-from pipeline.adapt.lora import add_lora_spec, round_to, spec_ranks, trainable_parameters
+from pipeline.adapt.lora import adaptable_layers, add_lora_spec, round_to, spec_ranks, trainable_parameters
 from pipeline.adapt.ranks import count, random_ranks, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
@@ -55,7 +56,7 @@ SCALES = {
     "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
 }
-METHODS = ("adapter", "full_ft", "pix2pix", "e2gan_scratch", "uniform")
+METHODS = ("adapter", "full_ft", "uniform_all", "pix2pix", "e2gan_scratch", "uniform")
 LABELS = {
     "identity": "identity (input unchanged)",
     "base": "base, no adapter",
@@ -64,6 +65,7 @@ LABELS = {
     "full_ft": "full fine-tune of the base",
     "adapter": "shipped adapter",
     "uniform": "uniform ranks, same params",
+    "uniform_all": "every layer, uniform rank, same params",
     "random": "random ranks, same params",
 }
 N_BOOT = 1000
@@ -114,8 +116,11 @@ def build(method: str, cb: ConceptBench, seed: int, draw: int | None, s) -> tupl
         return copy.deepcopy(cb.base).requires_grad_(True), False
     ranks = spec_ranks(cb.spec)
     modules = {n: m for n, m in cb.base.named_modules() if n in ranks}
-    if method == "uniform":
+    if method in ("uniform", "uniform_all"):
         target = count(modules, ranks)
+        if method == "uniform_all":
+            every = dict(cb.base.named_modules())
+            modules = {n: every[n] for n in adaptable_layers(cb.base)}
         r = min(s.ranks, key=lambda r: abs(count(modules, {n: r for n in modules}) - target))
         ranks = {n: r for n in modules}
     elif method == "random":
@@ -253,7 +258,7 @@ def summarise(result: dict) -> dict:
             },
             "adapter_minus": {
                 m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0)
-                for m in ("identity", "base", "pix2pix", "full_ft", "uniform", "random")
+                for m in ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "uniform", "uniform_all", "random")
                 if m in lp
             },
         }
@@ -341,7 +346,17 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for c, e in s["detail"].items():
-        for m in ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "uniform", "random", "adapter"):
+        for m in (
+            "identity",
+            "base",
+            "pix2pix",
+            "e2gan_scratch",
+            "full_ft",
+            "uniform_all",
+            "uniform",
+            "random",
+            "adapter",
+        ):
             if m not in e["lpips"]:
                 continue
             lp, d = e["lpips"][m], e["adapter_minus"].get(m)
@@ -399,11 +414,13 @@ def fingerprint(params, scale: dict, cbs: dict[str, ConceptBench]) -> str:
 
 
 def plan(concepts: list[str], seeds: list[int], n_random: int) -> list[tuple[str, str, int, int | None]]:
-    """(concept, method, seed, draw), seed by seed so that a partial run already covers every concept."""
+    """(concept, method, seed, draw), seed by seed, and within a seed the adapter, the full fine-tune and uniform_all of every
+    concept first: a partial run already gives the gap closed on every concept."""
     jobs = []
     for s in seeds:
+        jobs += [(c, m, s, None) for c in concepts for m in METHODS[:3]]
         for c in concepts:
-            jobs += [(c, m, s, None) for m in METHODS]
+            jobs += [(c, m, s, None) for m in METHODS[3:]]
             jobs += [(c, "random", s, d) for d in range(n_random) if d % len(seeds) == seeds.index(s)]
     return jobs
 
