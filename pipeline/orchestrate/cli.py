@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    for noisy in ("httpx", "httpcore"):  # one line per API call otherwise
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @assets_app.command("fetch")
@@ -98,10 +101,105 @@ def flow_run(
     ),
 ) -> None:
     """Run the Prefect flow for a concept (or all concepts) here; prints the DVC stages that ran."""
+    from pipeline.core.errors import E2GANError
     from pipeline.orchestrate.flows import concept_flow, with_runner
 
-    ran = concept_flow(concept, str(root)) if concept else with_runner(workers, dask_address)(str(root))
+    if concept:
+        state = concept_flow(concept, root=str(root), return_state=True)
+        if state.is_failed():
+            raise E2GANError(state.message or f"the flow for {concept!r} failed")
+        ran = state.result()
+    else:
+        ran = with_runner(workers, dask_address)(str(root))
     print(json.dumps({"ran": ran}))
+
+
+concept_app = typer.Typer(
+    help="Add, list and remove concepts in params.yaml (validated, atomic, under a lock).", no_args_is_help=True
+)
+app.add_typer(concept_app, name="concept")
+
+
+@concept_app.command("add")
+@exit_on_user_error
+def concept_add(
+    name: str = typer.Argument(..., help="The concept's name: a lowercase slug (a-z, 0-9, '_')."),
+    prompt: str = typer.Option(
+        ..., "--prompt", "-p", help="The edit instruction, e.g. 'make it a watercolor painting'."
+    ),
+    teacher: str = typer.Option(
+        ...,
+        "--teacher",
+        "-t",
+        help="filters:OP[:STRENGTH] (an OpenCV/PIL edit, e.g. filters:watercolor:0.8) or diffusers:MODEL "
+        "(a hub id or a local folder, e.g. diffusers:timbrooks/instruct-pix2pix).",
+    ),
+    pipeline: str = typer.Option(None, help="diffusers: instruct_pix2pix (default) or img2img."),
+    steps: int = typer.Option(None, help="diffusers: denoising steps (default 20)."),
+    guidance_scale: float = typer.Option(None, help="diffusers: text guidance (default 7.5)."),
+    image_guidance_scale: float = typer.Option(None, help="diffusers, instruct_pix2pix: image guidance (default 1.5)."),
+    replace: bool = typer.Option(False, help="An existing name with another definition: replace it."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+) -> None:
+    """Add a concept to params.yaml; `dvc repro` (or `e2gan flow -c NAME`) then builds only its stages."""
+    from pipeline.orchestrate import concepts
+
+    extra = dict(
+        pipeline=pipeline, steps=steps, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+    )
+    block = concepts.teacher_from_spec(teacher, **extra)
+    if block["kind"] != "diffusers" and any(v is not None for v in extra.values()):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in extra.items() if v is not None)
+        raise concepts.ConfigError(f"{given}: only for a diffusers teacher (--teacher diffusers:MODEL)")
+    change = concepts.put(name, prompt, block, params, replace=replace)
+    console.print(change.line() + ("" if change.action == "unchanged" else f" in {params}; build it: dvc repro"))
+
+
+@concept_app.command("remove")
+@exit_on_user_error
+def concept_remove(
+    name: str = typer.Argument(..., help="The concept to drop from params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="The params file."),
+) -> None:
+    """Remove a concept from params.yaml. Its outputs stay in the DVC cache: adding it back restores them."""
+    from pipeline.orchestrate import concepts
+
+    console.print(concepts.remove(name, params).line() + f" from {params}")
+
+
+@concept_app.command("list")
+@exit_on_user_error
+def concept_list(
+    root: Path = typer.Option(Path("."), help="The project folder (with dvc.yaml and params.yaml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """Every concept: its teacher, whether its stages are up to date, and its test-split figures."""
+    from pipeline.orchestrate import concepts
+
+    rows = concepts.listing(root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("concept", "teacher", "state", "LPIPS student", "identity", "base", "KID student")
+    for r in rows:
+        m = r["metrics"] or {}
+
+        def fmt(k: str, m: dict = m) -> str:
+            return f"{m[k]:.3f}" if m.get(k) is not None else "-"
+
+        state = (
+            r["state"] if not r["stale_stages"] else f"stale ({', '.join(s.split('@')[0] for s in r['stale_stages'])})"
+        )
+        table.add_row(
+            r["concept"],
+            r["teacher"],
+            state,
+            fmt("lpips_student"),
+            fmt("lpips_identity"),
+            fmt("lpips_base"),
+            fmt("kid_student"),
+        )
+    Console().print(table)
 
 
 ci_app = typer.Typer(help="Continuous-integration commands.", no_args_is_help=True)
@@ -167,17 +265,118 @@ def ci_retrain(
     print(json.dumps({"ran": ran}))
 
 
+def prefect_env(root: Path, port: int) -> dict[str, str]:
+    """The environment of `e2gan ui`'s processes: the server's state in the project (<root>/.prefect unless
+    PREFECT_HOME is set), and the API and the UI's API URL on 127.0.0.1:<port> (the page calls the port the server
+    is on)."""
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
+    env.update(
+        PREFECT_API_URL=api,
+        PREFECT_UI_API_URL=api,
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    return env
+
+
+def _wait_healthy(api: str, proc, seconds: float = 180) -> bool:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _form_url(api: str, deadline_s: float = 120) -> str | None:
+    """The concept deployment's run form, once `e2gan serve` has registered it."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{api}/deployments/name/e2gan-concept/concept", timeout=2)
+            if r.status_code == 200:
+                return f"{api.removesuffix('/api')}/deployments/deployment/{r.json()['id']}/run"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return None
+
+
 @app.command("ui")
-def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
-    """Start a local Prefect server and UI on 127.0.0.1 (Ctrl-C stops it)."""
+@exit_on_user_error
+def ui(
+    port: int = typer.Option(4200, help="Port on 127.0.0.1 (the server and the page's API calls)."),
+    root: Path = typer.Option(Path("."), help="The project folder: flows run here, server state in <root>/.prefect."),
+    serve_flows: bool = typer.Option(
+        True, "--serve/--no-serve", help="Also serve the deployments (what `e2gan serve` does) in this command."
+    ),
+) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 and serve the e2gan deployments; prints the URL of the
+    concept form. Ctrl-C or SIGTERM stops the server and the deployments with it."""
+    import signal
     import subprocess
     import sys
 
-    raise typer.Exit(
-        subprocess.call(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    from pipeline.core.errors import E2GANError
+
+    env = prefect_env(root, port)
+    api = env["PREFECT_API_URL"]
+    procs: list[subprocess.Popen] = []
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            start_new_session=True,  # its own process group: stopped with everything it starts
         )
-    )
+        procs.append(server)
+        if not _wait_healthy(api, server):
+            if server.poll() is None:
+                raise E2GANError(f"the Prefect server did not answer on {api} within 180 s; is port {port} free?")
+            raise typer.Exit(server.returncode)
+        console.print(
+            f"Prefect UI: {api.removesuffix('/api')}  (state in {env['PREFECT_HOME']}; Ctrl-C stops it)", soft_wrap=True
+        )
+        if serve_flows:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.orchestrate.cli", "serve", "--root", str(root)],
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+            form = _form_url(api)
+            if form:
+                console.print(f"New concept form: {form}", soft_wrap=True)
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                    p.wait(20)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
 
 
 @app.command("serve")

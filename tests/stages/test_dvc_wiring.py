@@ -471,8 +471,8 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     _killed_run(repo, stage, c)  # an interrupted run's checkpoint (step 1), then the code changes
     code.write_text(
         original
-        + "\n\n_models = finetune_models\n\n\ndef finetune_models(base, spec, cfg):  # a 3x larger learning rate\n"
-        + "    return _models(base, spec, cfg.model_copy(update={'lr_g': cfg.lr_g * 3}))\n"
+        + "\n\n_models = finetune_models\n\n\ndef finetune_models(base, spec, cfg, *args):  # a 3x larger learning rate\n"
+        + "    return _models(base, spec, cfg.model_copy(update={'lr_g': cfg.lr_g * 3}), *args)\n"
     )
     try:
         assert f"{stage}@{c}" in _stale(repo)
