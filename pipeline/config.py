@@ -95,7 +95,9 @@ def __getattr__(name: str) -> Any:  # `from pipeline.config import PipelineConfi
 
 def _loc(loc: tuple[Any, ...]) -> str:
     # pydantic puts the union tag in the location ("teacher.filters.op"); drop it for the user
-    keep = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "teacher" and p in ("filters", "diffusers"))]
+    keep = [
+        p for i, p in enumerate(loc) if not (i and loc[i - 1] == "teacher" and p in ("filters", "diffusers", "pairs"))
+    ]
     return ".".join(str(p) for p in keep)
 
 
@@ -140,9 +142,9 @@ def _one_line(err: dict[str, Any], path: str) -> str:
         return f"{path}: {loc}: missing {what}; add it (the shipped params.yaml lists every section and key)"
     if kind == "union_tag_invalid":
         tag = got.get("kind") if isinstance(got, dict) else got
-        return f"{path}: {loc}: unknown teacher kind {tag!r}; use 'filters' or 'diffusers'"
+        return f"{path}: {loc}: unknown teacher kind {tag!r}; use 'filters', 'diffusers' or 'pairs'"
     if kind == "union_tag_not_found":
-        return f"{path}: {loc}: the teacher needs a 'kind' (filters or diffusers)"
+        return f"{path}: {loc}: the teacher needs a 'kind' (filters, diffusers or pairs)"
     msg = err["msg"].removeprefix("Value error, ")
     shown = f" (got {got!r})" if kind not in ("value_error",) and not isinstance(got, dict) else ""
     return f"{path}: {loc}: {msg}{shown}"

@@ -60,7 +60,7 @@ CASES = [
     (
         "unknown_teacher",
         lambda d: _set(d, "concepts.watercolor.teacher", {"kind": "midjourney"}),
-        ["concepts.watercolor.teacher", "unknown teacher kind 'midjourney'", "'filters' or 'diffusers'"],
+        ["concepts.watercolor.teacher", "unknown teacher kind 'midjourney'", "'filters', 'diffusers' or 'pairs'"],
     ),
     (
         "unknown_filter",

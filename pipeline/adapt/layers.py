@@ -261,7 +261,7 @@ def plot_importance(table: dict, out_png: Path) -> None:
     rows = sorted(table["groups"], key=lambda r: r["probe_rank"])
     names = [r["group"] for r in rows]
     colours = ["C3" if n in table["crucial_groups"] else "0.6" for n in names]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, max(4.0, 1.2 + 0.22 * len(names))), dpi=110, sharey=True)
     axes[0].barh(names, [r["probe_gain"] for r in rows], color=colours)
     axes[0].set_xlabel("val LPIPS gain, LoRA on this group alone")
     axes[1].barh(names, [r["delta_rel_change"] for r in rows], color=colours)

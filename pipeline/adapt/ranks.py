@@ -299,10 +299,11 @@ def plot_ranks(report: dict, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     names = list(report["ranks"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(4.0, 1.2 + 0.22 * len(names))), dpi=110)  # a row per layer
     axes[0].barh(names, [report["ranks"][n] for n in names], color="C0")
     axes[0].invert_yaxis()
+    axes[0].tick_params(axis="y", labelsize=8)
     axes[0].set_xlabel("searched LoRA rank")
     for i, row in enumerate(report["comparison"]):
         axes[1].scatter(row["params"] / 1000, row["lpips"], s=60, color=f"C{i}", label=row["row"])

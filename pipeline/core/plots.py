@@ -51,17 +51,38 @@ def save_fig(fig, out_png: Path) -> None:
     atomic_write_bytes(out_png, buf.getvalue())
 
 
-def grid(rows: list[list[np.ndarray]], labels: list[str] | None = None) -> np.ndarray:
-    """Stack equally sized RGB images: each inner list is one row; optional row labels on the left."""
-    from PIL import Image, ImageDraw
+def _wrap(draw, text: str, width: int, font) -> list[str]:
+    """`text` in lines no wider than `width` px (words kept whole; a word longer than the width is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            while draw.textlength(word, font=font) > width and len(word) > 1:  # a single long word: break it
+                cut = max(1, next(i for i in range(len(word), 0, -1) if draw.textlength(word[:i], font=font) <= width))
+                lines.append(word[:cut])
+                word = word[cut:]
+            lines.append(word)
+    return lines
+
+
+def grid(rows: list[list[np.ndarray]], labels: list[str] | None = None, label_width: int = 120) -> np.ndarray:
+    """Stack equally sized RGB images: each inner list is one row; optional row labels on the left, wrapped to
+    `label_width` px so nothing is cut off."""
+    from PIL import Image, ImageDraw, ImageFont
 
     h, w = rows[0][0].shape[:2]
-    pad = 90 if labels else 0
+    pad = label_width + 8 if labels else 0
     canvas = Image.new("RGB", (pad + w * max(len(r) for r in rows), h * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
     for i, row in enumerate(rows):
         if labels:
-            draw.text((4, i * h + h // 2 - 6), labels[i][:14], fill="black")
+            lines = _wrap(draw, labels[i], label_width, font)
+            step = 16
+            top = i * h + max(2, h // 2 - step * len(lines) // 2)
+            for k, line in enumerate(lines):
+                draw.text((4, top + k * step), line, fill="black", font=font)
         for j, img in enumerate(row):
             canvas.paste(Image.fromarray(img), (pad + j * w, i * h))
     return np.asarray(canvas)

@@ -131,8 +131,9 @@ def concept_add(
         ...,
         "--teacher",
         "-t",
-        help="filters:OP[:STRENGTH] (an OpenCV/PIL edit, e.g. filters:watercolor:0.8) or diffusers:MODEL "
-        "(a hub id or a local folder, e.g. diffusers:timbrooks/instruct-pix2pix).",
+        help="filters:OP[:STRENGTH] (an OpenCV/PIL edit, e.g. filters:watercolor:0.8), diffusers:MODEL "
+        "(a hub id or a local folder, e.g. diffusers:timbrooks/instruct-pix2pix) or pairs:SOURCE (pairs made "
+        "elsewhere: a folder of input/ + edited/ images, a metadata.jsonl, or a Hugging Face dataset id).",
     ),
     pipeline: str = typer.Option(None, help="diffusers: instruct_pix2pix (default) or img2img."),
     steps: int = typer.Option(None, help="diffusers: denoising steps (default 20)."),

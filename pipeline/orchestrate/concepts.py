@@ -32,6 +32,7 @@ def teacher_from_spec(spec: str, **settings: Any) -> dict[str, Any]:
 
     filters:OP[:STRENGTH]     an OpenCV/PIL edit (`e2gan concept add --help` lists the ops)
     diffusers:MODEL           a diffusers editor: a hub id or a local folder (steps, guidance_scale, ...)
+    pairs:SOURCE              pairs made elsewhere: input/ + edited/, a metadata.jsonl, or a dataset id
     """
     kind, _, rest = spec.partition(":")
     settings = {k: v for k, v in settings.items() if v is not None}
@@ -62,7 +63,10 @@ def teacher_from_spec(spec: str, **settings: Any) -> dict[str, Any]:
 def _minimal(concept) -> dict[str, Any]:
     """A validated concept as params.yaml writes it: the prompt and the teacher's non-default settings."""
     t = concept.teacher
-    keep = {"kind": t.kind, **({"model": t.model} if t.kind == "diffusers" else {})}
+    keep = {
+        "kind": t.kind,
+        **({"model": t.model} if t.kind == "diffusers" else {}),
+    }  # filters' op, pairs' source: required
     return {"prompt": concept.prompt, "teacher": {**keep, **t.model_dump(exclude_defaults=True)}}
 
 

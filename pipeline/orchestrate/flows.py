@@ -29,7 +29,7 @@ from pipeline.data.teachers.filters import FILTERS
 from pipeline.orchestrate import dvc
 
 SHARED_LIMIT = "e2gan-shared-stages"
-TeacherKind = Literal["filters", "diffusers"]
+TeacherKind = Literal["filters", "diffusers", "pairs"]
 FilterOp = Literal[tuple(sorted(FILTERS))]  # type: ignore[valid-type]  # the UI's drop-down
 DiffusersPipeline = Literal["instruct_pix2pix", "img2img"]
 
@@ -214,9 +214,14 @@ def _teacher(
     steps: int,
     guidance_scale: float,
     image_guidance_scale: float,
+    pairs_source: str = "",
 ) -> dict:
-    if teacher not in ("filters", "diffusers"):
-        raise E2GANError(f"teacher: unknown kind {teacher!r}; choose 'filters' or 'diffusers'")
+    if teacher not in ("filters", "diffusers", "pairs"):
+        raise E2GANError(f"teacher: unknown kind {teacher!r}; choose 'filters', 'diffusers' or 'pairs'")
+    if teacher == "pairs":
+        if not pairs_source:
+            raise E2GANError("pairs_source: give the folder (or dataset id) of the pairs for a 'pairs' teacher")
+        return {"kind": "pairs", "source": pairs_source}
     if teacher == "filters":
         if not filter_op:
             raise E2GANError("filter_op: choose the filter for a 'filters' teacher (e.g. watercolor)")
@@ -250,6 +255,7 @@ def concept_flow(
     steps: int = 20,
     guidance_scale: float = 7.5,
     image_guidance_scale: float = 1.5,
+    pairs_source: str = "",
     root: str = ".",
 ):
     """Define a concept (or bring an existing one up to date) and build it: shared stages if stale, then the
@@ -260,8 +266,8 @@ def concept_flow(
             params.yaml; an existing one is brought to the definition below (only its stages rerun if it changed).
         prompt: The edit instruction, e.g. 'make it a watercolor painting'. Leave empty to rebuild an existing
             concept as params.yaml defines it.
-        teacher: The editor that makes the training pairs: 'filters' (OpenCV/PIL, runs anywhere) or 'diffusers'
-            (a diffusion editor; needs its weights and ideally a GPU).
+        teacher: What makes the training pairs: 'filters' (OpenCV/PIL, runs anywhere), 'diffusers' (a diffusion
+            editor; needs its weights and ideally a GPU) or 'pairs' (pairs you made elsewhere, see pairs_source).
         filter_op: filters: which edit.
         strength: filters: how strong, 0 to 2 (1 = the filter's own look).
         model: diffusers: a hub id or a local folder with a diffusers pipeline.
@@ -269,6 +275,8 @@ def concept_flow(
         steps: diffusers: denoising steps.
         guidance_scale: diffusers: how strongly to follow the prompt.
         image_guidance_scale: diffusers, instruct_pix2pix: how strongly to keep the photo.
+        pairs_source: pairs: a folder of input/ + edited/ images matched by name, a metadata.jsonl
+            (input_image, edited_image, edit_prompt), or a Hugging Face dataset id; relative to the project folder.
         root: The project folder (with dvc.yaml and params.yaml) the stages run in.
     """
     logger = get_run_logger()
@@ -276,7 +284,15 @@ def concept_flow(
         check_slug(concept)
         if prompt.strip():
             block = _teacher(
-                teacher, filter_op, strength, model, diffusers_pipeline, steps, guidance_scale, image_guidance_scale
+                teacher,
+                filter_op,
+                strength,
+                model,
+                diffusers_pipeline,
+                steps,
+                guidance_scale,
+                image_guidance_scale,
+                pairs_source,
             )
             from pipeline.orchestrate.concepts import validate
 

@@ -14,7 +14,7 @@ from tests.data.tiny_diffusers import build_tiny_pipeline
 
 
 def test_registry_is_explicit():
-    assert set(TEACHERS) == {"filters", "diffusers"}
+    assert set(TEACHERS) == {"filters", "diffusers", "pairs"}
     assert len(FILTERS) >= 14 and set(FILTER_PROMPTS) == set(FILTERS)
 
 

@@ -263,8 +263,9 @@ def _listeners(port: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """`e2gan ui`: a real Prefect server (its own database) on 127.0.0.1; yields (api_url, env for clients)."""
+def prefect_server(tmp_path_factory, repo):
+    """`e2gan ui`: a real Prefect server (its own database) on 127.0.0.1 serving the deployments for `repo`;
+    yields (api_url, env for clients, port)."""
     import httpx
 
     home = tmp_path_factory.mktemp("prefect-home")
@@ -273,7 +274,8 @@ def prefect_server(tmp_path_factory):
     env = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.orchestrate.cli", "ui", "--port", str(port)],
+        [sys.executable, "-m", "pipeline.orchestrate.cli", "ui", "--port", str(port), "--root", str(repo)],
+        cwd=repo,
         env=_env(PREFECT_HOME=str(home)),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -374,6 +376,111 @@ def test_four_concept_flows_at_once_then_read_back_over_rest(repo, prefect_serve
         assert values[("finetune_lora", "trainable_params")] == metrics["trainable_params"]
     finally:
         (repo / "params.yaml").write_text(original)
+
+
+def _deployment(url: str, name: str = "e2gan-concept/concept", seconds: float = 120) -> dict:
+    """The deployment once `e2gan ui` has registered it."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        r = httpx.get(f"{url}/deployments/name/{name}", timeout=10)
+        if r.status_code == 200:
+            return r.json()
+        assert time.monotonic() < deadline, f"deployment {name} not served: {r.status_code} {r.text[:300]}"
+        time.sleep(1)
+
+
+def _finished(url: str, run_id: str, seconds: float = 1200) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        run = httpx.get(f"{url}/flow_runs/{run_id}", timeout=10).json()
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        assert time.monotonic() < deadline, run["state_type"]
+        time.sleep(2)
+
+
+NEW = {
+    "glow": {"prompt": "give it a neon glow", "teacher": "filters", "filter_op": "neon", "strength": 0.8},
+    "inverted": {"prompt": "invert the colours", "teacher": "pairs", "pairs_source": "my_edits"},  # made elsewhere
+}
+
+
+def _write_pairs(folder: Path, n: int = 6) -> None:
+    from PIL import Image
+
+    from tests.data.test_imported import _photo
+
+    for i in range(n):
+        img = _photo(i)
+        for sub, im in (("input", img), ("edited", 255 - img)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im).save(folder / sub / f"shot{i}.png")
+
+
+@pytest.mark.slow
+def test_new_concepts_from_the_deployment_form_over_rest(repo, prefect_server):
+    """What the UI's form does: runs of the served deployment `e2gan-concept/concept` started through the REST
+    API with new concepts' definitions. A bad definition fails before any stage with a one-line state message
+    and leaves params.yaml byte-identical; two new concepts at once both land in params.yaml and dvc.lock,
+    each run ran exactly its concept's stages, and each run's artifacts hold its figures and grid."""
+    import httpx
+
+    url, env, port = prefect_server
+    dep = _deployment(url)
+    props = dep["parameter_openapi_schema"]["properties"]
+    assert "neon" in props["filter_op"]["anyOf"][0]["enum"] and props["teacher"]["enum"] == ["filters", "diffusers"]
+    assert props["concept"]["description"] and dep["parameters"]["root"] == str(repo.resolve())
+    original = (repo / "params.yaml").read_bytes()
+
+    def start(parameters: dict) -> str:
+        r = httpx.post(f"{url}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=30)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    try:
+        bad = _finished(url, start({"concept": "odd", "prompt": "make it odd", "filter_op": "sepia", "strength": 7}))
+        assert bad["state_type"] == "FAILED"
+        message = bad["state"]["message"]
+        assert "\n" not in message and "concepts.odd.teacher.strength" in message, message
+        assert (repo / "params.yaml").read_bytes() == original
+        tasks = httpx.post(f"{url}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [bad["id"]]}}}).json()
+        assert tasks == []  # failed before any stage
+
+        _write_pairs(repo / "my_edits")
+        ids = {c: start({"concept": c, **d}) for c, d in NEW.items()}  # both at once
+        runs = {c: _finished(url, i) for c, i in ids.items()}
+        assert {c: r["state_type"] for c, r in runs.items()} == dict.fromkeys(NEW, "COMPLETED"), runs
+        params = yaml.safe_load((repo / "params.yaml").read_text())["concepts"]
+        assert params["glow"] == {
+            "prompt": "give it a neon glow",
+            "teacher": {"kind": "filters", "op": "neon", "strength": 0.8},
+        }
+        assert params["inverted"]["teacher"] == {"kind": "pairs", "source": "my_edits"}
+        made = json.loads((repo / "reports/generate_pairs/inverted.json").read_text())
+        assert made["source_pairs"] == 6 and made["skipped"] == 0 and made["kept_test"] > 0
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        assert _stale(repo) == {"report"}
+        for c, run in runs.items():
+            assert all(lock[f"{s}@{c}"]["outs"] for s in PER_CONCEPT)
+            tasks = httpx.post(
+                f"{url}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=30
+            ).json()
+            names = {t["name"] for t in tasks}
+            assert names == {"define concept " + c, "shared stages"} | {f"dvc repro -s {s}@{c}" for s in PER_CONCEPT}
+            arts = httpx.post(
+                f"{url}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=30
+            ).json()
+            md = next(a["data"] for a in arts if a["type"] == "markdown")
+            shipped = json.loads((repo / f"reports/evaluate/{c}.json").read_text())
+            assert f"**{shipped['student']['lpips']['mean']:.3f}**" in md and "data:image/jpeg;base64," in md
+            assert f"models/onnx/{c}/model.onnx" in md
+    finally:
+        (repo / "params.yaml").write_bytes(original)
+        shutil.rmtree(repo / "my_edits", ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ __all__ = [
     "ConceptConfig",
     "DiffusersTeacherConfig",
     "FiltersTeacherConfig",
+    "PairsTeacherConfig",
     "TEACHERS",
     "Teacher",
     "TeacherError",
@@ -59,8 +60,21 @@ class DiffusersTeacherConfig(FrozenConfig):
     safety_checker: bool = False
 
 
-TeacherConfig = Annotated[Union[FiltersTeacherConfig, DiffusersTeacherConfig], Field(discriminator="kind")]
-TEACHER_CONFIGS = {"filters": FiltersTeacherConfig, "diffusers": DiffusersTeacherConfig}
+class PairsTeacherConfig(FrozenConfig):
+    """Pairs made elsewhere: a folder of input/ + edited/ images matched by name, a folder or file
+    metadata.jsonl with the InstructPix2Pix columns (input_image, edited_image, edit_prompt), or a Hugging Face
+    dataset id with those columns (needs `datasets` and a reachable hub). The stage reads the source when it
+    runs: after changing its contents, `dvc repro -f -s generate_pairs@<concept>`."""
+
+    kind: Literal["pairs"] = "pairs"
+    source: str = Field(min_length=1)
+    split: str = "train"  # a Hugging Face dataset's split
+
+
+TeacherConfig = Annotated[
+    Union[FiltersTeacherConfig, DiffusersTeacherConfig, PairsTeacherConfig], Field(discriminator="kind")
+]
+TEACHER_CONFIGS = {"filters": FiltersTeacherConfig, "diffusers": DiffusersTeacherConfig, "pairs": PairsTeacherConfig}
 
 
 class ConceptConfig(FrozenConfig):
@@ -82,9 +96,16 @@ def _diffusers(cfg: DiffusersTeacherConfig) -> Teacher:
     return DiffusersTeacher(cfg)
 
 
-TEACHERS = {"filters": _filters, "diffusers": _diffusers}
+def _pairs(cfg: PairsTeacherConfig) -> Teacher:
+    raise TeacherError(
+        f"a 'pairs' concept (source {cfg.source!r}) has its pairs already: there is no editor to run on other "
+        "photos; use a filters or diffusers teacher there"
+    )
 
 
-def build_teacher(cfg: FiltersTeacherConfig | DiffusersTeacherConfig) -> Teacher:
+TEACHERS = {"filters": _filters, "diffusers": _diffusers, "pairs": _pairs}
+
+
+def build_teacher(cfg: FiltersTeacherConfig | DiffusersTeacherConfig | PairsTeacherConfig) -> Teacher:
     """The teacher for a concept's `teacher:` block."""
     return TEACHERS[cfg.kind](cfg)  # type: ignore[operator]
