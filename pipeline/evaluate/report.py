@@ -129,39 +129,118 @@ def summary(inp: ReportInputs) -> dict:
     }
 
 
+def _p(v, nd: int) -> str:
+    """A figure at `nd` decimals ('–' when missing)."""
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _interval(x: dict | None, nd: int = 3, signed: bool = False) -> str:
+    """'mean [low, high]' (a tie marked when the interval holds 0) from a paired difference or a mean with ci95."""
+    if not x or "ci95" not in x:
+        return "–"
+    f = f"{{:{'+' if signed else ''}.{nd}f}}"
+    lo, hi = x["ci95"]["low"], x["ci95"]["high"]
+    tie = " (tie)" if signed and lo <= 0 <= hi else ""
+    return f"{f.format(x['mean'])} [{f.format(lo)}, {f.format(hi)}]{tie}"
+
+
+def _kb(n) -> str:
+    return "–" if n is None else (f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB")
+
+
+def _concept_section(inp: ReportInputs, c: str, r: dict) -> str:
+    ev = _load(inp.evaluate / f"{c}.json")
+    s, b, i = ev.get("student", {}), ev.get("base_without_adapter", {}), ev.get("identity", {})
+    paired = ev.get("paired", {})
+
+    def cells(key: str, sub: str, nd: int, ci: bool = False) -> str:
+        out = []
+        for j, m in enumerate((s, i, b)):
+            x = m.get(key, {})
+            v = _interval(x, nd) if ci and "ci95" in x else _p(x.get(sub), nd)
+            out.append(f"<td>{'<b>' + v + '</b>' if j == 0 else v}</td>")
+        return "".join(out)
+
+    prompt = ev.get("prompt")
+    head = f"<h2 id='{html.escape(c)}'>{html.escape(c)}</h2>" + (
+        f"<p class='prompt'>“{html.escape(prompt)}”</p>" if prompt else ""
+    )
+    if not ev:
+        return f"<section>{head}<p class='missing'>{html.escape(c)}: not evaluated yet</p></section>"
+    d_id = _interval(paired.get("student_minus_identity", {}).get("lpips"), signed=True)
+    d_base = _interval(paired.get("student_minus_base_without_adapter", {}).get("lpips"), signed=True)
+    facts = [
+        f"adapter {r['trainable']:,} trainable numbers ({_kb(r['adapter_bytes'])})" if r["trainable"] else None,
+        f"trained {r['train_s']:.0f} s on {r['pairs']} pairs" if r["train_s"] else None,
+        f"ONNX vs torch max |Δ| {r['parity']:.1e}" if r["parity"] is not None else None,
+        f"ONNX {r['latency_1t']:.0f} ms per image (1 thread)" if r["latency_1t"] else None,
+    ]
+    return f"""<section>{head}
+<p>Test split: {ev.get("test_pairs")} crops from {ev.get("test_photos")} photos. LPIPS and KID: distance to the teacher's
+edit, lower is better; intervals are 95 % over test photos.</p>
+<table class="fig"><tr><th></th><th>student</th><th>identity (input unchanged)</th><th>base, no adapter</th></tr>
+<tr><td>LPIPS ↓</td>{cells("lpips", "mean", 3, ci=True)}</tr>
+<tr><td>KID ↓</td>{cells("kid", "value", 4)}</tr>
+<tr><td>FID ↓</td>{cells("fid", "value", 1)}</tr></table>
+<p>Student − identity, LPIPS: {html.escape(d_id)}; student − base: {html.escape(d_base)} (paired, same crops).</p>
+<p class="facts">{html.escape("; ".join(f for f in facts if f))}</p>
+<h3>input | teacher | base (no adapter) | student</h3>{_img(inp.evaluate / f"{c}.png", c)}
+<details><summary>training curves</summary>{_img(inp.finetune / c / "curves.png", c + " curves")}</details></section>"""
+
+
+SUMMARY_COLUMNS = [
+    ("concept", "concept"),
+    ("lpips", "LPIPS student ↓"),
+    ("lpips_identity", "identity"),
+    ("lpips_base", "base"),
+    ("lpips_vs_identity", "student − identity [95 %]"),
+    ("kid", "KID student ↓"),
+    ("adapter_bytes", "adapter"),
+]
+
+
 def write_report(inp: ReportInputs, concepts: list[str], out_html: Path, out_md: Path) -> None:
     from pipeline.core.io import atomic_write_text
 
     rows, s = concept_rows(inp, concepts), summary(inp)
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_f(r[k]))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    fmt = {"lpips": 3, "lpips_identity": 3, "lpips_base": 3, "kid": 4}
+
+    def cell(r: dict, k: str) -> str:
+        if k == "concept":
+            return f"<a href='#{html.escape(r[k])}'>{html.escape(r[k])}</a>"
+        if k == "adapter_bytes":
+            return _kb(r[k])
+        return html.escape(_p(r[k], fmt[k]) if k in fmt else (r[k] or "–"))
+
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in SUMMARY_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, k)}</td>" for k, _ in SUMMARY_COLUMNS) + "</tr>" for r in rows)
     comp = "".join(
-        f"<tr><td>{html.escape(r['row'])}</td><td>{r['params']}</td><td>{_f(r['lpips'])}</td>"
-        f"<td>{_f(r['gain_vs_base'])}</td></tr>"
+        f"<tr><td>{html.escape(r['row'])}</td><td>{r['params']:,}</td><td>{_p(r['lpips'], 3)}</td>"
+        f"<td>{_p(r['gain_vs_base'], 3)}</td></tr>"
         for r in s["comparison"]
     )
-    sections = []
-    for c in concepts:
-        sections.append(
-            f"<section><h2>{html.escape(c)}</h2>"
-            f"<h3>input | teacher | base (no adapter) | E²GAN student</h3>{_img(inp.evaluate / f'{c}.png', c)}"
-            f"<h3>training curves</h3>{_img(inp.finetune / c / 'curves.png', c + ' curves')}</section>"
-        )
+    sections = "".join(_concept_section(inp, c, r) for c, r in zip(concepts, rows))
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>e2gan report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}
-.missing{{color:#a00}}</style></head><body>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>*{{box-sizing:border-box}}body{{font-family:sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;line-height:1.4}}
+table{{border-collapse:collapse;margin:.8em 0;max-width:100%}}td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;height:auto;display:block}}
+.prompt{{font-style:italic;color:#444;margin-top:-.6em}}.facts{{color:#444}}.missing{{color:#a00}}
+section{{border-top:1px solid #ddd;margin-top:1.5em}}details{{margin:.5em 0}}</style></head><body>
 <h1>e2gan report</h1>
-<p>Base concepts: {html.escape(", ".join(s["base"]))}. Calibration concepts: {html.escape(", ".join(s["calibration"]))}.
-Crucial layer groups: {html.escape(", ".join(s["crucial_groups"]))}. LoRA parameters per concept: {s["lora_params"]}.</p>
-<h2>Per concept (test photos, student vs teacher)</h2>
-<p>Intervals: 95 % percentile bootstrap over test photos (a photo's crops together); Δ is student minus the
-other model on the same crops. KID and FID are computed on the whole test set.</p><table><tr>{head}</tr>{body}</table>
-<h2>Rank search comparison (calibration concepts, val photos)</h2>
+<p>{len(concepts)} concepts, each a small adapter on one shared base model (base concepts:
+{html.escape(", ".join(s["base"]))}). Every figure below is on test photos that no training or choice has seen.</p>
+<table><tr>{head}</tr>{body}</table>
+{sections}
+<section><h2>How the adapters were made</h2>
+<p>Calibration concepts: {html.escape(", ".join(s["calibration"]))}. Crucial layer groups:
+{html.escape(", ".join(s["crucial_groups"]))}. LoRA parameters per concept: {s["lora_params"]}.</p>
+<h3>Rank search comparison (calibration concepts, val photos)</h3>
 <table><tr><th>row</th><th>params</th><th>LPIPS ↓</th><th>gain vs base</th></tr>{comp}</table>
-<h2>Base model</h2>{_img(inp.base_samples, "base samples")}
-{_img(inp.layers.parent / "importance.png", "layer importance")}{_img(inp.ranks.parent / "ranks.png", "ranks")}
-{"".join(sections)}</body></html>"""
+<h3>Base model</h3>{_img(inp.base_samples, "base samples")}
+<h3>Layer importance</h3>{_img(inp.layers.parent / "importance.png", "layer importance")}
+<h3>Ranks</h3>{_img(inp.ranks.parent / "ranks.png", "ranks")}</section>
+</body></html>"""
     atomic_write_text(out_html, doc)
     md = [
         "# e2gan summary",

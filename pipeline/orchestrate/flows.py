@@ -154,7 +154,7 @@ def result_markdown(concept: str, root: Path) -> str:
     grid = _grid_data_uri(dvc.stage_paths("evaluate", concept, root)["grid"])
     if grid:
         lines += [
-            "Rows: input | teacher | student | base without adapter.",
+            "Rows: input | teacher | base without adapter | student.",
             "",
             f"![evaluation grid of {concept}]({grid})",
             "",

@@ -53,8 +53,16 @@ def test_report_is_self_contained(tmp_path):
     html = (tmp_path / "index.html").read_text()
     assert not re.search(r"<script|<link|src=['\"]http", html)
     assert html.count("src='data:image/png;base64,") == 1 and "not produced yet" in html
-    assert "<td>0.2000</td>" in html and "<td>1234</td>" in html and "<td>5/10</td>" in html
-    assert "<td>0.1500 – 0.2500</td>" in html and "<td>-0.1000 [-0.1500, -0.0500]</td>" in html
+    # per concept: student beside the identity and the base, intervals, the facts line; then the method tables
+    assert "<td><b>0.200 [0.150, 0.250]</b></td><td>0.400</td><td>0.300</td>" in html
+    assert (
+        "student − identity, LPIPS: -0.200 [-0.300, -0.100]; student − base: -0.100 [-0.150, -0.050]"
+        in html.replace("Student", "student")
+    )
+    assert "adapter 1,234 trainable numbers (5 kB); trained 10 s on 5/10 pairs" in html
+    assert "<td><a href='#demo'>demo</a></td><td>0.200</td><td>0.400</td><td>0.300</td>" in html
+    assert "missing: not evaluated yet" in html
+    assert html.index("<h2 id='demo'>") < html.index("Rank search comparison")
     assert "test photos" in html and "val photos" in html
     md = (tmp_path / "summary.md").read_text()
     assert "| demo | 10 | 3 | 0.2000 | 0.1500 – 0.2500 |" in md and "| missing |" in md
