@@ -16,7 +16,19 @@ from typer.testing import CliRunner
 from pipeline.orchestrate.cli import app
 from tests.conftest import ROOT
 
-COMMANDS = [[], ["assets"], ["assets", "fetch"], ["assets", "list"], ["params"], ["params", "check"]]
+COMMANDS = [
+    [],
+    ["assets"],
+    ["assets", "fetch"],
+    ["assets", "list"],
+    ["params"],
+    ["params", "check"],
+    ["concept"],
+    ["concept", "add"],
+    ["concept", "list"],
+    ["concept", "remove"],
+    ["ui"],
+]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "e2gan")
@@ -160,3 +172,47 @@ def test_set_quiet_env_sets_it_and_keeps_what_the_user_chose(tmp_path):
     assert seen == {"before": dict.fromkeys(QUIET), "env": QUIET}
     (seen,) = _child(_python(code), tmp_path / "user", extra={"DO_NOT_TRACK": "0"})
     assert seen["env"] == {**QUIET, "DO_NOT_TRACK": "0"}
+
+
+def test_e2gan_ui_honours_its_port_keeps_state_in_the_project_and_stops_its_server_on_sigterm(tmp_path):
+    """The page calls the API on the port the server is on; the server's database lives in <root>/.prefect; a
+    SIGTERM to `e2gan ui` stops the server it started (nothing is left listening)."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.Popen(
+        [_e2gan(), "ui", "--port", str(port), "--root", str(tmp_path), "--no-serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.5)
+        settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+        assert list((tmp_path / ".prefect").glob("*.db"))  # the server's state, inside the project
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        time.sleep(1)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
