@@ -506,6 +506,31 @@ def other() -> list[str]:
             ),
             "",
         ]
+    u = load("bench/results/ui_screens.json")
+    if u:
+        rep = u["report"]
+        out += [
+            "### What users see (report, concept form, run result)",
+            "",
+            provenance("bench/results/ui_screens.json", "python -m bench.ui_screens"),
+            "",
+            *table(
+                ["checked", "value"],
+                [
+                    [f"report at {u['width']} px: elements wider than the window", rep["nWide"]],
+                    ["report scroll width (px)", rep["scrollWidth"]],
+                    ["report images decoded", rep["images_ok"]],
+                    ["concept form shows its fields", u["form"]["fields_shown"]],
+                    [f"run of '{u['concept']}' from the deployment", u["run_state"]],
+                    ["its result artifact holds the grid", u["artifact"]["has_grid"]],
+                ],
+            ),
+            "",
+            "![the concept form](../bench/results/ui_form.png)",
+            "",
+            "![a run's result artifact](../bench/results/ui_result.png)",
+            "",
+        ]
     return out
 
 
