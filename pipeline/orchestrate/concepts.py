@@ -237,16 +237,23 @@ def headline(concept: str, root: Path = Path(".")) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     r = json.loads(path.read_text())
-    paired = r.get("paired", {}).get("student_minus_identity", {}).get("lpips", {})
+
+    def get(*keys):
+        x = r
+        for k in keys:
+            x = x.get(k) if isinstance(x, dict) else None
+        return x
+
+    paired = get("paired", "student_minus_identity", "lpips") or {}
     return {
-        "lpips_student": r["student"]["lpips"]["mean"],
-        "lpips_identity": r["identity"]["lpips"]["mean"],
-        "lpips_base": r["base_without_adapter"]["lpips"]["mean"],
+        "lpips_student": get("student", "lpips", "mean"),
+        "lpips_identity": get("identity", "lpips", "mean"),
+        "lpips_base": get("base_without_adapter", "lpips", "mean"),
         "lpips_vs_identity": paired.get("mean"),
         "lpips_vs_identity_ci95": [paired["ci95"]["low"], paired["ci95"]["high"]] if paired.get("ci95") else None,
-        "kid_student": r["student"]["kid"]["value"],
-        "kid_identity": r["identity"]["kid"]["value"],
-        "kid_base": r["base_without_adapter"]["kid"]["value"],
+        "kid_student": get("student", "kid", "value"),
+        "kid_identity": get("identity", "kid", "value"),
+        "kid_base": get("base_without_adapter", "kid", "value"),
         "test_photos": r.get("test_photos"),
         "test_pairs": r.get("test_pairs"),
     }

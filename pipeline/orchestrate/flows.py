@@ -135,13 +135,18 @@ def result_markdown(concept: str, root: Path) -> str:
     m = headline(concept, root)
     if m:
         ci = m["lpips_vs_identity_ci95"]
+
+        def f(k: str, nd: int, bold: bool = False) -> str:
+            v = "–" if m.get(k) is None else f"{m[k]:.{nd}f}"
+            return f"**{v}**" if bold else v
+
         lines += [
             f"Test split: {m['test_pairs']} crops from {m['test_photos']} photos (lower is better).",
             "",
             "| | student | identity (input unchanged) | base, no adapter |",
             "|---|---|---|---|",
-            f"| LPIPS to the teacher | **{m['lpips_student']:.3f}** | {m['lpips_identity']:.3f} | {m['lpips_base']:.3f} |",
-            f"| KID | **{m['kid_student']:.4f}** | {m['kid_identity']:.4f} | {m['kid_base']:.4f} |",
+            f"| LPIPS to the teacher | {f('lpips_student', 3, True)} | {f('lpips_identity', 3)} | {f('lpips_base', 3)} |",
+            f"| KID | {f('kid_student', 4, True)} | {f('kid_identity', 4)} | {f('kid_base', 4)} |",
             "",
         ]
         if ci:
