@@ -97,9 +97,19 @@ def main() -> None:
                 240,
                 "the concept deployment",
             )
-            run = httpx.post(
-                f"{api}/deployments/{dep}/create_flow_run", json={"parameters": {"concept": args.concept}}, timeout=30
-            ).json()
+
+            def create():
+                r = httpx.post(
+                    f"{api}/deployments/{dep}/create_flow_run",
+                    json={"parameters": {"concept": args.concept}},
+                    timeout=30,
+                )
+                if r.status_code != 201:
+                    print(f"create_flow_run: {r.status_code} {r.text[:300]}", file=sys.stderr)
+                    return None
+                return r.json()
+
+            run = _wait(create, 120, "a flow run of the concept deployment")
 
             def finished():
                 r = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
@@ -152,7 +162,7 @@ def main() -> None:
         | {"images_ok": all(i["ok"] for i in report["images"])},
         "form": {"fields_shown": form["found"], "failed": form["failed"]},
         "result_page": ({"grid_shown": shots[2]["found"], "images": shots[2]["images"]} if md else None),
-        "screenshots": [s["out"] for s in shots],
+        "screenshots": [str(Path(s["out"]).relative_to(ROOT)) for s in shots],
     }
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=1))

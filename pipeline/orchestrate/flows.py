@@ -253,7 +253,7 @@ def concept_flow(
     concept: str,
     prompt: str = "",
     teacher: TeacherKind = "filters",
-    filter_op: FilterOp | None = None,
+    filter_op: FilterOp = "watercolor",
     strength: float = 1.0,
     model: str = "timbrooks/instruct-pix2pix",
     diffusers_pipeline: DiffusersPipeline = "instruct_pix2pix",

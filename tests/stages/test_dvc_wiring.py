@@ -432,7 +432,7 @@ def test_new_concepts_from_the_deployment_form_over_rest(repo, prefect_server):
     url, env, port = prefect_server
     dep = _deployment(url)
     props = dep["parameter_openapi_schema"]["properties"]
-    assert "neon" in props["filter_op"]["anyOf"][0]["enum"] and props["teacher"]["enum"] == [
+    assert "neon" in props["filter_op"]["enum"] and props["teacher"]["enum"] == [
         "filters",
         "diffusers",
         "pairs",
