@@ -46,6 +46,8 @@ class ConceptBench:
     mask: torch.Tensor
 
     base_dir: Path | None = None
+    searched: dict | None = None  # search_ranks' greedy allocation (searched.json; the spec itself when absent)
+    pairs_dir: Path | None = None
 
     @classmethod
     def load(
@@ -84,7 +86,23 @@ class ConceptBench:
         test = split_pairs(concept.folder, "test", eval_limit if test_limit is None else test_limit, seed)
         tokens, mask = concept_condition(concept.prompts, meta["text_encoder"])
         spec = json.loads(Path(ranks).read_text())
-        return cls(name, params, base, meta, spec, concept.pairs, val, test, tokens, mask, Path(base_dir))
+        greedy = Path(ranks).with_name("searched.json")
+        searched = json.loads(greedy.read_text()) if greedy.is_file() else spec
+        return cls(
+            name,
+            params,
+            base,
+            meta,
+            spec,
+            concept.pairs,
+            val,
+            test,
+            tokens,
+            mask,
+            Path(base_dir),
+            searched,
+            Path(pairs),
+        )
 
     def _split(self, split: str) -> EvalPairs:
         if split not in ("val", "test"):

@@ -7,11 +7,13 @@ Per concept and seed:
   pix2pix        pix2pix ResNet-9 from scratch, all training pairs
   e2gan_scratch  the E²GAN generator from scratch (random init), all training pairs
   full_ft        full fine-tune of the base, the adapter's data subset
-  adapter        the shipped adapter: search_ranks' spec, finetune_lora's settings and subset
-  uniform        one rank on every layer of the spec, at about the adapter's trainable parameters
-  uniform_all    one rank on every adaptable layer (no layer analysis), at about the same parameters
-and per concept `--random` allocations of the spec's layers at the adapter's parameter count (draw d is
-trained with seed d mod the number of seeds).
+  adapter        the shipped adapter: search_ranks' spec (models/ranks/lora.json), finetune_lora's settings and subset
+  searched       E²GAN's greedy rank allocation on the crucial layers (models/ranks/searched.json)
+  uniform        one rank on the crucial layers, at about the shipped adapter's LoRA parameters
+  uniform_all    one rank on every adaptable layer, at about the same parameters
+and per concept `--random` allocations of the shipped adapter's layers at its parameter count (draw d is
+trained with seed d mod the number of seeds). Two methods that train the same thing (e.g. `uniform_all` when
+the shipped adapter is one rank on every layer) share one run.
 
 Concepts in params.yaml use the pipeline's pairs (`make run` first); others must be filter concepts of the
 pool: their prompts and pairs are made here with the pipeline's own stages' code, under data/.work/concept_bench.
@@ -20,8 +22,9 @@ pool: their prompts and pairs are made here with the pipeline's own stages' code
     python -m bench.concept_bench --scale smoke         # a few steps: checks the plumbing in minutes
 
 Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
-and a plot), so a killed benchmark resumes where it stopped; a results file made with other settings, another
-base or another adapter spec is refused (`--fresh` starts over).
+and a plot), so a killed benchmark resumes where it stopped. Each run carries a key of everything that decides
+it (the spec, the training settings, the data subset, the base's and the pairs' hashes): a rerun reuses the
+runs whose key a job of the plan still has and drops the others (`--fresh` starts over).
 
 Gap closed = (LPIPS_identity - LPIPS_adapter) / (LPIPS_identity - LPIPS_full_finetune), test LPIPS at each
 run's val-best step, pooled = the mean gaps over concepts and seeds.
@@ -56,7 +59,7 @@ SCALES = {
     "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
 }
-METHODS = ("adapter", "full_ft", "uniform_all", "pix2pix", "e2gan_scratch", "uniform")
+METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
 LABELS = {
     "identity": "identity (input unchanged)",
     "base": "base, no adapter",
@@ -64,9 +67,10 @@ LABELS = {
     "e2gan_scratch": "E²GAN generator, from scratch",
     "full_ft": "full fine-tune of the base",
     "adapter": "shipped adapter",
-    "uniform": "uniform ranks, same params",
+    "searched": "searched ranks (E²GAN), crucial layers",
+    "uniform": "uniform rank, crucial layers, same params",
     "uniform_all": "every layer, uniform rank, same params",
-    "random": "random ranks, same params",
+    "random": "random ranks, adapter's layers, same params",
 }
 N_BOOT = 1000
 
@@ -105,27 +109,83 @@ def concept_data(name: str, params, val_limit: int) -> ConceptBench:
     )
 
 
-def build(method: str, cb: ConceptBench, seed: int, draw: int | None, s) -> tuple[torch.nn.Module, bool]:
+def job_spec(method: str, cb: ConceptBench, draw: int | None, s) -> dict | None:
+    """The peft spec a method trains (None: a whole generator trains)."""
+    if method in ("pix2pix", "e2gan_scratch", "full_ft"):
+        return None
+    if method == "adapter":
+        return cb.spec
+    if method == "searched":
+        return cb.searched
+    every = dict(cb.base.named_modules())
+    shipped = spec_ranks(cb.spec)
+    target = count({n: every[n] for n in shipped}, shipped)  # the shipped adapter's LoRA parameters
+    if method == "random":  # random ranks on the shipped adapter's layers, at its parameter count
+        modules = {n: every[n] for n in shipped}
+        return spec_for(random_ranks(modules, target, s.ranks, 1000 + draw), s)
+    layers = spec_ranks(cb.searched) if method == "uniform" else adaptable_layers(cb.base)
+    modules = {n: every[n] for n in layers}
+    r = min(s.ranks, key=lambda r: abs(count(modules, {n: r for n in modules}) - target))
+    return spec_for({n: r for n in modules}, s)
+
+
+def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale: dict, params) -> dict:
+    """Everything that decides what a job trains and how it is scored; its `key` identifies the run, so two
+    methods that train the same thing share one run and a run made on other data, base or settings is not
+    reused."""
+    fcfg = params.finetune_lora
+    scratch = method in ("pix2pix", "e2gan_scratch")
+    spec = job_spec(method, cb, draw, params.search_ranks)
+    adapter = spec is not None
+    steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
+    lr = fcfg.train.lr_g if adapter else 2e-4
+    cfg = fcfg.train.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, "seed": seed, "lr_g": lr})
+    subset = list(range(len(cb.pairs.inputs))) if scratch else cb.subset(fcfg.subset)
+    what = {
+        "kind": "lora" if adapter else method if scratch else "full_ft",
+        "spec": spec,
+        "train": cfg.model_dump(),
+        "steps": steps,
+        "subset": hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16],
+        "loraplus": fcfg.loraplus_ratio if adapter else 1.0,
+        "store": fcfg.store if adapter else "float32",
+        "eval_every": scale["eval_every"],
+        "val_limit": scale["val_limit"],
+        "data": data_key(cb),
+    }
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "key": key,
+        "spec": spec,
+        "cfg": cfg,
+        "steps": steps,
+        "subset": subset,
+        "scratch": scratch,
+        "eval_every": scale["eval_every"],
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def _sha(path: str) -> str:
+    return sha256_file(Path(path))
+
+
+def data_key(cb: ConceptBench) -> str:
+    """The base's weights and the concept's pairs: what every run and reference of the concept was made on."""
+    pairs = cb.pairs_dir / "metadata.jsonl" if cb.pairs_dir else None
+    parts = [_sha(str(cb.base_dir / "generator.safetensors")), _sha(str(pairs)) if pairs and pairs.is_file() else ""]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def build(method: str, cb: ConceptBench, seed: int, spec: dict | None) -> tuple[torch.nn.Module, bool]:
     """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights."""
     torch.manual_seed(seed)
     if method == "pix2pix":
         return ResnetGenerator(ngf=64), False
     if method == "e2gan_scratch":
         return E2GANGenerator(cb.base.cfg), False
-    if method == "full_ft":
+    if spec is None:
         return copy.deepcopy(cb.base).requires_grad_(True), False
-    ranks = spec_ranks(cb.spec)
-    modules = {n: m for n, m in cb.base.named_modules() if n in ranks}
-    if method in ("uniform", "uniform_all"):
-        target = count(modules, ranks)
-        if method == "uniform_all":
-            every = dict(cb.base.named_modules())
-            modules = {n: every[n] for n in adaptable_layers(cb.base)}
-        r = min(s.ranks, key=lambda r: abs(count(modules, {n: r for n in modules}) - target))
-        ranks = {n: r for n in modules}
-    elif method == "random":
-        ranks = random_ranks(modules, count(modules, ranks), s.ranks, 1000 + draw)
-    spec = spec_for(ranks, s) if method != "adapter" else cb.spec
     return add_lora_spec(copy.deepcopy(cb.base), spec), True
 
 
@@ -147,14 +207,11 @@ def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
         return path.stat().st_size
 
 
-def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, scale: dict, params) -> dict:
+def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dict, params) -> dict:
     fcfg = params.finetune_lora
-    scratch = method in ("pix2pix", "e2gan_scratch")
-    steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
-    G, adapter = build(method, cb, seed, draw, params.search_ranks)
-    lr = 2e-4 if not adapter else fcfg.train.lr_g
-    cfg = fcfg.train.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, "seed": seed, "lr_g": lr})
-    data = cb.pairs if scratch else cb.pairs.subset(cb.subset(fcfg.subset))
+    G, adapter = build(method, cb, seed, job["spec"])
+    cfg, steps = job["cfg"], job["steps"]
+    data = cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"])
     best: dict = {}
 
     def scores(model) -> dict:
@@ -164,13 +221,14 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, scale: d
         return {"lpips_val": v}
 
     print(f"[{cb.name} seed {seed}] {method}{'' if draw is None else f' draw {draw}'}: {steps} steps", flush=True)
-    curve = train_curve(G, data, cfg, steps, scale["eval_every"], scores, fcfg.loraplus_ratio if adapter else 1.0)
+    curve = train_curve(G, data, cfg, steps, job["eval_every"], scores, fcfg.loraplus_ratio if adapter else 1.0)
     G.load_state_dict(best["state"])  # the val-best step, read on test
     if adapter:
         round_to(G, fcfg.store)  # scored as finetune_lora stores it
     at = min(curve, key=lambda r: r["lpips_val"])
     outs = cb.outputs(G.eval(), "test")
     return {
+        "key": job["key"],
         "concept": cb.name,
         "method": method,
         "seed": seed,
@@ -199,6 +257,7 @@ def references(cb: ConceptBench) -> dict:
     """The untrained references on test: the identity (input passed through) and the base without adapter."""
     base_out = cb.outputs(cb.base, "test")
     return {
+        "data": data_key(cb),
         "photos": list(cb.test.photos),
         "identity": {
             "lpips_test": [round(float(x), 6) for x in lpips_distance(cb.test.inputs, cb.test.teacher)],
@@ -231,8 +290,35 @@ def _mean_curve(rows: list[dict]) -> np.ndarray:
     return np.mean([r["lpips_test"] for r in rows], axis=0)
 
 
+def job_id(concept: str, method: str, seed: int, draw: int | None) -> str:
+    return f"{concept}|{method}|{seed}|{'-' if draw is None else draw}"
+
+
+def method_runs(result: dict) -> list[dict]:
+    """One row per planned job with a finished run: a run trained once serves every job with its key (e.g.
+    `uniform_all` when the shipped adapter is one rank on every layer), labelled with that job's method."""
+    jobs = result.get("jobs")
+    if not jobs:
+        return result["runs"]
+    by_key = {r["key"]: r for r in result["runs"] if "key" in r}
+    rows = []
+    for job, key in jobs.items():
+        if key in by_key:
+            c, m, seed, draw = job.split("|")
+            rows.append(
+                {
+                    **by_key[key],
+                    "concept": c,
+                    "method": m,
+                    "seed": int(seed),
+                    "draw": None if draw == "-" else int(draw),
+                }
+            )
+    return rows
+
+
 def summarise(result: dict) -> dict:
-    rows, refs = result["runs"], result["references"]
+    rows, refs = method_runs(result), result["references"]
     per: dict = {}
     gaps_ad, gaps_full, seeds_done = [], [], set()
     for c, ref in refs.items():
@@ -258,7 +344,17 @@ def summarise(result: dict) -> dict:
             },
             "adapter_minus": {
                 m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0)
-                for m in ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "uniform", "uniform_all", "random")
+                for m in (
+                    "identity",
+                    "base",
+                    "pix2pix",
+                    "e2gan_scratch",
+                    "full_ft",
+                    "searched",
+                    "uniform",
+                    "uniform_all",
+                    "random",
+                )
                 if m in lp
             },
         }
@@ -352,6 +448,7 @@ def markdown(result: dict) -> str:
             "pix2pix",
             "e2gan_scratch",
             "full_ft",
+            "searched",
             "uniform_all",
             "uniform",
             "random",
@@ -383,8 +480,9 @@ def plot(result: dict, path: Path) -> None:
     from pipeline.core.plots import save_fig
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = method_runs(result)
     for m in (*METHODS, "random"):
-        rs = [r for r in result["runs"] if r["method"] == m]
+        rs = [r for r in rows if r["method"] == m]
         if rs:
             ax.scatter(
                 [r["stored_bytes"] for r in rs], [float(np.mean(r["lpips_test"])) for r in rs], label=LABELS[m], s=18
@@ -398,19 +496,6 @@ def plot(result: dict, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def fingerprint(params, scale: dict, cbs: dict[str, ConceptBench]) -> str:
-    base = next(iter(cbs.values()))
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [scale, params.finetune_lora.model_dump(), params.search_ranks.model_dump()], sort_keys=True
-        ).encode()
-    )
-    h.update(json.dumps(base.spec, sort_keys=True).encode())
-    h.update(sha256_file(base.base_dir / "generator.safetensors").encode())
-    return h.hexdigest()[:16]
 
 
 def plan(concepts: list[str], seeds: list[int], n_random: int) -> list[tuple[str, str, int, int | None]]:
@@ -432,22 +517,15 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=5, help="random allocations per concept")
     ap.add_argument("--scale", choices=sorted(SCALES), default="default")
     ap.add_argument("--out", type=Path, default=RESULTS / "concept_bench.json")
-    ap.add_argument("--fresh", action="store_true", help="discard a results file made with other settings")
+    ap.add_argument("--fresh", action="store_true", help="discard every finished run and start over")
     args = ap.parse_args()
     params, scale = load_params(), SCALES[args.scale]
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     cbs = {c: concept_data(c, params, scale["val_limit"]) for c in concepts}
-    fp = fingerprint(params, scale, cbs)
-    result = json.loads(args.out.read_text()) if args.out.is_file() else None
-    if result and result.get("fingerprint") != fp:
-        if not args.fresh:
-            raise SystemExit(
-                f"{args.out} was made with other settings, base or adapter spec ({result.get('fingerprint')} != {fp}); "
-                "rerun with --fresh to start over (or --out elsewhere)"
-            )
-        result = None
-    result = result or {"fingerprint": fp, "runs": [], "references": {}}
+    result = json.loads(args.out.read_text()) if args.out.is_file() and not args.fresh else {}
+    result.setdefault("runs", [])
+    result.pop("fingerprint", None)
     result.update(
         {
             "scale": args.scale,
@@ -461,20 +539,39 @@ def main() -> None:
             "device": str(__import__("pipeline.model.train", fromlist=["train_device"]).train_device()),
         }
     )
+    refs = result.setdefault("references", {})
     for c, cb in cbs.items():
-        result["references"].setdefault(c, references(cb))
-    done = {(r["concept"], r["method"], r["seed"], r["draw"]) for r in result["runs"]}
+        if refs.get(c, {}).get("data") != data_key(cb):  # computed once per base and pairs
+            refs[c] = references(cb)
+    jobs = {
+        job_id(*j): job_config(cbs[j[0]], j[1], j[2], j[3], scale, params) for j in plan(concepts, seeds, args.random)
+    }
+    result["jobs"] = {j: cfg["key"] for j, cfg in jobs.items()}
+    keys = set(result["jobs"].values())
+    stale = [r for r in result["runs"] if r.get("key") not in keys]
+    if stale:  # made on another base, other pairs or settings: never mixed into the figures
+        print(f"{len(stale)} runs in {args.out} match no job of this plan (other base, data or settings): dropped")
+        result["runs"] = [r for r in result["runs"] if r.get("key") in keys]
+    done = {r["key"] for r in result["runs"]}
+    todo = [(j, cfg) for j, cfg in jobs.items() if cfg["key"] not in done]
+    print(f"{len(jobs)} jobs, {len(keys)} distinct runs, {len(keys) - len(done & keys)} to train", flush=True)
     t0 = time.perf_counter()
-    for job in plan(concepts, seeds, args.random):
-        if job in done:
+    for j, cfg in todo:
+        if cfg["key"] in done:  # another method of this plan trains the same thing
             continue
-        result["runs"].append(run_one(cbs[job[0]], job[1], job[2], job[3], scale, params))
+        c, m, seed, draw = j.split("|")
+        result["runs"].append(run_one(cbs[c], m, int(seed), None if draw == "-" else int(draw), cfg, params))
+        done.add(cfg["key"])
         result["summary"] = summarise(result)
         result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         atomic_write_json(args.out, result)  # after every run: a killed benchmark keeps what it has
         atomic_write_text(args.out.with_suffix(".md"), markdown(result))
         plot(result, args.out.with_suffix(".png"))
+    result["summary"] = summarise(result)
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    plot(result, args.out.with_suffix(".png"))
     print(markdown(result))
 
 

@@ -1,5 +1,6 @@
-"""DVC stage search_ranks: per-layer LoRA ranks for the crucial layers -> the peft spec (target_modules, r,
-lora_alpha, rank_pattern, alpha_pattern) + the comparison table and a plot."""
+"""DVC stage search_ranks: per-layer LoRA ranks for the crucial layers and the allocation that ships
+(search_ranks.allocation) -> the peft specs (target_modules, r, lora_alpha, rank_pattern, alpha_pattern):
+lora.json (shipped) and searched.json (the greedy one) + the comparison table and a plot."""
 
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def run(params, paths) -> None:
         sha256_file(paths.analysis / "deltas.safetensors"),
     )
     with work_folder(paths.work, "ranks", *key) as work:
-        spec, report = search_ranks(
+        specs, report = search_ranks(
             base, crucial["crucial_layers"], deltas, calib, params.search_ranks, params.finetune_lora, work
         )
         with atomic_dir(paths.out) as tmp:
-            atomic_write_json(tmp / "lora.json", spec)
+            atomic_write_json(tmp / "lora.json", specs["shipped"])  # what finetune_lora trains
+            atomic_write_json(tmp / "searched.json", specs["searched"])  # the greedy allocation, for comparison
         atomic_write_json(paths.reports / "table.json", report)
         plot_ranks(report, paths.reports / "ranks.png")

@@ -12,8 +12,12 @@ parameter and still fits the parameter budget; it stops when the kept energy rea
 nothing fits. The result is exactly what peft takes (target_modules, r, lora_alpha, rank_pattern,
 alpha_pattern). It is then checked the way the paper does: short fine-tunes on the calibration
 concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
-ranks on a random subset and on all the data). The comparison is scored on `val` (at most `eval_limit`
-crops spread over all val photos, the same crops for every row), never on `test`.
+ranks on a random subset and on all the data) and against one rank on every adaptable layer. The comparison
+is scored on `val` (at most `eval_limit` crops spread over all val photos, the same crops for every row), never
+on `test`.
+
+What ships is `allocation`: "uniform_all" (`uniform_rank` on every adaptable layer, no layer choice: the
+concept benchmark measured it ahead of the searched allocation on new concepts) or "searched".
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from pipeline.adapt.layers import probe_config
-from pipeline.adapt.lora import FinetuneConfig, finetune, lora_parameters, lora_spec
+from pipeline.adapt.lora import FinetuneConfig, adaptable_layers, finetune, lora_parameters, lora_spec
 from pipeline.adapt.subset import choose_subset
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
@@ -50,6 +54,10 @@ class SearchRanksConfig(FrozenConfig):
     alpha_scale: float = Field(1.0, gt=0.0)  # lora_alpha = alpha_scale * rank per layer
     rslora: bool = False  # peft's use_rslora: scale alpha / sqrt(r) instead of alpha / r
     bias: Literal["none", "all"] = "all"  # "all": every bias trains with the adapter (the text norms' scale/shift)
+    # what ships: "uniform_all" = `uniform_rank` on every adaptable layer (no layer choice); "searched" = the
+    # greedy allocation on the crucial layers. Both are in the comparison rows; the searched one is written too.
+    allocation: Literal["uniform_all", "searched"] = "uniform_all"
+    uniform_rank: int = Field(4, ge=1)
     uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
     uniform_high: int = Field(4, ge=1)
     compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
@@ -162,13 +170,19 @@ class ComparisonRow:
 
 
 def comparison_rows(
-    modules: dict[str, nn.Module], searched: dict[str, int], cfg: SearchRanksConfig, subset: str
+    modules: dict[str, nn.Module],
+    searched: dict[str, int],
+    cfg: SearchRanksConfig,
+    subset: str,
+    every: dict[str, int] | None = None,
 ) -> list[ComparisonRow]:
     """The searched ranks against uniform-low, uniform-high and random ranks of the same size, and the searched
-    ranks on a random subset and on all the data (and on the k-means subset when that is not the default)."""
+    ranks on a random subset and on all the data (and on the k-means subset when that is not the default);
+    `every`: one rank on every adaptable layer (no layer analysis) as a row too."""
     crucial = list(modules)
     rows = [
         ComparisonRow("e2gan", "searched", searched, subset),
+        *([ComparisonRow("uniform_all", f"every layer {cfg.uniform_rank}x", every, subset)] if every else []),
         ComparisonRow("uniform_low", f"uniform {cfg.uniform_low}x", {n: cfg.uniform_low for n in crucial}, subset),
         ComparisonRow("uniform_high", f"uniform {cfg.uniform_high}x", {n: cfg.uniform_high for n in crucial}, subset),
         ComparisonRow(
@@ -244,7 +258,8 @@ def search_ranks(
     fcfg: FinetuneConfig,
     work: Path,
 ) -> tuple[dict, dict]:
-    """Returns (the LoRA spec for peft, the report with the search trace and the comparison rows)."""
+    """Returns ({"shipped": the LoRA spec for peft (search_ranks.allocation), "searched": the greedy allocation's
+    spec}, the report with the search trace and the comparison rows)."""
     # 1. the greedy search on the spectra of dW
     mods = dict(base.named_modules())
     modules = {n: mods[n] for n in crucial}
@@ -252,9 +267,15 @@ def search_ranks(
     budget = int(cfg.budget * n_base)
     energy = spectra(deltas, crucial, list(calib))
     ranks, trace = greedy_ranks(modules, energy, cfg, budget)
-    spec = spec_for(ranks, cfg)
+    every = {n: cfg.uniform_rank for n in adaptable_layers(base)}
+    if cfg.allocation == "uniform_all" and count(mods, every) > budget:
+        raise E2GANError(
+            f"search_ranks: rank {cfg.uniform_rank} on every layer needs {count(mods, every)} parameters, over the "
+            f"budget of {budget}; lower search_ranks.uniform_rank or raise search_ranks.budget"
+        )
+    shipped = every if cfg.allocation == "uniform_all" else ranks
     # 2. the comparison rows, each a short fine-tune per calibration concept
-    rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset)
+    rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset, every)
     base_lpips = {c: _val_lpips(base, d, cfg) for c, d in calib.items()}
     done, subsets = _compare(base, rows_def, calib, cfg, fcfg, work)
     rows = []
@@ -264,8 +285,8 @@ def search_ranks(
         rows.append(
             {
                 "row": name,
-                "params": count(modules, r),
-                "params_share": count(modules, r) / n_base,
+                "params": count(mods, r),
+                "params_share": count(mods, r) / n_base,
                 "subset": strategy,
                 "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
                 "lpips": float(np.mean(list(lp.values()))),
@@ -278,6 +299,9 @@ def search_ranks(
     report = {
         "budget_params": budget,
         "base_params": n_base,
+        "allocation": cfg.allocation,
+        "shipped_ranks": shipped,
+        "shipped_params": count(mods, shipped),
         "ranks": ranks,
         "params": count(modules, ranks),
         "energy_kept": trace[-1]["energy"],
@@ -289,7 +313,7 @@ def search_ranks(
         "settings": cfg.model_dump(),
         "calibration": list(calib),
     }
-    return spec, report
+    return {"shipped": spec_for(shipped, cfg), "searched": spec_for(ranks, cfg)}, report
 
 
 def plot_ranks(report: dict, out_png: Path) -> None:
@@ -310,9 +334,10 @@ def plot_ranks(report: dict, out_png: Path) -> None:
     axes[1].set_xlabel("trainable params (thousands)")
     axes[1].set_ylabel("val LPIPS vs teacher (lower is better)")
     axes[1].legend(fontsize=7)
+    shipped = f"ships {report['allocation']} ({report['shipped_params']} params)" if "allocation" in report else ""
     fig.suptitle(
-        f"search_ranks: {report['params']} params (budget {report['budget_params']}), "
-        f"{report['energy_kept']:.0%} of dW energy kept"
+        f"search_ranks: searched {report['params']} params (budget {report['budget_params']}), "
+        f"{report['energy_kept']:.0%} of dW energy kept; {shipped}"
     )
     fig.tight_layout()
     save_fig(fig, out_png)

@@ -78,7 +78,7 @@ def project(tmp_path_factory, crops128) -> Path:
     save_generator(G, root / "models" / "base", {"text_encoder": "minilm", "image_size": 32})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["analyze_layers"].update(probe_steps=2, full_steps=3, probe_batch=4, eval_limit=4, top_k=3)
-    params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1)
+    params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1, uniform_rank=1)
     params["finetune_lora"]["train"].update(steps=4, batch_size=4, ckpt_every=2, ndf=8)
     params["finetune_lora"]["subset_fraction"] = 0.5
     params["evaluate"].update(bootstrap=200, kid_bootstrap=2, fid=False, fid_bootstrap=0, grid=2)
@@ -121,11 +121,17 @@ def test_analyze_search_finetune(project):
     p = _stage(project, "search_ranks")
     assert p.returncode == 0, p.stderr
     spec = json.loads((project / "models/ranks/lora.json").read_text())
-    LoraConfig(**spec)
-    assert sorted(spec["target_modules"]) == sorted(crucial)
+    searched = json.loads((project / "models/ranks/searched.json").read_text())
+    LoraConfig(**spec), LoraConfig(**searched)
+    # the default ships rank 1 on every adaptable layer; the greedy allocation on the crucial layers beside it
+    assert sorted(spec["target_modules"]) == sorted(adaptable_layers(base)) and set(spec_ranks(spec).values()) == {1}
+    assert sorted(searched["target_modules"]) == sorted(crucial)
     report = json.loads((project / "reports/search_ranks/table.json").read_text())
     assert report["params"] <= report["budget_params"] == int(0.1 * n_base) and report["split"] == "val"
+    assert report["allocation"] == "uniform_all" and report["shipped_params"] <= report["budget_params"]
     rows = {r["row"]: r for r in report["comparison"]}
+    assert rows["every layer 1x"]["ranks"] == spec_ranks(spec)
+    assert rows["every layer 1x"]["params"] == report["shipped_params"]
     assert {
         "searched",
         "uniform 1x",
@@ -134,7 +140,7 @@ def test_analyze_search_finetune(project):
         "searched, random subset",
         "searched, all data",
     } <= set(rows)
-    assert rows["searched"]["ranks"] == spec_ranks(spec)
+    assert rows["searched"]["ranks"] == spec_ranks(searched)
     assert rows["uniform 1x"]["params"] < rows["uniform 4x"]["params"]
     assert rows["searched, all data"]["pairs"]["sepia"] > rows["searched"]["pairs"]["sepia"]
 
@@ -146,7 +152,7 @@ def test_analyze_search_finetune(project):
     assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     biases = sum(p.numel() for n, p in base.named_parameters() if n.endswith(".bias")) if spec["bias"] == "all" else 0
-    assert m["trainable_params"] == report["params"] + biases and m["pairs_used"] == round(0.5 * m["pairs_total"])
+    assert m["trainable_params"] == report["shipped_params"] + biases and m["pairs_used"] == round(0.5 * m["pairs_total"])
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
     assert m["split"] == "val" and {"base", "lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
@@ -193,3 +199,13 @@ def test_core_stages_refuse_bad_input(project, tmp_path):
     assert p.returncode == 2 and "not in params.yaml concepts" in p.stderr
     p = _stage(project, "search_ranks", analysis=str(tmp_path))
     assert p.returncode == 2 and "run 'dvc repro analyze_layers' first" in p.stderr
+    # rank 16 on every layer of the tiny base is far over a 10 % budget: one line that names both fixes
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["search_ranks"]["uniform_rank"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    p = _stage(project, "analyze_layers")
+    assert p.returncode == 0, p.stderr
+    p = _stage(project, "search_ranks", out=str(tmp_path / "ranks"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "rank 16 on every layer needs" in p.stderr and "lower search_ranks.uniform_rank" in p.stderr
+    assert not (tmp_path / "ranks").exists()

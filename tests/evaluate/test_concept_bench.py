@@ -69,7 +69,24 @@ def test_no_summary_until_adapter_and_full_finetune_ran(result):
 
 def test_plan_covers_every_concept_seed_by_seed():
     jobs = plan(["a", "b"], [0, 1, 2], 5)
-    assert len(jobs) == 2 * 3 * 6 + 2 * 5  # six methods per concept and seed, five random draws per concept
+    assert len(jobs) == 2 * 3 * 7 + 2 * 5  # seven methods per concept and seed, five random draws per concept
     assert {j[0] for j in jobs[: len(jobs) // 3]} == {"a", "b"}  # the first seed covers every concept first
-    assert [j[:2] for j in jobs[:6]] == [(c, m) for c in "ab" for m in ("adapter", "full_ft", "uniform_all")]
+    assert [j[:2] for j in jobs[:6]] == [(c, m) for c in "ab" for m in ("adapter", "full_ft", "searched")]
     assert sorted(j[3] for j in jobs if j[0] == "a" and j[1] == "random") == [0, 1, 2, 3, 4]
+
+
+def test_two_methods_that_train_the_same_thing_share_one_run(result):
+    from bench.concept_bench import job_id, method_runs
+
+    runs = [dict(r, key=f"k{i}") for i, r in enumerate(result["runs"])]
+    adapter = next(r for r in runs if r["concept"] == "a" and r["method"] == "adapter" and r["seed"] == 0)
+    jobs = {job_id(r["concept"], r["method"], r["seed"], r["draw"]): r["key"] for r in runs}
+    jobs[job_id("a", "uniform_all", 0, None)] = adapter["key"]  # the shipped adapter is uniform on every layer
+    jobs[job_id("a", "searched", 0, None)] = "not-run-yet"
+    rows = method_runs({"runs": runs, "jobs": jobs})
+    assert len(rows) == len(runs) + 1  # one more row, no more training; the unfinished job has none
+    twin = next(r for r in rows if r["method"] == "uniform_all")
+    assert twin["lpips_test"] == adapter["lpips_test"] and (twin["concept"], twin["seed"]) == ("a", 0)
+    assert not any(r["method"] == "searched" for r in rows)
+    s = summarise({"runs": runs, "jobs": jobs, "references": result["references"]})
+    assert s["detail"]["a"]["adapter_minus"]["uniform_all"]["mean"] == pytest.approx(0.0, abs=1e-12)
