@@ -381,14 +381,15 @@ def concept_bench() -> list[str]:
         return []
     s = b["summary"]
     n_runs = len(b["runs"])
-    planned = len(b["concepts"]) * len(b["seeds"]) * 5 + len(b["concepts"]) * b["random_draws"]
+    jobs = b.get("jobs") or {}
+    planned = len(set(jobs.values())) if jobs else n_runs  # distinct runs: methods that train the same thing share one
     out = [
         "## The concept benchmark (`bench.concept_bench`)",
         "",
         provenance("bench/results/concept_bench.json", "python -m bench.concept_bench"),
         "",
         f"Scale `{b['scale']}` ({b['settings']}), {b['resolution']}², {b['threads']} threads, device "
-        f"{b['device']}; {n_runs} of {planned} planned runs done (concepts {', '.join(s['concepts_done'])}, "
+        f"{b['device']}; {n_runs} of {planned} distinct planned runs done (concepts {', '.join(s['concepts_done'])}, "
         f"seeds {s['seeds_done']}; the command resumes the rest). Every figure is on the test photos "
         "(all their crops) at each run's val-best step; intervals are 95 % over a bootstrap of test photos; "
         "an interval containing 0 is a tie.",
