@@ -73,7 +73,7 @@ def main() -> None:
             "best_lpips_val": min(c["lpips_val"] for c in curve),
             "curve": curve,
             "commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
             ).stdout.strip(),
         }
     )

@@ -518,6 +518,12 @@ def main() -> None:
     ap.add_argument("--scale", choices=sorted(SCALES), default="default")
     ap.add_argument("--out", type=Path, default=RESULTS / "concept_bench.json")
     ap.add_argument("--fresh", action="store_true", help="discard every finished run and start over")
+    ap.add_argument(
+        "--max-runs",
+        type=int,
+        default=None,
+        help="train at most this many runs, then stop (0: only rewrite the summary)",
+    )
     args = ap.parse_args()
     params, scale = load_params(), SCALES[args.scale]
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
@@ -556,9 +562,14 @@ def main() -> None:
     todo = [(j, cfg) for j, cfg in jobs.items() if cfg["key"] not in done]
     print(f"{len(jobs)} jobs, {len(keys)} distinct runs, {len(keys) - len(done & keys)} to train", flush=True)
     t0 = time.perf_counter()
+    trained = 0
     for j, cfg in todo:
         if cfg["key"] in done:  # another method of this plan trains the same thing
             continue
+        if args.max_runs is not None and trained >= args.max_runs:
+            print(f"stopping after {trained} runs (--max-runs); rerun to go on", flush=True)
+            break
+        trained += 1
         c, m, seed, draw = j.split("|")
         result["runs"].append(run_one(cbs[c], m, int(seed), None if draw == "-" else int(draw), cfg, params))
         done.add(cfg["key"])
