@@ -72,6 +72,8 @@ LABELS = {
     "uniform_all": "every layer, uniform rank, same params",
     "random": "random ranks, adapter's layers, same params",
 }
+# what the adapter is compared with, in the order of the table
+COMPARED = ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "searched", "uniform_all", "uniform", "random")
 N_BOOT = 1000
 
 
@@ -343,19 +345,7 @@ def summarise(result: dict) -> dict:
                 "ci95": dict(zip(("low", "high"), map(float, np.percentile(g, [2.5, 97.5])))),
             },
             "adapter_minus": {
-                m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0)
-                for m in (
-                    "identity",
-                    "base",
-                    "pix2pix",
-                    "e2gan_scratch",
-                    "full_ft",
-                    "searched",
-                    "uniform",
-                    "uniform_all",
-                    "random",
-                )
-                if m in lp
+                m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0) for m in COMPARED if m in lp
             },
         }
         ad_runs = {r["seed"]: r for r in by["adapter"]}
@@ -442,18 +432,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for c, e in s["detail"].items():
-        for m in (
-            "identity",
-            "base",
-            "pix2pix",
-            "e2gan_scratch",
-            "full_ft",
-            "searched",
-            "uniform_all",
-            "uniform",
-            "random",
-            "adapter",
-        ):
+        for m in (*COMPARED, "adapter"):
             if m not in e["lpips"]:
                 continue
             lp, d = e["lpips"][m], e["adapter_minus"].get(m)

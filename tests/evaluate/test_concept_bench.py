@@ -79,12 +79,14 @@ def test_two_methods_that_train_the_same_thing_share_one_run(result):
     from bench.concept_bench import job_id, method_runs
 
     runs = [dict(r, key=f"k{i}") for i, r in enumerate(result["runs"])]
-    adapter = next(r for r in runs if r["concept"] == "a" and r["method"] == "adapter" and r["seed"] == 0)
+    adapters = {r["seed"]: r for r in runs if r["concept"] == "a" and r["method"] == "adapter"}
+    adapter = adapters[0]
     jobs = {job_id(r["concept"], r["method"], r["seed"], r["draw"]): r["key"] for r in runs}
-    jobs[job_id("a", "uniform_all", 0, None)] = adapter["key"]  # the shipped adapter is uniform on every layer
+    for seed, r in adapters.items():  # the shipped adapter is uniform on every layer: the same runs
+        jobs[job_id("a", "uniform_all", seed, None)] = r["key"]
     jobs[job_id("a", "searched", 0, None)] = "not-run-yet"
     rows = method_runs({"runs": runs, "jobs": jobs})
-    assert len(rows) == len(runs) + 1  # one more row, no more training; the unfinished job has none
+    assert len(rows) == len(runs) + 3  # three more rows, no more training; the unfinished job has none
     twin = next(r for r in rows if r["method"] == "uniform_all")
     assert twin["lpips_test"] == adapter["lpips_test"] and (twin["concept"], twin["seed"]) == ("a", 0)
     assert not any(r["method"] == "searched" for r in rows)
