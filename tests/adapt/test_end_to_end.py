@@ -152,7 +152,9 @@ def test_analyze_search_finetune(project):
     assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     biases = sum(p.numel() for n, p in base.named_parameters() if n.endswith(".bias")) if spec["bias"] == "all" else 0
-    assert m["trainable_params"] == report["shipped_params"] + biases and m["pairs_used"] == round(0.5 * m["pairs_total"])
+    assert m["trainable_params"] == report["shipped_params"] + biases and m["pairs_used"] == round(
+        0.5 * m["pairs_total"]
+    )
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
     assert m["split"] == "val" and {"base", "lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
