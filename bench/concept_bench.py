@@ -11,9 +11,12 @@ Per concept and seed:
   searched       E²GAN's greedy rank allocation on the crucial layers (models/ranks/searched.json)
   uniform        one rank on the crucial layers, at about the shipped adapter's LoRA parameters
   uniform_all    one rank on every adaptable layer, at about the same parameters
+  lora           the shipped adapter's layers and ranks, its LoRA factors trained directly (train_as "lora")
 and per concept `--random` allocations of the shipped adapter's layers at its parameter count (draw d is
-trained with seed d mod the number of seeds). Two methods that train the same thing (e.g. `uniform_all` when
-the shipped adapter is one rank on every layer) share one run.
+trained with seed d mod the number of seeds). Adapters train as finetune_lora does (`train_as`): with
+"full_rank", every adapter job of a concept and seed is read from one full-rank fine-tune of the base, each
+through its own spec's truncated adapter (its val curve, its val-best step on test). Two methods that train the
+same thing (e.g. `uniform_all` when the shipped adapter is one rank on every layer) share one run.
 
 Concepts in params.yaml use the pipeline's pairs (`make run` first); others must be filter concepts of the
 pool: their prompts and pairs are made here with the pipeline's own stages' code, under data/.work/concept_bench.
@@ -59,7 +62,7 @@ SCALES = {
     "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
 }
-METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
+METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "lora", "pix2pix", "e2gan_scratch")
 LABELS = {
     "identity": "identity (input unchanged)",
     "base": "base, no adapter",
@@ -71,9 +74,21 @@ LABELS = {
     "uniform": "uniform rank, crucial layers, same params",
     "uniform_all": "every layer, uniform rank, same params",
     "random": "random ranks, adapter's layers, same params",
+    "lora": "shipped layers and ranks, LoRA trained directly",
 }
 # what the adapter is compared with, in the order of the table
-COMPARED = ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "searched", "uniform_all", "uniform", "random")
+COMPARED = (
+    "identity",
+    "base",
+    "pix2pix",
+    "e2gan_scratch",
+    "full_ft",
+    "lora",
+    "searched",
+    "uniform_all",
+    "uniform",
+    "random",
+)
 N_BOOT = 1000
 
 
@@ -115,7 +130,7 @@ def job_spec(method: str, cb: ConceptBench, draw: int | None, s) -> dict | None:
     """The peft spec a method trains (None: a whole generator trains)."""
     if method in ("pix2pix", "e2gan_scratch", "full_ft"):
         return None
-    if method == "adapter":
+    if method in ("adapter", "lora"):
         return cb.spec
     if method == "searched":
         return cb.searched
@@ -139,8 +154,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     scratch = method in ("pix2pix", "e2gan_scratch")
     spec = job_spec(method, cb, draw, params.search_ranks)
     adapter = spec is not None
+    # adapters train as finetune_lora does (train_as), except "lora": the shipped spec trained as LoRA factors
+    truncated = adapter and method != "lora" and fcfg.train_as == "full_rank"
     steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
-    lr = fcfg.train.lr_g if adapter else 2e-4
+    lr = fcfg.full_rank_lr_g if truncated else fcfg.train.lr_g if adapter else 2e-4
     cfg = fcfg.train.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, "seed": seed, "lr_g": lr})
     subset = list(range(len(cb.pairs.inputs))) if scratch else cb.subset(fcfg.subset)
     what = {
@@ -155,6 +172,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "val_limit": scale["val_limit"],
         "data": data_key(cb),
     }
+    if truncated:  # a full-rank fine-tune read through the spec's truncated adapter (finetune_lora's full_rank)
+        what.update(kind="full_rank_truncated", loraplus=1.0)
+    # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it)
+    family = hashlib.sha256(json.dumps({**what, "spec": None}, sort_keys=True).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "key": key,
@@ -164,6 +185,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "subset": subset,
         "scratch": scratch,
         "eval_every": scale["eval_every"],
+        "family": family if truncated else None,
     }
 
 
@@ -247,6 +269,66 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
         "curve": curve,
         **({"ranks": spec_ranks_of(G)} if adapter else {}),
     }
+
+
+def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], seed: int, params) -> list[dict]:
+    """Full-rank jobs of one concept and seed (finetune_lora's train_as "full_rank"): one fine-tune of the base,
+    read through each member's truncated adapter (its spec's ranks) at every evaluation; each member's val-best
+    adapter is scored on test. One run per member, as run_one writes them."""
+    from pipeline.adapt.lora import truncated_adapter
+    from pipeline.model.nets.generator import pooled_text
+
+    fcfg = params.finetune_lora
+    job = members[0][2]
+    cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
+    G, _ = build("full_ft", cb, seed, None)
+    data = cb.pairs.subset(job["subset"])
+    best: list[dict] = [{} for _ in members]
+
+    def scores(model) -> dict:
+        out = {}
+        for i, (_, _, jb) in enumerate(members):
+            adapter = truncated_adapter(cb.base, model, jb["spec"], cond).eval()
+            out[f"lpips_val_{i}"] = v = cb.lpips(adapter, "val")
+            if not best[i] or v < best[i]["lpips_val"]:
+                best[i].update(lpips_val=v, model=adapter)
+        return out
+
+    names = ", ".join(m if d is None else f"{m} draw {d}" for m, d, _ in members)
+    print(f"[{cb.name} seed {seed}] one full-rank fine-tune read as: {names}; {job['steps']} steps", flush=True)
+    curve = train_curve(G, data, job["cfg"], job["steps"], job["eval_every"], scores)
+    runs = []
+    for i, (method, draw, jb) in enumerate(members):
+        mine = [
+            {"step": c["step"], "train_seconds": c["train_seconds"], "lpips_val": c[f"lpips_val_{i}"]} for c in curve
+        ]
+        adapter = best[i]["model"]
+        round_to(adapter, fcfg.store)  # scored as finetune_lora stores it
+        at = min(mine, key=lambda r: r["lpips_val"])
+        outs = cb.outputs(adapter, "test")
+        runs.append(
+            {
+                "key": jb["key"],
+                "concept": cb.name,
+                "method": method,
+                "seed": seed,
+                "draw": draw,
+                "steps": jb["steps"],
+                "pairs": len(data.inputs),
+                "best_step": at["step"],
+                "seconds_to_best": at["train_seconds"],
+                "train_seconds": mine[-1]["train_seconds"],
+                "trainable_params": trainable_parameters(adapter),
+                "stored_bytes": stored_bytes(adapter, True, fcfg.store),
+                "lpips_test": [round(float(x), 6) for x in lpips_distance(outs, cb.test.teacher)],
+                "kid_test": kid_from_features(inception_features(outs), cb.teacher_features),
+                "curve": mine,
+                "ranks": spec_ranks_of(adapter),
+                "train_as": "full_rank",
+                "family": jb["family"],
+            }
+        )
+    return runs
 
 
 def spec_ranks_of(G) -> dict[str, int]:
@@ -550,7 +632,17 @@ def main() -> None:
             break
         trained += 1
         c, m, seed, draw = j.split("|")
-        result["runs"].append(run_one(cbs[c], m, int(seed), None if draw == "-" else int(draw), cfg, params))
+        if cfg["family"] is None:
+            result["runs"].append(run_one(cbs[c], m, int(seed), None if draw == "-" else int(draw), cfg, params))
+        else:  # every unfinished job trained by the same full-rank fine-tune, read through its own spec
+            members, keys_in = [], set()
+            for j2, cfg2 in todo:
+                if cfg2["family"] == cfg["family"] and cfg2["key"] not in done | keys_in:
+                    _, m2, _, d2 = j2.split("|")
+                    members.append((m2, None if d2 == "-" else int(d2), cfg2))
+                    keys_in.add(cfg2["key"])
+            result["runs"] += run_family(cbs[c], members, int(seed), params)
+            done |= keys_in
         done.add(cfg["key"])
         result["summary"] = summarise(result)
         result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)

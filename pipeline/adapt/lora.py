@@ -31,6 +31,12 @@ class FinetuneConfig(FrozenConfig):
     # val photos, and the best step is the one shipped (a GAN's last step is not its best); 0 = the last step
     select_every: int = Field(0, ge=0)
     select_limit: int = Field(48, ge=1)
+    # how the adapter learns. "full_rank": every weight of a copy of the base trains (at `full_rank_lr_g`) and what ships
+    # is truncated_adapter of it: each adapted layer's change as its rank-r truncated SVD (the ranks of search_ranks'
+    # spec), the text norms' changes folded into their biases; every score (the shipped step included) is of the
+    # truncated adapter. "lora": the LoRA factors and biases train directly (peft's init, LoRA+, train.lr_g).
+    train_as: Literal["full_rank", "lora"] = "full_rank"
+    full_rank_lr_g: float = Field(2e-4, gt=0.0)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
 
@@ -103,6 +109,52 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
             f"LoRA targets {unknown} are not Linear/Conv2d layers of the generator; "
             f"choose from: {', '.join(sorted(known))}"
         )
+
+
+@torch.no_grad()
+def truncated_adapter(base: nn.Module, trained: nn.Module, spec: dict, cond: torch.Tensor):
+    """The peft LoRA adapter of `spec` nearest to `trained`, a full-rank fine-tune of `base`, for the prompt
+    whose pooled text embedding is `cond` (D,):
+
+    - each target layer's factors are the rank-r truncated SVD of its weight change, the best rank-r
+      approximation in Frobenius norm (Eckart-Young);
+    - a text norm's `to_scale` / `to_shift` weight change only adds (W' - W) @ cond to that norm's scale and
+      shift for the prompt: it is folded into their biases, exactly (spec's `bias` must be "all");
+    - the other biases are the trained ones; every other change (layers outside the spec, LayerNorm weights)
+      is dropped.
+
+    Returns a PeftModel on a copy of `base`; `trained` and `base` are left as they are."""
+    from pipeline.model.nets.generator import TextNorm
+
+    if spec.get("bias", "none") != "all":
+        raise E2GANError("train_as 'full_rank' keeps the trained biases: it needs search_ranks.bias 'all'")
+    G = copy.deepcopy(base).eval()
+    biases = dict(trained.named_parameters())
+    for n, p in G.named_parameters():
+        if n.endswith(".bias"):
+            p.copy_(biases[n])
+    cond = cond.float().reshape(-1)
+    for n, m in G.named_modules():
+        if isinstance(m, TextNorm):
+            for k in ("to_scale", "to_shift"):
+                w1, w0 = trained.get_submodule(f"{n}.{k}").weight, getattr(m, k).weight
+                getattr(m, k).bias.add_((w1 - w0).float() @ cond)
+    model = add_lora_spec(G, spec)
+    inner = model.base_model.model
+    for name, r in spec_ranks(spec).items():
+        layer = inner.get_submodule(name)
+        delta = trained.get_submodule(name).weight.float() - base.get_submodule(name).weight.float()
+        U, S, Vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1), full_matrices=False)
+        k = min(r, S.numel())
+        root = S[:k].sqrt()
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        A = torch.zeros(r, Vh.shape[1])
+        B = torch.zeros(U.shape[0], r)
+        A[:k] = root[:, None] * Vh[:k] / layer.scaling["default"]
+        B[:, :k] = U[:, :k] * root
+        a.copy_(A.reshape(a.shape))
+        b.copy_(B.reshape(b.shape))
+    return model
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -212,7 +264,8 @@ def with_loraplus(m: Models, cfg: TrainConfig, ratio: float) -> Models:
 def finetune_concept(
     base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, work: Path
 ) -> tuple[nn.Module, list[dict], dict]:
-    """finetune_lora@C: LoRA per `spec` on the frozen base, the concept's subset of pairs, the shared loop.
+    """finetune_lora@C: the adapter of `spec` for one concept, on its subset of pairs, with the shared loop:
+    trained at full rank and truncated (cfg.train_as "full_rank"), or as LoRA factors on the frozen base ("lora").
 
     `concept` is a data.dataset.ConceptData. Returns (the PeftModel, the loss history, facts for the metrics)."""
     from pipeline.adapt.subset import choose_subset, coverage, image_features, random_subset
@@ -230,20 +283,36 @@ def finetune_concept(
         if feats is not None:  # how well the kept inputs cover all inputs, vs a random subset of the same size
             facts["subset_coverage"] = coverage(feats, kept)
             facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
-    best = BestStep(work, concept, cfg) if cfg.select_every else None
+    full_rank = cfg.train_as == "full_rank"
+    train_cfg = cfg.train.model_copy(update={"lr_g": cfg.full_rank_lr_g}) if full_rank else cfg.train
+    ship = None
+    if full_rank:
+        from pipeline.data.dataset import concept_condition
+        from pipeline.model.nets.generator import pooled_text
+
+        tokens, mask = concept_condition(concept.prompts_source, concept.encoder)
+        cond = pooled_text(tokens[:1], None if mask is None else mask[:1])[0]
+
+        def ship(trained: nn.Module):
+            return truncated_adapter(base, trained, spec, cond)
+
+    best = BestStep(work, concept, cfg, ship) if cfg.select_every else None
     model, history, seconds = finetune(
         base,
-        spec,
+        None if full_rank else spec,
         pairs.subset(kept),
-        cfg.train,
+        train_cfg,
         work,
         desc=f"finetune_lora {concept.name}",
         evaluate=best,
         eval_every=cfg.select_every,
         loraplus_ratio=cfg.loraplus_ratio,
     )
+    if ship is not None:
+        model = ship(model)
     if best is not None:
         facts.update(best.restore(model))
+    facts["train_as"] = cfg.train_as
     round_to(model, cfg.store)  # evaluated, exported and shipped as stored
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)
@@ -255,8 +324,9 @@ class BestStep:
     step's adapter weights (LoRA factors and trained biases) are kept in the work folder, so a resumed run
     still knows the best step before the kill."""
 
-    def __init__(self, work: Path, concept, cfg: FinetuneConfig):
+    def __init__(self, work: Path, concept, cfg: FinetuneConfig, ship=None):
         self.file, self.concept, self.cfg = Path(work) / "best.safetensors", concept, cfg
+        self.ship = ship  # trained model -> the adapter that ships from it (train_as "full_rank"), scored and kept
         self.scores: list[dict] = []
 
     def _adapter(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -270,6 +340,8 @@ class BestStep:
         from pipeline.core.io import atomic_path, atomic_write_json
         from pipeline.model.infer import concept_lpips
 
+        if self.ship is not None:
+            model = self.ship(model).eval()
         lp = concept_lpips(model, self.concept, split="val", limit=self.cfg.select_limit, seed=self.cfg.train.seed)
         self.scores.append({"step": step, "train_seconds": round(seconds, 2), "lpips_val": lp})
         record = self.file.with_suffix(".json")

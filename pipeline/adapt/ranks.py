@@ -16,8 +16,9 @@ ranks on a random subset and on all the data) and against one rank on every adap
 is scored on `val` (at most `eval_limit` crops spread over all val photos, the same crops for every row), never
 on `test`.
 
-What ships is `allocation`: "uniform_all" (`uniform_rank` on every adaptable layer, no layer choice: the
-concept benchmark measured it ahead of the searched allocation on new concepts) or "searched".
+What ships is `allocation`: "uniform_all" (`uniform_rank` on every adaptable layer, no layer choice; the concept
+benchmark, bench/concept_bench.py, compares it with the searched allocation at the same parameter count) or
+"searched".
 """
 
 from __future__ import annotations

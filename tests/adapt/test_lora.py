@@ -228,3 +228,56 @@ def test_the_same_adapter_saves_to_the_same_bytes_in_any_process(tmp_path):
         assert (
             (tmp_path / "1" / f).read_bytes() == (tmp_path / "2" / f).read_bytes() == (tmp_path / "3" / f).read_bytes()
         )
+
+
+def _perturbed(base, rank_of, seed: int = 3):
+    """A 'fine-tuned' copy of `base`: each listed layer's weight moves by a random change of the given rank, every
+    bias and every text norm weight moves too."""
+    g = torch.Generator().manual_seed(seed)
+    trained = copy.deepcopy(base)
+    with torch.no_grad():
+        for name, r in rank_of.items():
+            w = trained.get_submodule(name).weight
+            m = w.reshape(w.shape[0], -1)
+            m += 0.05 * torch.randn(m.shape[0], r, generator=g) @ torch.randn(r, m.shape[1], generator=g)
+        for n, p in trained.named_parameters():
+            if n.endswith(".bias") or ".to_scale." in n or ".to_shift." in n:
+                p += 0.05 * torch.randn(p.shape, generator=g)
+    return trained.eval()
+
+
+def test_truncated_adapter_is_exact_for_a_low_rank_change_and_folds_the_text_norms():
+    from pipeline.adapt.lora import truncated_adapter
+    from pipeline.model.nets.generator import pooled_text
+
+    base = _base("film")
+    targets = [n for n in adaptable_layers(base)]
+    trained = _perturbed(base, {n: 2 for n in targets})
+    x, text = _inputs()
+    text = text[:1].expand(2, -1, -1)  # one prompt, as a concept model is used
+    cond = pooled_text(text[:1], None)[0]
+    spec = lora_spec({n: 4 for n in targets}, bias="all")
+    adapter = truncated_adapter(base, trained, spec, cond).eval()
+    with torch.no_grad():
+        want = trained(x, text)
+        got = adapter(x, text)
+        merged = copy.deepcopy(adapter).merge_and_unload()(x, text)
+    assert (got - want).abs().max() < 1e-4  # rank-2 changes at rank 4, text norms folded: exact
+    assert (merged - got).abs().max() < 1e-5
+    assert trainable_parameters(adapter) == sum(lora_parameters(base.get_submodule(n), 4) for n in targets) + sum(
+        p.numel() for n, p in base.named_parameters() if n.endswith(".bias")
+    )
+    # a change of higher rank than the adapter's is cut to its best rank-r approximation (Eckart-Young): the
+    # merged weight's error is the norm of the singular values past r
+    rough = _perturbed(base, {n: 8 for n in targets})
+    merged = truncated_adapter(base, rough, lora_spec({n: 3 for n in targets}, bias="all"), cond).merge_and_unload()
+    for n in ("down.1.conv", "tb.mlp.fc1", "out"):
+        w0 = base.get_submodule(n).weight
+        delta = (rough.get_submodule(n).weight - w0).reshape(len(w0), -1)
+        s = torch.linalg.svdvals(delta.detach())
+        err = (merged.get_submodule(n).weight - rough.get_submodule(n).weight).reshape(delta.shape)
+        assert float(torch.linalg.matrix_norm(err.detach())) == pytest.approx(
+            float(s[3:].pow(2).sum().sqrt()), rel=1e-3, abs=1e-5
+        )
+    with pytest.raises(E2GANError, match="bias 'all'"):
+        truncated_adapter(base, trained, lora_spec({n: 4 for n in targets}), cond)

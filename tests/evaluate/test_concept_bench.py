@@ -69,7 +69,7 @@ def test_no_summary_until_adapter_and_full_finetune_ran(result):
 
 def test_plan_covers_every_concept_seed_by_seed():
     jobs = plan(["a", "b"], [0, 1, 2], 5)
-    assert len(jobs) == 2 * 3 * 7 + 2 * 5  # seven methods per concept and seed, five random draws per concept
+    assert len(jobs) == 2 * 3 * 8 + 2 * 5  # eight methods per concept and seed, five random draws per concept
     assert {j[0] for j in jobs[: len(jobs) // 3]} == {"a", "b"}  # the first seed covers every concept first
     assert [j[:2] for j in jobs[:6]] == [(c, m) for c in "ab" for m in ("adapter", "full_ft", "searched")]
     assert sorted(j[3] for j in jobs if j[0] == "a" and j[1] == "random") == [0, 1, 2, 3, 4]
