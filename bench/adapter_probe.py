@@ -5,6 +5,11 @@ steps. Nothing here reads test: it is for choosing, and the concept benchmark re
 
     python -m bench.adapter_probe --concept winter --rank 16          # does rank limit the adapter here?
     python -m bench.adapter_probe --concept winter --lr 0.005 --steps 300
+    python -m bench.adapter_probe --concept winter --train-as full_rank --ranks 1,2,4,8   # truncation ranks
+
+With `--train-as full_rank` (finetune_lora's default) one full-rank fine-tune of the base is scored at every
+evaluation both as it is and through the truncated adapter at each of `--ranks` (one rank on every adaptable
+layer), so the rank the adapter ships at is chosen on val.
 
 Each probe is appended to bench/results/adapter_probe.json (with the settings, the val curve and the commit).
 """
@@ -26,14 +31,50 @@ from pipeline.core.io import atomic_write_json
 OUT = RESULTS / "adapter_probe.json"
 
 
+def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tuple[list[dict], dict]:
+    """One full-rank fine-tune (finetune_lora's full_rank settings), scored on val as it is (`lpips_val_full`) and
+    through the truncated adapter at each rank of --ranks (`lpips_val_r<r>`). Returns (curve, params per rank)."""
+    from pipeline.adapt.lora import truncated_adapter
+    from pipeline.model.nets.generator import pooled_text
+
+    ranks = [int(r) for r in args.ranks.split(",")]
+    specs = {r: spec_for({n: r for n in adaptable_layers(cb.base)}, params.search_ranks) for r in ranks}
+    cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
+    lr = args.lr or params.finetune_lora.full_rank_lr_g
+    cfg = job["cfg"].model_copy(update={"lr_g": lr})
+
+    def scores(m) -> dict:
+        out = {"lpips_val_full": cb.lpips(m, "val")}
+        for r, spec in specs.items():
+            out[f"lpips_val_r{r}"] = cb.lpips(truncated_adapter(cb.base, m, spec, cond).eval(), "val")
+        return out
+
+    G, _ = build("full_ft", cb, args.seed, None)
+    curve = train_curve(G, cb.pairs.subset(job["subset"]), cfg, steps, scale["eval_every"], scores)
+    trainable = {f"r{r}": trainable_parameters(truncated_adapter(cb.base, G, spec, cond)) for r, spec in specs.items()}
+    return curve, trainable
+
+
+def best_of(curve: list[dict]) -> dict:
+    """The best val LPIPS of each scored series of a curve (`lpips_val`, or `lpips_val_full` and each rank's)."""
+    series = [k for k in curve[0] if k.startswith("lpips_val")]
+    if series == ["lpips_val"]:
+        return {"best_lpips_val": min(c["lpips_val"] for c in curve)}
+    return {"best_lpips_val": {k.removeprefix("lpips_val_"): min(c[k] for c in curve) for k in series}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="winter")
     ap.add_argument("--rank", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=None, help="lr_g (default: finetune_lora.train.lr_g)")
+    ap.add_argument(
+        "--lr", type=float, default=None, help="lr_g (default: finetune_lora.train.lr_g, or full_rank_lr_g)"
+    )
     ap.add_argument("--loraplus", type=float, default=None, help="default: finetune_lora.loraplus_ratio")
     ap.add_argument("--alpha-scale", type=float, default=None, help="default: search_ranks.alpha_scale")
     ap.add_argument("--steps", type=int, default=None, help="default: finetune_lora.train.steps")
+    ap.add_argument("--train-as", choices=("lora", "full_rank"), default="lora")
+    ap.add_argument("--ranks", default="1,2,4,8", help="--train-as full_rank: the truncation ranks scored")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -44,33 +85,38 @@ def main() -> None:
     params = params.model_copy(update={"finetune_lora": f, "search_ranks": s})
     scale = SCALES["default"]
     cb = concept_data(args.concept, params, scale["val_limit"])
-    job = job_config(cb, "adapter", args.seed, None, scale, params)
+    job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
     spec = spec_for({n: args.rank for n in adaptable_layers(cb.base)}, s)
     cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g})
     steps = args.steps or job["steps"]
-    G, _ = build("adapter", cb, args.seed, spec)
-    curve = train_curve(
-        G,
-        cb.pairs.subset(job["subset"]),
-        cfg,
-        steps,
-        scale["eval_every"],
-        lambda m: {"lpips_val": cb.lpips(m, "val")},
-        f.loraplus_ratio,
-    )
+    if args.train_as == "full_rank":
+        curve, trainable = full_rank_curve(cb, args, params, job, steps, scale)
+    else:
+        G, _ = build("adapter", cb, args.seed, spec)
+        trainable = trainable_parameters(G)
+        curve = train_curve(
+            G,
+            cb.pairs.subset(job["subset"]),
+            cfg,
+            steps,
+            scale["eval_every"],
+            lambda m: {"lpips_val": cb.lpips(m, "val")},
+            f.loraplus_ratio,
+        )
     probes = json.loads(args.out.read_text())["probes"] if args.out.is_file() else []
     probes.append(
         {
+            "train_as": args.train_as,
             "concept": args.concept,
             "seed": args.seed,
-            "rank": args.rank,
+            "rank": args.rank if args.train_as == "lora" else [int(r) for r in args.ranks.split(",")],
             "lr_g": cfg.lr_g,
             "loraplus_ratio": f.loraplus_ratio,
             "alpha_scale": s.alpha_scale,
             "steps": steps,
-            "trainable_params": trainable_parameters(G),
+            "trainable_params": trainable,
             "split": "val",
-            "best_lpips_val": min(c["lpips_val"] for c in curve),
+            **best_of(curve),
             "curve": curve,
             "commit": subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

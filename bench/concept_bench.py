@@ -249,6 +249,11 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
     G.load_state_dict(best["state"])  # the val-best step, read on test
     if adapter:
         round_to(G, fcfg.store)  # scored as finetune_lora stores it
+    return record(cb, job, method, seed, draw, len(data.inputs), G, adapter, curve, fcfg.store)
+
+
+def record(cb: ConceptBench, job: dict, method, seed, draw, n_pairs: int, G, adapter: bool, curve, store) -> dict:
+    """One finished run: G (at its val-best step) scored on every test crop, with its curve and sizes."""
     at = min(curve, key=lambda r: r["lpips_val"])
     outs = cb.outputs(G.eval(), "test")
     return {
@@ -257,13 +262,13 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
         "method": method,
         "seed": seed,
         "draw": draw,
-        "steps": steps,
-        "pairs": len(data.inputs),
+        "steps": job["steps"],
+        "pairs": n_pairs,
         "best_step": at["step"],
         "seconds_to_best": at["train_seconds"],
         "train_seconds": curve[-1]["train_seconds"],
         "trainable_params": trainable_parameters(G),
-        "stored_bytes": stored_bytes(G, adapter, fcfg.store),
+        "stored_bytes": stored_bytes(G, adapter, store),
         "lpips_test": [round(float(x), 6) for x in lpips_distance(outs, cb.test.teacher)],
         "kid_test": kid_from_features(inception_features(outs), cb.teacher_features),
         "curve": curve,
@@ -304,30 +309,8 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
         ]
         adapter = best[i]["model"]
         round_to(adapter, fcfg.store)  # scored as finetune_lora stores it
-        at = min(mine, key=lambda r: r["lpips_val"])
-        outs = cb.outputs(adapter, "test")
-        runs.append(
-            {
-                "key": jb["key"],
-                "concept": cb.name,
-                "method": method,
-                "seed": seed,
-                "draw": draw,
-                "steps": jb["steps"],
-                "pairs": len(data.inputs),
-                "best_step": at["step"],
-                "seconds_to_best": at["train_seconds"],
-                "train_seconds": mine[-1]["train_seconds"],
-                "trainable_params": trainable_parameters(adapter),
-                "stored_bytes": stored_bytes(adapter, True, fcfg.store),
-                "lpips_test": [round(float(x), 6) for x in lpips_distance(outs, cb.test.teacher)],
-                "kid_test": kid_from_features(inception_features(outs), cb.teacher_features),
-                "curve": mine,
-                "ranks": spec_ranks_of(adapter),
-                "train_as": "full_rank",
-                "family": jb["family"],
-            }
-        )
+        run = record(cb, jb, method, seed, draw, len(data.inputs), adapter, True, mine, fcfg.store)
+        runs.append({**run, "train_as": "full_rank", "family": jb["family"]})
     return runs
 
 
