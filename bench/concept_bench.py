@@ -62,7 +62,8 @@ SCALES = {
     "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
 }
-METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "lora", "pix2pix", "e2gan_scratch")
+METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch", "lora")
+FAMILY = METHODS[:5]  # fine-tunes of the base (one full-rank training per concept and seed under "full_rank")
 LABELS = {
     "identity": "identity (input unchanged)",
     "base": "base, no adapter",
@@ -90,6 +91,15 @@ COMPARED = (
     "random",
 )
 N_BOOT = 1000
+# the summary's per-concept figures: method -> its name there
+HEADLINE = {
+    "identity": "identity",
+    "base": "base",
+    "pix2pix": "pix2pix",
+    "e2gan_scratch": "e2gan_scratch",
+    "full_ft": "full_finetune",
+    "adapter": "adapter",
+}
 
 
 def concept_data(name: str, params, val_limit: int) -> ConceptBench:
@@ -155,9 +165,15 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     spec = job_spec(method, cb, draw, params.search_ranks)
     adapter = spec is not None
     # adapters train as finetune_lora does (train_as), except "lora": the shipped spec trained as LoRA factors
-    truncated = adapter and method != "lora" and fcfg.train_as == "full_rank"
+    full_rank = fcfg.train_as == "full_rank"
+    truncated = adapter and method != "lora" and full_rank
     steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
-    lr = fcfg.full_rank_lr_g if truncated else fcfg.train.lr_g if adapter else 2e-4
+    # the full fine-tune learns at the rate the shipped adapter's full-rank training uses: under "full_rank" it is
+    # the very training the adapters are read from
+    if truncated or (method == "full_ft" and full_rank):
+        lr = fcfg.full_rank_lr_g
+    else:
+        lr = fcfg.train.lr_g if adapter else 2e-4
     cfg = fcfg.train.model_copy(update={"batch_size": scale["batch"], "ema": 0.0, "seed": seed, "lr_g": lr})
     subset = list(range(len(cb.pairs.inputs))) if scratch else cb.subset(fcfg.subset)
     what = {
@@ -174,8 +190,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     }
     if truncated:  # a full-rank fine-tune read through the spec's truncated adapter (finetune_lora's full_rank)
         what.update(kind="full_rank_truncated", loraplus=1.0)
-    # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it)
-    family = hashlib.sha256(json.dumps({**what, "spec": None}, sort_keys=True).encode()).hexdigest()[:16]
+    # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it),
+    # and under "full_rank" the full fine-tune is that training itself, read untruncated
+    shared = {**what, "spec": None, "kind": "full_rank_truncated", "loraplus": 1.0, "store": fcfg.store}
+    family = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "key": key,
@@ -185,7 +203,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "subset": subset,
         "scratch": scratch,
         "eval_every": scale["eval_every"],
-        "family": family if truncated else None,
+        "family": family if truncated or (method == "full_ft" and full_rank) else None,
     }
 
 
@@ -255,7 +273,7 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
 def record(cb: ConceptBench, job: dict, method, seed, draw, n_pairs: int, G, adapter: bool, curve, store) -> dict:
     """One finished run: G (at its val-best step) scored on every test crop, with its curve and sizes."""
     at = min(curve, key=lambda r: r["lpips_val"])
-    outs = cb.outputs(G.eval(), "test")
+    outs = cb.outputs(merged(G.eval()), "test")
     return {
         "key": job["key"],
         "concept": cb.name,
@@ -278,8 +296,9 @@ def record(cb: ConceptBench, job: dict, method, seed, draw, n_pairs: int, G, ada
 
 def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], seed: int, params) -> list[dict]:
     """Full-rank jobs of one concept and seed (finetune_lora's train_as "full_rank"): one fine-tune of the base,
-    read through each member's truncated adapter (its spec's ranks) at every evaluation; each member's val-best
-    adapter is scored on test. One run per member, as run_one writes them."""
+    read through each member's truncated adapter (its spec's ranks) at every evaluation, and as itself for the
+    full fine-tune (a member without a spec); each member's val-best model is scored on test. One run per
+    member, as run_one writes them."""
     from pipeline.adapt.lora import truncated_adapter
     from pipeline.model.nets.generator import pooled_text
 
@@ -290,13 +309,20 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     data = cb.pairs.subset(job["subset"])
     best: list[dict] = [{} for _ in members]
 
+    def read(model, spec):
+        """What the member reads from the training's current weights: the model itself or its truncated adapter
+        (scored in fp32 during training and rounded as stored once chosen, as finetune_lora does)."""
+        if spec is None:
+            return copy.deepcopy(model).eval()
+        return truncated_adapter(cb.base, model, spec, cond).eval()
+
     def scores(model) -> dict:
         out = {}
         for i, (_, _, jb) in enumerate(members):
-            adapter = truncated_adapter(cb.base, model, jb["spec"], cond).eval()
-            out[f"lpips_val_{i}"] = v = cb.lpips(adapter, "val")
+            shipped = read(model, jb["spec"])
+            out[f"lpips_val_{i}"] = v = cb.lpips(merged(shipped), "val")
             if not best[i] or v < best[i]["lpips_val"]:
-                best[i].update(lpips_val=v, model=adapter)
+                best[i].update(lpips_val=v, model=shipped)
         return out
 
     names = ", ".join(m if d is None else f"{m} draw {d}" for m, d, _ in members)
@@ -307,11 +333,21 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
         mine = [
             {"step": c["step"], "train_seconds": c["train_seconds"], "lpips_val": c[f"lpips_val_{i}"]} for c in curve
         ]
-        adapter = best[i]["model"]
-        round_to(adapter, fcfg.store)  # scored as finetune_lora stores it
-        run = record(cb, jb, method, seed, draw, len(data.inputs), adapter, True, mine, fcfg.store)
+        chosen, is_adapter = best[i]["model"], jb["spec"] is not None
+        if is_adapter:
+            round_to(chosen, fcfg.store)  # scored as finetune_lora stores it
+        store = fcfg.store if is_adapter else "float32"
+        run = record(cb, jb, method, seed, draw, len(data.inputs), chosen, is_adapter, mine, store)
         runs.append({**run, "train_as": "full_rank", "family": jb["family"]})
     return runs
+
+
+def merged(G):
+    """A plain module computing what G does: a PeftModel's LoRA merged into a copy of its weights (faster to run;
+    equal up to float rounding), any other module as it is."""
+    if hasattr(G, "merge_and_unload"):
+        return copy.deepcopy(G).merge_and_unload().eval()
+    return G
 
 
 def spec_ranks_of(G) -> dict[str, int]:
@@ -452,10 +488,8 @@ def summarise(result: dict) -> dict:
         "per_concept": {
             c: {
                 "gap_closed": e["gap_closed"],
-                "lpips": {
-                    m: e["lpips"][m]["mean"] for m in ("identity", "pix2pix", "full_ft", "adapter") if m in e["lpips"]
-                },
-                "kid": {m: e["kid"][m] for m in ("identity", "pix2pix", "full_ft", "adapter") if m in e["kid"]},
+                "lpips": {k: e["lpips"][m]["mean"] for m, k in HEADLINE.items() if m in e["lpips"]},
+                "kid": {k: e["kid"][m] for m, k in HEADLINE.items() if m in e["kid"]},
                 **{k: e[k] for k in ("time_ratio_vs_pix2pix", "searched_vs_random") if k in e},
             }
             for c, e in per.items()
@@ -543,14 +577,17 @@ def plot(result: dict, path: Path) -> None:
 
 
 def plan(concepts: list[str], seeds: list[int], n_random: int) -> list[tuple[str, str, int, int | None]]:
-    """(concept, method, seed, draw), seed by seed, and within a seed the adapter, the full fine-tune and uniform_all of every
-    concept first: a partial run already gives the gap closed on every concept."""
+    """(concept, method, seed, draw). First every seed's fine-tunes of the base for every concept (adapter, full
+    fine-tune, the other allocations and the seed's random draws: one full-rank training per concept and seed
+    under train_as "full_rank"), so that a partial run already gives the gap closed over concepts and seeds;
+    then, seed by seed, pix2pix, the generator from scratch and LoRA trained directly for every concept."""
     jobs = []
     for s in seeds:
-        jobs += [(c, m, s, None) for c in concepts for m in METHODS[:3]]
         for c in concepts:
-            jobs += [(c, m, s, None) for m in METHODS[3:]]
+            jobs += [(c, m, s, None) for m in FAMILY]
             jobs += [(c, "random", s, d) for d in range(n_random) if d % len(seeds) == seeds.index(s)]
+    for s in seeds:
+        jobs += [(c, m, s, None) for m in METHODS if m not in FAMILY for c in concepts]
     return jobs
 
 
@@ -615,6 +652,7 @@ def main() -> None:
             break
         trained += 1
         c, m, seed, draw = j.split("|")
+        n_before, t_job = len(result["runs"]), time.perf_counter()
         if cfg["family"] is None:
             result["runs"].append(run_one(cbs[c], m, int(seed), None if draw == "-" else int(draw), cfg, params))
         else:  # every unfinished job trained by the same full-rank fine-tune, read through its own spec
@@ -626,6 +664,8 @@ def main() -> None:
                     keys_in.add(cfg2["key"])
             result["runs"] += run_family(cbs[c], members, int(seed), params)
             done |= keys_in
+        for r in result["runs"][n_before:]:  # what the job cost in all, evaluations included (budgeting)
+            r["job_wall_seconds"] = round(time.perf_counter() - t_job, 1)
         done.add(cfg["key"])
         result["summary"] = summarise(result)
         result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)

@@ -67,11 +67,17 @@ def test_no_summary_until_adapter_and_full_finetune_ran(result):
     assert summarise(result) == {}
 
 
-def test_plan_covers_every_concept_seed_by_seed():
+def test_plan_covers_every_concept_fine_tunes_of_every_seed_first():
     jobs = plan(["a", "b"], [0, 1, 2], 5)
     assert len(jobs) == 2 * 3 * 8 + 2 * 5  # eight methods per concept and seed, five random draws per concept
-    assert {j[0] for j in jobs[: len(jobs) // 3]} == {"a", "b"}  # the first seed covers every concept first
-    assert [j[:2] for j in jobs[:6]] == [(c, m) for c in "ab" for m in ("adapter", "full_ft", "searched")]
+    assert len(set(jobs)) == len(jobs)
+    first = ("adapter", "full_ft", "searched", "uniform_all", "uniform")
+    assert [j[:2] for j in jobs[:5]] == [("a", m) for m in first]  # the fine-tunes of the base, concept by concept
+    n_family = 2 * 3 * 5 + 2 * 5
+    assert all(j[1] in (*first, "random") for j in jobs[:n_family])  # every seed's, before any other method
+    assert [j[2] for j in jobs[:n_family]] == sorted(j[2] for j in jobs[:n_family])
+    rest = [(j[2], j[1], j[0]) for j in jobs[n_family:]]
+    assert rest == [(s, m, c) for s in (0, 1, 2) for m in ("pix2pix", "e2gan_scratch", "lora") for c in "ab"]
     assert sorted(j[3] for j in jobs if j[0] == "a" and j[1] == "random") == [0, 1, 2, 3, 4]
 
 
