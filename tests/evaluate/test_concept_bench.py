@@ -98,3 +98,63 @@ def test_two_methods_that_train_the_same_thing_share_one_run(result):
     assert not any(r["method"] == "searched" for r in rows)
     s = summarise({"runs": runs, "jobs": jobs, "references": result["references"]})
     assert s["detail"]["a"]["adapter_minus"]["uniform_all"]["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- shared training, on a tiny concept
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """A ConceptBench on a tiny generator and synthetic pairs (32 px), with the pipeline's own params."""
+    import torch
+
+    from bench import concept_bench
+    from bench.common import ConceptBench
+    from pipeline.adapt.lora import adaptable_layers, lora_spec
+    from pipeline.config import load_params
+    from pipeline.data.dataset import EvalPairs, PairData
+    from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+    from tests.conftest import synthetic_photo
+
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm="film", skip=True)).eval()
+    with torch.no_grad():  # trained-looking text norms (they start at zero)
+        for n, p in G.named_parameters():
+            if ".to_scale." in n or ".to_shift." in n:
+                p.normal_(0, 0.05)
+    imgs = [synthetic_photo(32, 32, seed=i) for i in range(12)]
+    edit = [255 - im for im in imgs]
+    as_t = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    tokens, mask = torch.randn(1, 5, 384), torch.ones(1, 5, dtype=torch.bool)
+    pairs = PairData(as_t(imgs[:8]), as_t(edit[:8]), [[0]] * 8, tokens, mask)
+    val = EvalPairs(imgs[8:10], edit[8:10], ["v0", "v1"])
+    test = EvalPairs(imgs[10:], edit[10:], ["t0", "t1"])
+    spec = lora_spec({n: 2 for n in adaptable_layers(G)}, bias="all")
+    params = load_params()
+    cb = ConceptBench("tiny", params, G, {}, spec, pairs, val, test, tokens, mask, searched=spec)
+    monkeypatch.setattr(concept_bench, "data_key", lambda cb: "tiny")
+    monkeypatch.setattr(cb, "subset", lambda strategy: [0, 2, 4, 6])
+    return cb, params
+
+
+def test_the_full_finetune_shares_the_adapters_training_and_equals_a_run_of_its_own(tiny_bench):
+    from bench.concept_bench import SCALES, job_config, run_family, run_one
+
+    cb, params = tiny_bench
+    if params.finetune_lora.train_as != "full_rank":
+        pytest.skip("the shipped adapter trains as LoRA: no shared full-rank training")
+    scale = SCALES["smoke"]
+    jobs = {m: job_config(cb, m, 0, None, scale, params) for m in ("full_ft", "adapter", "lora")}
+    assert jobs["full_ft"]["family"] is not None and jobs["full_ft"]["family"] == jobs["adapter"]["family"]
+    assert jobs["lora"]["family"] is None  # LoRA trained directly is a training of its own
+    assert len({j["key"] for j in jobs.values()}) == 3  # one run each
+    alone = run_one(cb, "full_ft", 0, None, jobs["full_ft"], params)
+    adapter, full = run_family(cb, [("adapter", None, jobs["adapter"]), ("full_ft", None, jobs["full_ft"])], 0, params)
+    # the same training, read untruncated: the same val curve, best step and test scores as its own run
+    assert [c["lpips_val"] for c in full["curve"]] == pytest.approx([c["lpips_val"] for c in alone["curve"]], abs=1e-6)
+    assert full["best_step"] == alone["best_step"]
+    assert full["lpips_test"] == pytest.approx(alone["lpips_test"], abs=1e-5)
+    assert full["stored_bytes"] == alone["stored_bytes"] and full["method"] == "full_ft"
+    # read through the rank-2 truncation it is a small peft adapter and scores differently
+    assert adapter["stored_bytes"] < full["stored_bytes"] / 4 and set(adapter["ranks"].values()) == {2}
+    assert adapter["lpips_test"] != full["lpips_test"]
