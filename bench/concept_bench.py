@@ -1,7 +1,8 @@
 """The concept benchmark: does a new concept's adapter do the edit, against everything simpler, over concepts and
 seeds? Every method trains with the pipeline's own loop on the same concept's training pairs at one scale;
 its best step is chosen on the concept's val photos and every figure is read on its test photos (all test
-crops), with 95 % intervals from a bootstrap over test photos and paired differences on the same crops.
+crops), with 95 % intervals from a bootstrap over test photos and training seeds and paired differences on the
+same crops (the figures: bench/concept_summary.py).
 
 Per concept and seed:
   pix2pix        pix2pix ResNet-9 from scratch, all training pairs
@@ -23,6 +24,7 @@ pool: their prompts and pairs are made here with the pipeline's own stages' code
 
     python -m bench.concept_bench                       # 4 concepts x 3 seeds at the default scale
     python -m bench.concept_bench --scale smoke         # a few steps: checks the plumbing in minutes
+    python -m bench.concept_bench --summary-only        # rewrite the summary, table and plot from the runs
 
 Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
 and a plot), so a killed benchmark resumes where it stopped. Each run carries a key of everything that decides
@@ -30,7 +32,7 @@ it (the spec, the training settings, the data subset, the base's and the pairs' 
 runs whose key a job of the plan still has and drops the others (`--fresh` starts over).
 
 Gap closed = (LPIPS_identity - LPIPS_adapter) / (LPIPS_identity - LPIPS_full_finetune), test LPIPS at each
-run's val-best step, pooled = the mean gaps over concepts and seeds.
+run's val-best step averaged over seeds; pooled = the mean gaps over concepts, the same ratio.
 """
 
 from __future__ import annotations
@@ -43,16 +45,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import RESULTS, ConceptBench, train_curve
+from bench.concept_summary import FAMILY, METHODS, job_id, markdown, plot, summarise
 from pipeline.adapt.lora import adaptable_layers, add_lora_spec, round_to, spec_ranks, trainable_parameters
 from pipeline.adapt.ranks import count, random_ranks, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
-from pipeline.evaluate.sets import interval, paired_difference, photo_resamples
 from pipeline.model.nets.generator import E2GANGenerator
 from pipeline.model.nets.pix2pix import ResnetGenerator
 from pipeline.orchestrate.dvc import stage_paths
@@ -61,44 +62,6 @@ SCALES = {
     # fine-tunes (full_ft, adapter, uniform, random) run finetune_lora.train.steps unless `lora_steps` is set
     "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
     "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
-}
-METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch", "lora")
-FAMILY = METHODS[:5]  # fine-tunes of the base (one full-rank training per concept and seed under "full_rank")
-LABELS = {
-    "identity": "identity (input unchanged)",
-    "base": "base, no adapter",
-    "pix2pix": "pix2pix ResNet-9, from scratch",
-    "e2gan_scratch": "E²GAN generator, from scratch",
-    "full_ft": "full fine-tune of the base",
-    "adapter": "shipped adapter",
-    "searched": "searched ranks (E²GAN), crucial layers",
-    "uniform": "uniform rank, crucial layers, same params",
-    "uniform_all": "every layer, uniform rank, same params",
-    "random": "random ranks, adapter's layers, same params",
-    "lora": "shipped layers and ranks, LoRA trained directly",
-}
-# what the adapter is compared with, in the order of the table
-COMPARED = (
-    "identity",
-    "base",
-    "pix2pix",
-    "e2gan_scratch",
-    "full_ft",
-    "lora",
-    "searched",
-    "uniform_all",
-    "uniform",
-    "random",
-)
-N_BOOT = 1000
-# the summary's per-concept figures: method -> its name there
-HEADLINE = {
-    "identity": "identity",
-    "base": "base",
-    "pix2pix": "pix2pix",
-    "e2gan_scratch": "e2gan_scratch",
-    "full_ft": "full_finetune",
-    "adapter": "adapter",
 }
 
 
@@ -376,203 +339,6 @@ def references(cb: ConceptBench) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- summary
-
-
-def _gap(identity, adapter, full, i) -> float:
-    """Share of the identity -> full fine-tune LPIPS gap the adapter closes, on the crops `i`."""
-    return float((identity[i].mean() - adapter[i].mean()) / (identity[i].mean() - full[i].mean()))
-
-
-def _pooled_gap(gaps_ad, gaps_full, i) -> float:
-    return float(np.mean([g[i].mean() for g in gaps_ad]) / np.mean([g[i].mean() for g in gaps_full]))
-
-
-def _mean_curve(rows: list[dict]) -> np.ndarray:
-    """Per test crop, the mean over the given runs (seeds / draws)."""
-    return np.mean([r["lpips_test"] for r in rows], axis=0)
-
-
-def job_id(concept: str, method: str, seed: int, draw: int | None) -> str:
-    return f"{concept}|{method}|{seed}|{'-' if draw is None else draw}"
-
-
-def method_runs(result: dict) -> list[dict]:
-    """One row per planned job with a finished run: a run trained once serves every job with its key (e.g.
-    `uniform_all` when the shipped adapter is one rank on every layer), labelled with that job's method."""
-    jobs = result.get("jobs")
-    if not jobs:
-        return result["runs"]
-    by_key = {r["key"]: r for r in result["runs"] if "key" in r}
-    rows = []
-    for job, key in jobs.items():
-        if key in by_key:
-            c, m, seed, draw = job.split("|")
-            rows.append(
-                {
-                    **by_key[key],
-                    "concept": c,
-                    "method": m,
-                    "seed": int(seed),
-                    "draw": None if draw == "-" else int(draw),
-                }
-            )
-    return rows
-
-
-def summarise(result: dict) -> dict:
-    rows, refs = method_runs(result), result["references"]
-    per: dict = {}
-    gaps_ad, gaps_full, seeds_done = [], [], set()
-    for c, ref in refs.items():
-        mine = [r for r in rows if r["concept"] == c]
-        by = {m: [r for r in mine if r["method"] == m] for m in (*METHODS, "random")}
-        if not by["adapter"] or not by["full_ft"]:
-            continue
-        photos = ref["photos"]
-        idx = photo_resamples(photos, N_BOOT, 0)
-        lp = {"identity": np.asarray(ref["identity"]["lpips_test"]), "base": np.asarray(ref["base"]["lpips_test"])}
-        lp.update({m: _mean_curve(v) for m, v in by.items() if v})
-        kid = {"identity": ref["identity"]["kid_test"], "base": ref["base"]["kid_test"]}
-        kid.update({m: float(np.mean([r["kid_test"] for r in v])) for m, v in by.items() if v})
-        gap = functools.partial(_gap, lp["identity"], lp["adapter"], lp["full_ft"])
-        g = [gap(i) for i in idx]
-        entry = {
-            "seeds": sorted({r["seed"] for r in by["adapter"]}),
-            "lpips": {m: interval(v, idx) for m, v in lp.items()},
-            "kid": kid,
-            "gap_closed": {
-                "mean": float(gap(np.arange(len(photos)))),
-                "ci95": dict(zip(("low", "high"), map(float, np.percentile(g, [2.5, 97.5])))),
-            },
-            "adapter_minus": {
-                m: paired_difference(lp["adapter"], lp[m], photos, N_BOOT, 0) for m in COMPARED if m in lp
-            },
-        }
-        ad_runs = {r["seed"]: r for r in by["adapter"]}
-        p2p = {r["seed"]: r for r in by["pix2pix"]}
-        common = sorted(set(ad_runs) & set(p2p))
-        if common:
-            entry["time_ratio_vs_pix2pix"] = float(
-                np.mean([ad_runs[s]["seconds_to_best"] / max(p2p[s]["seconds_to_best"], 1e-9) for s in common])
-            )
-        if by["random"]:
-            rand = [float(np.mean(r["lpips_test"])) for r in by["random"]]
-            a = float(lp["adapter"].mean())
-            median = sorted(by["random"], key=lambda r: float(np.mean(r["lpips_test"])))[len(rand) // 2]
-            entry["searched_vs_random"] = {
-                "draws": len(rand),
-                "percentile": float(np.mean([a < x for x in rand]) * 100),  # share of draws the adapter beats
-                "median_draw": paired_difference(lp["adapter"], median["lpips_test"], photos, N_BOOT, 0),
-            }
-        per[c] = entry
-        seeds_done |= set(entry["seeds"])
-        gaps_ad.append(lp["identity"] - lp["adapter"])
-        gaps_full.append(lp["identity"] - lp["full_ft"])
-    if not per:
-        return {}
-    # pooled over concepts (same test photos in every concept: one photo bootstrap for all)
-    photos = next(iter(refs.values()))["photos"]
-    idx = photo_resamples(photos, N_BOOT, 0)
-    pooled = functools.partial(_pooled_gap, gaps_ad, gaps_full)
-    pg = [pooled(i) for i in idx]
-    ad = [r for r in rows if r["method"] == "adapter"]
-    full = [r for r in rows if r["method"] == "full_ft"]
-    summary = {
-        "concepts_done": sorted(per),
-        "seeds_done": sorted(seeds_done),
-        "pooled": {
-            "gap_closed": pooled(np.arange(len(photos))),
-            "gap_closed_ci95": dict(zip(("low", "high"), map(float, np.percentile(pg, [2.5, 97.5])))),
-        },
-        "per_concept": {
-            c: {
-                "gap_closed": e["gap_closed"],
-                "lpips": {k: e["lpips"][m]["mean"] for m, k in HEADLINE.items() if m in e["lpips"]},
-                "kid": {k: e["kid"][m] for m, k in HEADLINE.items() if m in e["kid"]},
-                **{k: e[k] for k in ("time_ratio_vs_pix2pix", "searched_vs_random") if k in e},
-            }
-            for c, e in per.items()
-        },
-        "adapter_bytes_vs_full": float(
-            np.mean([r["stored_bytes"] for r in ad]) / np.mean([r["stored_bytes"] for r in full])
-        ),
-        "detail": per,
-    }
-    ratios = [e["time_ratio_vs_pix2pix"] for e in per.values() if "time_ratio_vs_pix2pix" in e]
-    if ratios:
-        summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
-    svr = [e["searched_vs_random"] for e in per.values() if "searched_vs_random" in e]
-    if svr:
-        summary["searched_vs_random"] = {
-            "percentile": float(np.mean([s["percentile"] for s in svr])),
-            "diff": float(np.mean([s["median_draw"]["mean"] for s in svr])),
-            "ci95": {
-                "low": float(np.mean([s["median_draw"]["ci95"]["low"] for s in svr])),
-                "high": float(np.mean([s["median_draw"]["ci95"]["high"] for s in svr])),
-            },
-            "note": "adapter minus the median random draw, test LPIPS, averaged over concepts (per concept in detail)",
-        }
-    return summary
-
-
-def markdown(result: dict) -> str:
-    s = result.get("summary") or {}
-    if not s:
-        return "No concept has both its adapter and full fine-tune runs yet.\n"
-    p = s["pooled"]
-    out = [
-        f"Test split, seeds {s['seeds_done']}, concepts {', '.join(s['concepts_done'])}; 95 % intervals from a "
-        f"bootstrap over the test photos. Pooled gap closed by the adapter: **{p['gap_closed']:.1%}** "
-        f"[{p['gap_closed_ci95']['low']:.1%}, {p['gap_closed_ci95']['high']:.1%}]; adapter bytes / full "
-        f"checkpoint: {s['adapter_bytes_vs_full']:.2%}.",
-        "",
-        "| concept | method | test LPIPS [95 % CI] | test KID | adapter − method (LPIPS) [95 % CI] |",
-        "|---|---|---|---|---|",
-    ]
-    for c, e in s["detail"].items():
-        for m in (*COMPARED, "adapter"):
-            if m not in e["lpips"]:
-                continue
-            lp, d = e["lpips"][m], e["adapter_minus"].get(m)
-            diff = f"{d['mean']:+.4f} [{d['ci95']['low']:+.4f}, {d['ci95']['high']:+.4f}]" if d else ""
-            out.append(
-                f"| {c} | {LABELS[m]} | {lp['mean']:.4f} [{lp['ci95']['low']:.4f}, {lp['ci95']['high']:.4f}] | "
-                f"{e['kid'][m]:.4f} | {diff} |"
-            )
-        g = e["gap_closed"]
-        extra = (
-            f"; adapter time to val-best / pix2pix's: {e['time_ratio_vs_pix2pix']:.3f}"
-            if "time_ratio_vs_pix2pix" in e
-            else ""
-        )
-        out.append(
-            f"| {c} | **gap closed** | {g['mean']:.1%} [{g['ci95']['low']:.1%}, {g['ci95']['high']:.1%}]{extra} | | |"
-        )
-    return "\n".join(out) + "\n"
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from pipeline.core.plots import save_fig
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = method_runs(result)
-    for m in (*METHODS, "random"):
-        rs = [r for r in rows if r["method"] == m]
-        if rs:
-            ax.scatter(
-                [r["stored_bytes"] for r in rs], [float(np.mean(r["lpips_test"])) for r in rs], label=LABELS[m], s=18
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("stored bytes per concept (log)")
-    ax.set_ylabel("test LPIPS vs teacher (lower is better)")
-    ax.set_title("Concept benchmark: quality vs what a concept costs to ship")
-    ax.legend(fontsize=8)
-    save_fig(fig, path)
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -605,7 +371,13 @@ def main() -> None:
         default=None,
         help="train at most this many runs, then stop (0: only rewrite the summary)",
     )
+    ap.add_argument("--summary-only", action="store_true", help="only rewrite the summary, table and plot")
     args = ap.parse_args()
+    if args.summary_only:
+        result = json.loads(args.out.read_text())
+        write(result, args.out)
+        print(markdown(result))
+        return
     params, scale = load_params(), SCALES[args.scale]
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -667,17 +439,19 @@ def main() -> None:
         for r in result["runs"][n_before:]:  # what the job cost in all, evaluations included (budgeting)
             r["job_wall_seconds"] = round(time.perf_counter() - t_job, 1)
         done.add(cfg["key"])
-        result["summary"] = summarise(result)
         result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        atomic_write_json(args.out, result)  # after every run: a killed benchmark keeps what it has
-        atomic_write_text(args.out.with_suffix(".md"), markdown(result))
-        plot(result, args.out.with_suffix(".png"))
-    result["summary"] = summarise(result)
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
-    plot(result, args.out.with_suffix(".png"))
+        write(result, args.out)  # after every run: a killed benchmark keeps what it has
+    write(result, args.out)
     print(markdown(result))
+
+
+def write(result: dict, out: Path) -> None:
+    """The results file with a fresh summary, its markdown table and its plot, each written atomically."""
+    result["summary"] = summarise(result)
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    plot(result, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

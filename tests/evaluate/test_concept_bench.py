@@ -1,12 +1,14 @@
-"""The concept benchmark's summary: gap closed, paired differences and the random-draw percentile, computed from
-per-crop test LPIPS of runs (synthetic here), against the definitions written out by hand."""
+"""The concept benchmark: its summary (gap closed, paired differences, the random-draw percentile, intervals over
+photos and seeds) computed from per-crop test LPIPS of synthetic runs against the definitions written out by hand;
+its plan; and its shared full-rank training on a tiny concept against separate runs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.concept_bench import markdown, plan, summarise
+from bench.concept_bench import plan
+from bench.concept_summary import job_id, markdown, method_runs, summarise
 
 
 def _run(concept, method, seed, lpips, draw=None, seconds=10.0, nbytes=1000):
@@ -62,6 +64,32 @@ def test_gap_closed_and_ratios_follow_their_definitions(result):
     assert "gap closed" in markdown({**result, "summary": s})
 
 
+def test_seeds_widen_the_interval_and_each_seed_is_reported():
+    photos = [f"p{i // 4}" for i in range(40)]
+    ident = np.linspace(0.4, 0.6, 40)
+    refs = {
+        "a": {
+            "photos": photos,
+            "identity": {"lpips_test": list(ident), "kid_test": 0.05},
+            "base": {"lpips_test": list(ident), "kid_test": 0.05},
+        }
+    }
+    runs = []
+    for s, gap in enumerate((0.8, 0.9, 1.0)):  # the full fine-tune closes 0.2 on every crop, the adapter 0.2 * gap
+        runs.append(_run("a", "full_ft", s, ident - 0.2))
+        runs.append(_run("a", "adapter", s, ident - 0.2 * gap))
+    out = summarise({"runs": runs, "references": refs})
+    e = out["detail"]["a"]
+    assert e["gap_closed_by_seed"] == pytest.approx({0: 0.8, 1: 0.9, 2: 1.0})
+    assert e["gap_closed"]["mean"] == pytest.approx(0.9)
+    ci = e["gap_closed"]["ci95"]  # the photos alone give no spread here: the width is the seeds'
+    assert ci["low"] < 0.85 and ci["high"] > 0.95 and 0.79 < ci["low"] and ci["high"] < 1.01
+    one = summarise({"runs": runs[:2], "references": refs})["detail"]["a"]["gap_closed"]["ci95"]
+    assert one["high"] - one["low"] < 1e-9
+    d = e["adapter_minus"]["full_ft"]  # 0.2 * (1 - 0.9) = +0.02, seeds make it uncertain, not photos
+    assert d["mean"] == pytest.approx(0.02) and d["ci95"]["low"] < 0.02 < d["ci95"]["high"]
+
+
 def test_no_summary_until_adapter_and_full_finetune_ran(result):
     result["runs"] = [r for r in result["runs"] if r["method"] != "full_ft"]
     assert summarise(result) == {}
@@ -82,8 +110,6 @@ def test_plan_covers_every_concept_fine_tunes_of_every_seed_first():
 
 
 def test_two_methods_that_train_the_same_thing_share_one_run(result):
-    from bench.concept_bench import job_id, method_runs
-
     runs = [dict(r, key=f"k{i}") for i, r in enumerate(result["runs"])]
     adapters = {r["seed"]: r for r in runs if r["concept"] == "a" and r["method"] == "adapter"}
     adapter = adapters[0]
