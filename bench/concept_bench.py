@@ -24,6 +24,7 @@ pool: their prompts and pairs are made here with the pipeline's own stages' code
 
     python -m bench.concept_bench                       # 4 concepts x 3 seeds at the default scale
     python -m bench.concept_bench --scale smoke         # a few steps: checks the plumbing in minutes
+    python -m bench.concept_bench --methods pix2pix     # train only these (and the adapter, full fine-tune)
     python -m bench.concept_bench --summary-only        # rewrite the summary, table and plot from the runs
 
 Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
@@ -362,6 +363,11 @@ def main() -> None:
     ap.add_argument("--concepts", default="watercolor,cartoon,winter,pop_art")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--random", type=int, default=5, help="random allocations per concept")
+    ap.add_argument(
+        "--methods",
+        default=",".join((*METHODS, "random")),
+        help="the methods to plan (the adapter and the full fine-tune always run: every figure is relative to them)",
+    )
     ap.add_argument("--scale", choices=sorted(SCALES), default="default")
     ap.add_argument("--out", type=Path, default=RESULTS / "concept_bench.json")
     ap.add_argument("--fresh", action="store_true", help="discard every finished run and start over")
@@ -379,6 +385,12 @@ def main() -> None:
         print(markdown(result))
         return
     params, scale = load_params(), SCALES[args.scale]
+    methods = {"adapter", "full_ft", *(m.strip() for m in args.methods.split(",") if m.strip())}
+    unknown = methods - {*METHODS, "random"}
+    if unknown:
+        raise SystemExit(
+            f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join((*METHODS, 'random'))}"
+        )
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     cbs = {c: concept_data(c, params, scale["val_limit"]) for c in concepts}
@@ -412,8 +424,9 @@ def main() -> None:
         print(f"{len(stale)} runs in {args.out} match no job of this plan (other base, data or settings): dropped")
         result["runs"] = [r for r in result["runs"] if r.get("key") in keys]
     done = {r["key"] for r in result["runs"]}
-    todo = [(j, cfg) for j, cfg in jobs.items() if cfg["key"] not in done]
-    print(f"{len(jobs)} jobs, {len(keys)} distinct runs, {len(keys) - len(done & keys)} to train", flush=True)
+    # every job of the plan keeps its runs; only the chosen methods train
+    todo = [(j, cfg) for j, cfg in jobs.items() if cfg["key"] not in done and j.split("|")[1] in methods]
+    print(f"{len(jobs)} jobs, {len(keys)} distinct runs, {len({c['key'] for _, c in todo})} to train", flush=True)
     t0 = time.perf_counter()
     trained = 0
     for j, cfg in todo:
