@@ -27,6 +27,23 @@ from pipeline.orchestrate.dvc import stage_paths
 RESULTS = Path("bench/results")
 
 
+def machine() -> str:
+    """What a timing was measured on: the CPU model, its cores and torch's threads (timings compare only
+    within one machine)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
 @dataclass
 class ConceptBench:
     """One concept as the pipeline left it (`make run`): the base, the searched LoRA spec, the training

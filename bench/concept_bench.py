@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, ConceptBench, train_curve
+from bench.common import RESULTS, ConceptBench, machine, train_curve
 from bench.concept_summary import FAMILY, METHODS, job_id, markdown, plot, summarise
 from pipeline.adapt.lora import adaptable_layers, add_lora_spec, round_to, spec_ranks, trainable_parameters
 from pipeline.adapt.ranks import count, random_ranks, spec_for
@@ -254,6 +254,7 @@ def record(cb: ConceptBench, job: dict, method, seed, draw, n_pairs: int, G, ada
         "lpips_test": [round(float(x), 6) for x in lpips_distance(outs, cb.test.teacher)],
         "kid_test": kid_from_features(inception_features(outs), cb.teacher_features),
         "curve": curve,
+        "machine": machine(),  # seconds compare only within one machine (time_ratio_vs_pix2pix)
         **({"ranks": spec_ranks_of(G)} if adapter else {}),
     }
 

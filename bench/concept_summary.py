@@ -158,6 +158,21 @@ def gap_closed(identity: list[Curves], adapter: list[Curves], full: list[Curves]
 # ----------------------------------------------------------------------------- the summary
 
 
+def time_ratio(adapter: list[dict], pix2pix: list[dict]) -> dict:
+    """The adapter's training seconds to its val-best over pix2pix's, from runs timed on the same machine only
+    (the mean over its seeds of each; a run that names no machine is never compared). Empty without a pair."""
+    machines = {r.get("machine") for r in adapter} & {r.get("machine") for r in pix2pix} - {None}
+    if not machines:
+        return {}
+    m = sorted(machines, key=lambda m: -sum(r.get("machine") == m for r in (*adapter, *pix2pix)))[0]
+    a = [r["seconds_to_best"] for r in adapter if r.get("machine") == m]
+    p = [r["seconds_to_best"] for r in pix2pix if r.get("machine") == m]
+    return {
+        "time_ratio_vs_pix2pix": float(np.mean(a) / max(np.mean(p), 1e-9)),
+        "time_to_best": {"adapter_s": a, "pix2pix_s": p, "machine": m},
+    }
+
+
 def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> dict | None:
     """One concept's figures (None until its adapter and full fine-tune have run)."""
     mine = [r for r in rows if r["concept"] == c]
@@ -185,11 +200,9 @@ def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> dict | None:
         "gap_closed_by_seed": per_seed,
         "adapter_minus": {m: paired(ad, curves[m], rs) for m in COMPARED if m in curves},
     }
-    ad_runs, p2p = {r["seed"]: r for r in by["adapter"]}, {r["seed"]: r for r in by["pix2pix"]}
-    ratios = {s: ad_runs[s]["seconds_to_best"] / max(p2p[s]["seconds_to_best"], 1e-9) for s in ad_runs if s in p2p}
-    if ratios:
-        entry["time_ratio_vs_pix2pix"] = float(np.mean(list(ratios.values())))
-        entry["time_ratio_by_seed"] = ratios
+    ratio = time_ratio(by["adapter"], by["pix2pix"])
+    if ratio:
+        entry.update(ratio)
     if by["random"]:
         means = sorted((float(np.mean(r["lpips_test"])), i) for i, r in enumerate(by["random"]))
         a = float(ad.mean().mean())

@@ -21,6 +21,7 @@ def _run(concept, method, seed, lpips, draw=None, seconds=10.0, nbytes=1000):
         "kid_test": 0.01,
         "seconds_to_best": seconds,
         "stored_bytes": nbytes,
+        "machine": "cpu A, 2 cores, 2 threads",
     }
 
 
@@ -88,6 +89,18 @@ def test_seeds_widen_the_interval_and_each_seed_is_reported():
     assert one["high"] - one["low"] < 1e-9
     d = e["adapter_minus"]["full_ft"]  # 0.2 * (1 - 0.9) = +0.02, seeds make it uncertain, not photos
     assert d["mean"] == pytest.approx(0.02) and d["ci95"]["low"] < 0.02 < d["ci95"]["high"]
+
+
+def test_seconds_compare_only_within_one_machine():
+    from bench.concept_summary import time_ratio
+
+    ad = [_run("a", "adapter", s, [0.1], seconds=20.0) for s in (0, 1)]
+    p2p = [_run("a", "pix2pix", 0, [0.2], seconds=200.0)]
+    assert time_ratio(ad, p2p)["time_ratio_vs_pix2pix"] == pytest.approx(0.1)  # another seed, the same machine
+    slower = [dict(r, machine="cpu B, 2 cores, 2 threads", seconds_to_best=40.0) for r in ad]
+    assert time_ratio(slower, p2p) == {}  # never across machines
+    assert time_ratio([{k: v for k, v in r.items() if k != "machine"} for r in ad], p2p) == {}  # nor unknown ones
+    assert time_ratio([*ad, *slower], p2p)["time_to_best"]["adapter_s"] == [20.0, 20.0]
 
 
 def test_no_summary_until_adapter_and_full_finetune_ran(result):
