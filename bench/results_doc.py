@@ -391,8 +391,9 @@ def concept_bench() -> list[str]:
         f"Scale `{b['scale']}` ({b['settings']}), {b['resolution']}², {b['threads']} threads, device "
         f"{b['device']}; {n_runs} of {planned} distinct planned runs done (concepts {', '.join(s['concepts_done'])}, "
         f"seeds {s['seeds_done']}; the command resumes the rest). Every figure is on the test photos "
-        "(all their crops) at each run's val-best step; intervals are 95 % over a bootstrap of test photos; "
-        "an interval containing 0 is a tie.",
+        "(all their crops) at each run's val-best step; intervals are 95 % over a bootstrap of test photos and "
+        "training seeds; an interval containing 0 is a tie. pix2pix was still improving at its last step on every "
+        "concept: its time to best is its whole budget.",
         "",
         (ROOT / "bench/results/concept_bench.md").read_text().strip(),
         "",
