@@ -132,9 +132,9 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     full_rank = fcfg.train_as == "full_rank"
     truncated = adapter and method != "lora" and full_rank
     steps = scale["scratch_steps"] if scratch else (scale["lora_steps"] or fcfg.train.steps)
-    # the full fine-tune learns at the rate the shipped adapter's full-rank training uses: under "full_rank" it is
-    # the very training the adapters are read from
-    if truncated or (method == "full_ft" and full_rank):
+    # under "full_rank" the full fine-tune is the very training the adapters are read from: one rate, one family
+    shares_training = truncated or (method == "full_ft" and full_rank)
+    if shares_training:
         lr = fcfg.full_rank_lr_g
     else:
         lr = fcfg.train.lr_g if adapter else 2e-4
@@ -167,7 +167,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "subset": subset,
         "scratch": scratch,
         "eval_every": scale["eval_every"],
-        "family": family if truncated or (method == "full_ft" and full_rank) else None,
+        "family": family if shares_training else None,
     }
 
 

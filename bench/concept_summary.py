@@ -173,8 +173,9 @@ def time_ratio(adapter: list[dict], pix2pix: list[dict]) -> dict:
     }
 
 
-def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> dict | None:
-    """One concept's figures (None until its adapter and full fine-tune have run)."""
+def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> tuple[dict, dict[str, Curves]] | None:
+    """One concept's figures and the curves they were read from (None until its adapter and full fine-tune have
+    run); the median random draw's curve is `median_draw`."""
     mine = [r for r in rows if r["concept"] == c]
     by = {m: [r for r in mine if r["method"] == m] for m in (*METHODS, "random")}
     if not by["adapter"] or not by["full_ft"]:
@@ -207,30 +208,26 @@ def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> dict | None:
         means = sorted((float(np.mean(r["lpips_test"])), i) for i, r in enumerate(by["random"]))
         a = float(ad.mean().mean())
         median = by["random"][means[len(means) // 2][1]]
+        curves["median_draw"] = Curves({median["seed"]: median["lpips_test"]})
         entry["searched_vs_random"] = {
             "draws": len(means),
             "percentile": float(np.mean([a < x for x, _ in means]) * 100),  # share of draws the adapter beats
-            "median_draw": paired(ad, Curves({median["seed"]: median["lpips_test"]}), rs),
+            "median_draw": paired(ad, curves["median_draw"], rs),
         }
-    return entry
+    return entry, curves
 
 
 def summarise(result: dict) -> dict:
     rows, refs = method_runs(result), result["references"]
     photos = next(iter(refs.values()))["photos"] if refs else []
     rs = Resamples(photos)  # every concept has the same test photos: one bootstrap for all, so pooling is paired
-    per = {c: e for c, ref in refs.items() if (e := _concept(c, ref, rows, rs)) is not None}
-    if not per:
+    found = {c: out for c, ref in refs.items() if (out := _concept(c, ref, rows, rs)) is not None}
+    if not found:
         return {}
-
-    def curves(c: str, m: str) -> Curves:
-        ref = refs[c]
-        if m in ("identity", "base"):
-            return Curves({None: ref[m]["lpips_test"]})
-        return Curves.of_runs([r for r in rows if r["concept"] == c and r["method"] == m])
-
+    per = {c: entry for c, (entry, _) in found.items()}
+    curves = {c: cv for c, (_, cv) in found.items()}
     done = sorted(per)
-    pooled = gap_closed(*[[curves(c, m) for c in done] for m in ("identity", "adapter", "full_ft")], rs)
+    pooled = gap_closed(*[[curves[c][m] for c in done] for m in ("identity", "adapter", "full_ft")], rs)
     ad = [r for r in rows if r["method"] == "adapter"]
     full = [r for r in rows if r["method"] == "full_ft"]
     summary = {
@@ -257,11 +254,7 @@ def summarise(result: dict) -> dict:
         summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
     svr = {c: e["searched_vs_random"] for c, e in per.items() if "searched_vs_random" in e}
     if svr:  # the adapter minus each concept's median draw, averaged over concepts on the same photos
-        medians = []
-        for c in svr:
-            draws = [r for r in rows if r["concept"] == c and r["method"] == "random"]
-            m = sorted(draws, key=lambda r: float(np.mean(r["lpips_test"])))[len(draws) // 2]
-            medians.append((curves(c, "adapter"), Curves({m["seed"]: m["lpips_test"]})))
+        medians = [(curves[c]["adapter"], curves[c]["median_draw"]) for c in svr]
         diffs = [list(rs.replicates(a, b)) for a, b in medians]
         boot = [np.mean([(d[b][1][0] - d[b][1][1])[d[b][0]].mean() for d in diffs]) for b in range(N_BOOT)]
         summary["searched_vs_random"] = {
