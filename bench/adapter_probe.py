@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
-from bench.common import RESULTS, train_curve
+from bench.common import RESULTS, code_version, train_curve
 from bench.concept_bench import SCALES, build, concept_data, job_config
 from pipeline.adapt.lora import adaptable_layers, trainable_parameters
 from pipeline.adapt.ranks import spec_for
@@ -34,7 +33,7 @@ OUT = RESULTS / "adapter_probe.json"
 def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tuple[list[dict], dict]:
     """One full-rank fine-tune (finetune_lora's full_rank settings), scored on val as it is (`lpips_val_full`) and
     through the truncated adapter at each rank of --ranks (`lpips_val_r<r>`). Returns (curve, params per rank)."""
-    from pipeline.adapt.lora import truncated_adapter
+    from pipeline.adapt.lora import scaled_head_start, truncated_adapter
     from pipeline.model.nets.generator import pooled_text
 
     ranks = [int(r) for r in args.ranks.split(",")]
@@ -49,8 +48,9 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
             out[f"lpips_val_r{r}"] = cb.lpips(truncated_adapter(cb.base, m, spec, cond).eval(), "val")
         return out
 
-    G, _ = build("full_ft", cb, args.seed, None)
-    curve = train_curve(G, cb.pairs.subset(job["subset"]), cfg, steps, scale["eval_every"], scores)
+    G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
+    subset = list(range(len(cb.pairs.inputs))) if args.all_pairs else job["subset"]
+    curve = train_curve(G, cb.pairs.subset(subset), cfg, steps, scale["eval_every"], scores)
     trainable = {f"r{r}": trainable_parameters(truncated_adapter(cb.base, G, spec, cond)) for r, spec in specs.items()}
     return curve, trainable
 
@@ -75,6 +75,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: finetune_lora.train.steps")
     ap.add_argument("--train-as", choices=("lora", "full_rank"), default="lora")
     ap.add_argument("--ranks", default="1,2,4,8", help="--train-as full_rank: the truncation ranks scored")
+    ap.add_argument(
+        "--head-scale",
+        type=float,
+        default=None,
+        help="--train-as full_rank: the base's output layer scaled by this first (default finetune_lora.start_head_scale)",
+    )
+    ap.add_argument("--all-pairs", action="store_true", help="--train-as full_rank: every pair, not the subset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -83,6 +90,8 @@ def main() -> None:
     f = f.model_copy(update={"loraplus_ratio": args.loraplus if args.loraplus is not None else f.loraplus_ratio})
     s = s.model_copy(update={"alpha_scale": args.alpha_scale if args.alpha_scale is not None else s.alpha_scale})
     params = params.model_copy(update={"finetune_lora": f, "search_ranks": s})
+    if args.head_scale is None:
+        args.head_scale = f.start_head_scale
     scale = SCALES["default"]
     cb = concept_data(args.concept, params, scale["val_limit"])
     job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
@@ -114,13 +123,13 @@ def main() -> None:
             "loraplus_ratio": f.loraplus_ratio,
             "alpha_scale": s.alpha_scale,
             "steps": steps,
+            **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
+            **({"all_pairs": True} if getattr(args, "all_pairs", False) else {}),
             "trainable_params": trainable,
             "split": "val",
             **best_of(curve),
             "curve": curve,
-            "commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-            ).stdout.strip(),
+            "commit": code_version(),
         }
     )
     atomic_write_json(args.out, {"split": "val", "probes": probes})

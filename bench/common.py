@@ -44,6 +44,17 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def code_version() -> str:
+    """The commit a result was made at, with "-dirty" when the code or params differed from it then."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "bench", "pipeline", "stages", "params.yaml")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+
+
 @dataclass
 class ConceptBench:
     """One concept as the pipeline left it (`make run`): the base, the searched LoRA spec, the training

@@ -154,6 +154,8 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     }
     if truncated:  # a full-rank fine-tune read through the spec's truncated adapter (finetune_lora's full_rank)
         what.update(kind="full_rank_truncated", loraplus=1.0)
+    if shares_training and fcfg.start_head_scale != 1.0:  # where it starts (runs from the base keep their keys)
+        what["start_head_scale"] = fcfg.start_head_scale
     # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it),
     # and under "full_rank" the full fine-tune is that training itself, read untruncated
     shared = {**what, "spec": None, "kind": "full_rank_truncated", "loraplus": 1.0, "store": fcfg.store}
@@ -168,6 +170,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "scratch": scratch,
         "eval_every": scale["eval_every"],
         "family": family if shares_training else None,
+        "start_head_scale": fcfg.start_head_scale if shares_training else 1.0,
     }
 
 
@@ -264,13 +267,13 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     read through each member's truncated adapter (its spec's ranks) at every evaluation, and as itself for the
     full fine-tune (a member without a spec); each member's val-best model is scored on test. One run per
     member, as run_one writes them."""
-    from pipeline.adapt.lora import truncated_adapter
+    from pipeline.adapt.lora import scaled_head_start, truncated_adapter
     from pipeline.model.nets.generator import pooled_text
 
     fcfg = params.finetune_lora
     job = members[0][2]
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
-    G, _ = build("full_ft", cb, seed, None)
+    G = scaled_head_start(cb.base, job["start_head_scale"]).requires_grad_(True)  # finetune_lora's start
     data = cb.pairs.subset(job["subset"])
     best: list[dict] = [{} for _ in members]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.core.errors import E2GANError
@@ -37,7 +37,22 @@ class FinetuneConfig(FrozenConfig):
     # truncated adapter. "lora": the LoRA factors and biases train directly (peft's init, LoRA+, train.lr_g).
     train_as: Literal["full_rank", "lora"] = "full_rank"
     full_rank_lr_g: float = Field(2e-4, gt=0.0)
+    # where the full-rank training starts: the base with its output layer scaled by this. 1: the base as it is (for
+    # an unseen prompt it applies a mix of its own concepts); 0: the identity (the input passed through), but then
+    # no gradient reaches the body until the head has grown; in between, a faint copy of the base's edit with the
+    # body's features and gradients intact. The layer's change has rank <= 3 (3 output channels): an adapter of
+    # rank >= 3 on `out` carries it exactly.
+    start_head_scale: float = Field(1.0, ge=0.0, le=1.0)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
+
+    @model_validator(mode="after")
+    def _scaled_head_needs_full_rank(self):
+        if self.start_head_scale != 1.0 and self.train_as != "full_rank":
+            raise ValueError(
+                "start_head_scale below 1 rescales the base's output layer, which LoRA factors cannot undo: "
+                "use it with train_as 'full_rank', or set start_head_scale 1"
+            )
+        return self
 
 
 def adaptable_layers(model: nn.Module) -> list[str]:
@@ -157,6 +172,26 @@ def truncated_adapter(base: nn.Module, trained: nn.Module, spec: dict, cond: tor
     return model
 
 
+HEAD = "out"  # the generator's output layer (a Conv2d to 3 channels)
+
+
+def scaled_head_start(base: nn.Module, scale: float) -> nn.Module:
+    """A copy of `base` with its output layer's weight and bias multiplied by `scale` (FinetuneConfig
+    .start_head_scale): with the generator's residual output, 0 computes the identity for any prompt and 1 is the
+    base; the body is the base's either way."""
+    G = copy.deepcopy(base)
+    if scale != 1.0:
+        if not getattr(G.cfg, "residual", False):
+            raise E2GANError(
+                "start_head_scale below 1 needs a generator with residual output (train_base.generator.residual)"
+            )
+        head = G.get_submodule(HEAD)
+        with torch.no_grad():
+            head.weight.mul_(scale)
+            head.bias.mul_(scale)
+    return G
+
+
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -270,6 +305,12 @@ def finetune_concept(
     `concept` is a data.dataset.ConceptData. Returns (the PeftModel, the loss history, facts for the metrics)."""
     from pipeline.adapt.subset import choose_subset, coverage, image_features, random_subset
 
+    full_rank = cfg.train_as == "full_rank"
+    if full_rank and cfg.start_head_scale != 1.0 and HEAD not in spec_ranks(spec):
+        raise E2GANError(
+            f"finetune_lora.start_head_scale {cfg.start_head_scale} changes the output layer '{HEAD}', but the "
+            f"allocation does not adapt it: add '{HEAD}' to the ranks (search_ranks) or set start_head_scale 1"
+        )
     pairs = concept.pairs
     kept = choose_subset(pairs.inputs, cfg.subset, cfg.subset_fraction, cfg.subset_features, cfg.train.seed)
     facts = {
@@ -283,9 +324,9 @@ def finetune_concept(
         if feats is not None:  # how well the kept inputs cover all inputs, vs a random subset of the same size
             facts["subset_coverage"] = coverage(feats, kept)
             facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
-    full_rank = cfg.train_as == "full_rank"
     train_cfg = cfg.train.model_copy(update={"lr_g": cfg.full_rank_lr_g}) if full_rank else cfg.train
     ship = None
+    start = scaled_head_start(base, cfg.start_head_scale) if full_rank else base
     if full_rank:
         from pipeline.data.dataset import concept_condition
         from pipeline.model.nets.generator import pooled_text
@@ -298,7 +339,7 @@ def finetune_concept(
 
     best = BestStep(work, concept, cfg, ship) if cfg.select_every else None
     model, history, seconds = finetune(
-        base,
+        start,
         None if full_rank else spec,
         pairs.subset(kept),
         train_cfg,
@@ -313,6 +354,7 @@ def finetune_concept(
     if best is not None:
         facts.update(best.restore(model))
     facts["train_as"] = cfg.train_as
+    facts["start_head_scale"] = cfg.start_head_scale if full_rank else 1.0
     round_to(model, cfg.store)  # evaluated, exported and shipped as stored
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)

@@ -281,3 +281,46 @@ def test_truncated_adapter_is_exact_for_a_low_rank_change_and_folds_the_text_nor
         )
     with pytest.raises(E2GANError, match="bias 'all'"):
         truncated_adapter(base, trained, lora_spec({n: 4 for n in targets}), cond)
+
+
+def test_a_scaled_head_start_is_the_identity_at_zero_and_its_head_change_ships_exactly():
+    """finetune_lora.start_head_scale: the base with its output layer scaled by 0 computes the identity for any
+    prompt, by 1 is the base; a fine-tune from there changes that layer by rank <= 3 (3 output channels), so the
+    shipped rank-4 adapter reproduces the trained model; an allocation without the head, or LoRA factors, are
+    refused with the fix."""
+    from pipeline.adapt.lora import FinetuneConfig, finetune_concept, scaled_head_start, truncated_adapter
+    from pipeline.model.nets.generator import pooled_text
+
+    torch.manual_seed(0)
+    base = E2GANGenerator(GeneratorConfig(ngf=8, heads=2, norm="film", skip=True)).eval()
+    with torch.no_grad():
+        for n, p in base.named_parameters():  # a trained-looking base: text norms and head are not zero
+            if ".to_scale." in n or ".to_shift." in n or n.startswith("out."):
+                p.normal_(0, 0.05)
+    x, text = _inputs()
+    xc = x.clamp(-0.999, 0.999)
+    with torch.no_grad():
+        edit = (base(x, text) - xc).abs().max()
+        assert edit > 0.05  # the base edits ...
+        assert (scaled_head_start(base, 0.0).eval()(x, text) - xc).abs().max() < 1e-5  # ... at scale 0 nothing
+        faint = (scaled_head_start(base, 0.1).eval()(x, text) - xc).abs().max()
+        assert 0.05 * edit < faint < 0.2 * edit  # ... at 0.1 a faint copy of its edit
+        assert torch.equal(scaled_head_start(base, 1.0)(x, text), base(x, text))
+    assert base.out.weight.abs().sum() > 0  # the base is left as it is
+
+    targets = adaptable_layers(base)
+    trained = _perturbed(scaled_head_start(base, 0.1), {n: 2 for n in targets if n != "out"})
+    with torch.no_grad():  # a head learned from there: a full-rank (3) matrix, nothing like W_out
+        trained.out.weight.copy_(0.05 * torch.randn(trained.out.weight.shape))
+    text = text[:1].expand(2, -1, -1)
+    cond = pooled_text(text[:1], None)[0]
+    adapter = truncated_adapter(base, trained, lora_spec({n: 4 for n in targets}, bias="all"), cond).eval()
+    with torch.no_grad():
+        assert (adapter(x, text) - trained(x, text)).abs().max() < 1e-4
+
+    with pytest.raises(E2GANError, match="does not adapt it: add 'out'"):
+        spec = lora_spec({n: 4 for n in targets if n != "out"}, bias="all")
+        finetune_concept(base, spec, None, FinetuneConfig(start_head_scale=0.1), None)
+    with pytest.raises(ValueError, match="set start_head_scale 1"):
+        FinetuneConfig(train_as="lora", start_head_scale=0.0)
+    assert FinetuneConfig(train_as="lora").start_head_scale == 1.0
