@@ -7,8 +7,9 @@ same crops (the figures: bench/concept_summary.py).
 Per concept and seed:
   pix2pix        pix2pix ResNet-9 from scratch, all training pairs
   e2gan_scratch  the E²GAN generator from scratch (random init), all training pairs
-  full_ft        full fine-tune of the base, the adapter's data subset
+  full_ft        full fine-tune of the base, the adapter's data subset and start (finetune_lora.start_head_scale)
   adapter        the shipped adapter: search_ranks' spec (models/ranks/lora.json), finetune_lora's settings and subset
+  from_base      the shipped adapter trained from the base as it is (start_head_scale 1): what the start changes
   searched       E²GAN's greedy rank allocation on the crucial layers (models/ranks/searched.json)
   uniform        one rank on the crucial layers, at about the shipped adapter's LoRA parameters
   uniform_all    one rank on every adaptable layer, at about the same parameters
@@ -104,7 +105,7 @@ def job_spec(method: str, cb: ConceptBench, draw: int | None, s) -> dict | None:
     """The peft spec a method trains (None: a whole generator trains)."""
     if method in ("pix2pix", "e2gan_scratch", "full_ft"):
         return None
-    if method in ("adapter", "lora"):
+    if method in ("adapter", "lora", "from_base"):
         return cb.spec
     if method == "searched":
         return cb.searched
@@ -154,8 +155,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     }
     if truncated:  # a full-rank fine-tune read through the spec's truncated adapter (finetune_lora's full_rank)
         what.update(kind="full_rank_truncated", loraplus=1.0)
-    if shares_training and fcfg.start_head_scale != 1.0:  # where it starts (runs from the base keep their keys)
-        what["start_head_scale"] = fcfg.start_head_scale
+    # where that training starts ("from_base": the base as it is; runs from the base keep their keys)
+    start = 1.0 if method == "from_base" else fcfg.start_head_scale
+    if shares_training and start != 1.0:
+        what["start_head_scale"] = start
     # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it),
     # and under "full_rank" the full fine-tune is that training itself, read untruncated
     shared = {**what, "spec": None, "kind": "full_rank_truncated", "loraplus": 1.0, "store": fcfg.store}
@@ -170,7 +173,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "scratch": scratch,
         "eval_every": scale["eval_every"],
         "family": family if shares_training else None,
-        "start_head_scale": fcfg.start_head_scale if shares_training else 1.0,
+        "start_head_scale": start if shares_training else 1.0,
     }
 
 
@@ -186,15 +189,20 @@ def data_key(cb: ConceptBench) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def build(method: str, cb: ConceptBench, seed: int, spec: dict | None) -> tuple[torch.nn.Module, bool]:
-    """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights."""
+def build(
+    method: str, cb: ConceptBench, seed: int, spec: dict | None, head_scale: float = 1.0
+) -> tuple[torch.nn.Module, bool]:
+    """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights. A
+    fine-tune of the whole base starts with its output layer scaled by `head_scale` (finetune_lora's start)."""
+    from pipeline.adapt.lora import scaled_head_start
+
     torch.manual_seed(seed)
     if method == "pix2pix":
         return ResnetGenerator(ngf=64), False
     if method == "e2gan_scratch":
         return E2GANGenerator(cb.base.cfg), False
     if spec is None:
-        return copy.deepcopy(cb.base).requires_grad_(True), False
+        return scaled_head_start(cb.base, head_scale).requires_grad_(True), False
     return add_lora_spec(copy.deepcopy(cb.base), spec), True
 
 
@@ -218,7 +226,7 @@ def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
 
 def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dict, params) -> dict:
     fcfg = params.finetune_lora
-    G, adapter = build(method, cb, seed, job["spec"])
+    G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"])
     cfg, steps = job["cfg"], job["steps"]
     data = cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"])
     best: dict = {}
@@ -267,13 +275,13 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     read through each member's truncated adapter (its spec's ranks) at every evaluation, and as itself for the
     full fine-tune (a member without a spec); each member's val-best model is scored on test. One run per
     member, as run_one writes them."""
-    from pipeline.adapt.lora import scaled_head_start, truncated_adapter
+    from pipeline.adapt.lora import truncated_adapter
     from pipeline.model.nets.generator import pooled_text
 
     fcfg = params.finetune_lora
     job = members[0][2]
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
-    G = scaled_head_start(cb.base, job["start_head_scale"]).requires_grad_(True)  # finetune_lora's start
+    G, _ = build("full_ft", cb, seed, None, job["start_head_scale"])  # finetune_lora's start
     data = cb.pairs.subset(job["subset"])
     best: list[dict] = [{} for _ in members]
 

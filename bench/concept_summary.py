@@ -14,8 +14,18 @@ import numpy as np
 
 from pipeline.evaluate.sets import photo_resamples
 
-METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch", "lora")
-FAMILY = METHODS[:5]  # fine-tunes of the base (one full-rank training per concept and seed under "full_rank")
+METHODS = (
+    "adapter",
+    "full_ft",
+    "searched",
+    "uniform_all",
+    "uniform",
+    "from_base",
+    "pix2pix",
+    "e2gan_scratch",
+    "lora",
+)
+FAMILY = METHODS[:6]  # fine-tunes of the base (one full-rank training per concept and seed under "full_rank")
 LABELS = {
     "identity": "identity (input unchanged)",
     "base": "base, no adapter",
@@ -28,9 +38,21 @@ LABELS = {
     "uniform_all": "every layer, uniform rank, same params",
     "random": "random ranks, adapter's layers, same params",
     "lora": "shipped layers and ranks, LoRA trained directly",
+    "from_base": "shipped adapter, trained from the base as it is",
 }
 # what the adapter is compared with, in the order of the table
-COMPARED = ("identity", "base", "pix2pix", "e2gan_scratch", "full_ft", "lora", "searched", "uniform_all", "uniform")
+COMPARED = (
+    "identity",
+    "base",
+    "pix2pix",
+    "e2gan_scratch",
+    "full_ft",
+    "from_base",
+    "lora",
+    "searched",
+    "uniform_all",
+    "uniform",
+)
 # the summary's per-concept figures: method -> its name there
 HEADLINE = {
     "identity": "identity",

@@ -110,11 +110,11 @@ def test_no_summary_until_adapter_and_full_finetune_ran(result):
 
 def test_plan_covers_every_concept_fine_tunes_of_every_seed_first():
     jobs = plan(["a", "b"], [0, 1, 2], 5)
-    assert len(jobs) == 2 * 3 * 8 + 2 * 5  # eight methods per concept and seed, five random draws per concept
+    assert len(jobs) == 2 * 3 * 9 + 2 * 5  # nine methods per concept and seed, five random draws per concept
     assert len(set(jobs)) == len(jobs)
-    first = ("adapter", "full_ft", "searched", "uniform_all", "uniform")
-    assert [j[:2] for j in jobs[:5]] == [("a", m) for m in first]  # the fine-tunes of the base, concept by concept
-    n_family = 2 * 3 * 5 + 2 * 5
+    first = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "from_base")
+    assert [j[:2] for j in jobs[:6]] == [("a", m) for m in first]  # the fine-tunes of the base, concept by concept
+    n_family = 2 * 3 * 6 + 2 * 5
     assert all(j[1] in (*first, "random") for j in jobs[:n_family])  # every seed's, before any other method
     assert [j[2] for j in jobs[:n_family]] == sorted(j[2] for j in jobs[:n_family])
     rest = [(j[2], j[1], j[0]) for j in jobs[n_family:]]
@@ -187,6 +187,14 @@ def test_the_full_finetune_shares_the_adapters_training_and_equals_a_run_of_its_
     assert jobs["full_ft"]["family"] is not None and jobs["full_ft"]["family"] == jobs["adapter"]["family"]
     assert jobs["lora"]["family"] is None  # LoRA trained directly is a training of its own
     assert len({j["key"] for j in jobs.values()}) == 3  # one run each
+    # the family starts where finetune_lora does; `from_base` is the shipped adapter trained from the base as it
+    # is: the very run an adapter job has when finetune_lora starts there, so such runs are kept, not retrained
+    assert jobs["full_ft"]["start_head_scale"] == params.finetune_lora.start_head_scale
+    from_base = job_config(cb, "from_base", 0, None, scale, params)
+    f = params.finetune_lora.model_copy(update={"start_head_scale": 1.0})
+    as_before = job_config(cb, "adapter", 0, None, scale, params.model_copy(update={"finetune_lora": f}))
+    assert from_base["key"] == as_before["key"] and from_base["start_head_scale"] == 1.0
+    assert (from_base["key"] == jobs["adapter"]["key"]) == (params.finetune_lora.start_head_scale == 1.0)
     alone = run_one(cb, "full_ft", 0, None, jobs["full_ft"], params)
     adapter, full = run_family(cb, [("adapter", None, jobs["adapter"]), ("full_ft", None, jobs["full_ft"])], 0, params)
     # the same training, read untruncated: the same val curve, best step and test scores as its own run
