@@ -154,9 +154,13 @@ def paired(a: Curves, b: Curves, rs: Resamples) -> dict:
     """Method a minus method b on the same test crops: the mean difference and its 95 % interval over photos and
     seeds. An interval that excludes 0 is a difference these photos and seeds support; one that contains 0 is a
     tie."""
+    common = [s for s in a.seeds if s in b.seeds and s is not None]
+    if common and (common != a.seeds or common != b.seeds):  # two trained methods: on the seeds both ran
+        a, b = (Curves({s: c.by_seed[s] for s in common}) for c in (a, b))
     d = [(x[i] - y[i]).mean() for i, (x, y) in rs.replicates(a, b)]
     n = len(a.mean())
-    return {"mean": float((a.mean() - b.mean()).mean()), "ci95": _ci(d), "n": n, "photos": len(set(rs.photos))}
+    out = {"mean": float((a.mean() - b.mean()).mean()), "ci95": _ci(d), "n": n, "photos": len(set(rs.photos))}
+    return {**out, "seeds": common} if common else out
 
 
 def gap_closed(identity: list[Curves], adapter: list[Curves], full: list[Curves], rs: Resamples) -> dict:
