@@ -31,7 +31,8 @@ pool: their prompts and pairs are made here with the pipeline's own stages' code
 Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
 and a plot), so a killed benchmark resumes where it stopped. Each run carries a key of everything that decides
 it (the spec, the training settings, the data subset, the base's and the pairs' hashes): a rerun reuses the
-runs whose key a job of the plan still has and drops the others (`--fresh` starts over).
+runs whose key a job of the plan still has and sets the others aside in the file's `set_aside` (never in the
+figures; back in when a setting switches back); `--fresh` starts over.
 
 Gap closed = (LPIPS_identity - LPIPS_adapter) / (LPIPS_identity - LPIPS_full_finetune), test LPIPS at each
 run's val-best step averaged over seeds; pooled = the mean gaps over concepts, the same ratio.
@@ -431,10 +432,14 @@ def main() -> None:
     }
     result["jobs"] = {j: cfg["key"] for j, cfg in jobs.items()}
     keys = set(result["jobs"].values())
+    aside = result.pop("set_aside", [])
+    result["runs"] += [r for r in aside if r.get("key") in keys]  # a setting switched back: its runs count again
     stale = [r for r in result["runs"] if r.get("key") not in keys]
-    if stale:  # made on another base, other pairs or settings: never mixed into the figures
-        print(f"{len(stale)} runs in {args.out} match no job of this plan (other base, data or settings): dropped")
+    if stale:  # made on another base, other pairs or settings: never mixed into the figures, kept aside
+        print(f"{len(stale)} runs in {args.out} match no job of this plan (other base, data or settings): set aside")
         result["runs"] = [r for r in result["runs"] if r.get("key") in keys]
+    kept = {r.get("key") for r in result["runs"]}
+    result["set_aside"] = [r for r in [*aside, *stale] if r.get("key") not in kept]
     done = {r["key"] for r in result["runs"]}
     # every job of the plan keeps its runs; only the chosen methods train
     todo = [(j, cfg) for j, cfg in jobs.items() if cfg["key"] not in done and j.split("|")[1] in methods]
