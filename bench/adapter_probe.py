@@ -124,7 +124,7 @@ def main() -> None:
             "alpha_scale": s.alpha_scale,
             "steps": steps,
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
-            **({"all_pairs": True} if getattr(args, "all_pairs", False) else {}),
+            **({"all_pairs": True} if args.all_pairs else {}),
             "trainable_params": trainable,
             "split": "val",
             **best_of(curve),

@@ -326,7 +326,7 @@ def finetune_concept(
             facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
     train_cfg = cfg.train.model_copy(update={"lr_g": cfg.full_rank_lr_g}) if full_rank else cfg.train
     ship = None
-    start = scaled_head_start(base, cfg.start_head_scale) if full_rank else base
+    start = scaled_head_start(base, cfg.start_head_scale) if full_rank and cfg.start_head_scale != 1.0 else base
     if full_rank:
         from pipeline.data.dataset import concept_condition
         from pipeline.model.nets.generator import pooled_text
