@@ -40,12 +40,15 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
     specs = {r: spec_for({n: r for n in adaptable_layers(cb.base)}, params.search_ranks) for r in ranks}
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
     lr = args.lr or params.finetune_lora.full_rank_lr_g
-    cfg = job["cfg"].model_copy(update={"lr_g": lr})
+    cfg = job["cfg"].model_copy(update={"lr_g": lr, **losses(args, job["cfg"])})
 
     def scores(m) -> dict:
         out = {"lpips_val_full": cb.lpips(m, "val")}
         for r, spec in specs.items():
-            out[f"lpips_val_r{r}"] = cb.lpips(truncated_adapter(cb.base, m, spec, cond).eval(), "val")
+            adapter = truncated_adapter(cb.base, m, spec, cond).eval()
+            out[f"lpips_val_r{r}"] = cb.lpips(adapter, "val")
+            if args.kid:
+                out[f"kid_val_r{r}"] = cb.kid(adapter, "val")
         return out
 
     G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
@@ -55,12 +58,22 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
     return curve, trainable
 
 
+def losses(args, cfg) -> dict:
+    """The loss weights of --lambda-gan / --lambda-lpips (the job's own where not given)."""
+    return {
+        "lambda_gan": cfg.lambda_gan if args.lambda_gan is None else args.lambda_gan,
+        "lambda_lpips": cfg.lambda_lpips if args.lambda_lpips is None else args.lambda_lpips,
+    }
+
+
 def best_of(curve: list[dict]) -> dict:
     """The best val LPIPS of each scored series of a curve (`lpips_val`, or `lpips_val_full` and each rank's)."""
     series = [k for k in curve[0] if k.startswith("lpips_val")]
+    kids = {k.removeprefix("kid_val_"): min(c[k] for c in curve) for k in curve[0] if k.startswith("kid_val")}
     if series == ["lpips_val"]:
         return {"best_lpips_val": min(c["lpips_val"] for c in curve)}
-    return {"best_lpips_val": {k.removeprefix("lpips_val_"): min(c[k] for c in curve) for k in series}}
+    best = {"best_lpips_val": {k.removeprefix("lpips_val_"): min(c[k] for c in curve) for k in series}}
+    return {**best, "best_kid_val": kids} if kids else best
 
 
 def main() -> None:
@@ -82,6 +95,9 @@ def main() -> None:
         help="--train-as full_rank: the base's output layer scaled by this first (default finetune_lora.start_head_scale)",
     )
     ap.add_argument("--all-pairs", action="store_true", help="--train-as full_rank: every pair, not the subset")
+    ap.add_argument("--lambda-gan", type=float, default=None, help="default: finetune_lora.train.lambda_gan")
+    ap.add_argument("--lambda-lpips", type=float, default=None, help="default: finetune_lora.train.lambda_lpips")
+    ap.add_argument("--kid", action="store_true", help="--train-as full_rank: also each rank's KID on val")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -96,7 +112,7 @@ def main() -> None:
     cb = concept_data(args.concept, params, scale["val_limit"])
     job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
     spec = spec_for({n: args.rank for n in adaptable_layers(cb.base)}, s)
-    cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g})
+    cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g, **losses(args, job["cfg"])})
     steps = args.steps or job["steps"]
     if args.train_as == "full_rank":
         curve, trainable = full_rank_curve(cb, args, params, job, steps, scale)
@@ -123,11 +139,13 @@ def main() -> None:
             "loraplus_ratio": f.loraplus_ratio,
             "alpha_scale": s.alpha_scale,
             "steps": steps,
+            **losses(args, job["cfg"]),
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
             **({"all_pairs": True} if args.all_pairs else {}),
             "trainable_params": trainable,
             "split": "val",
             **best_of(curve),
+            **({"kid_val_base": cb.kid(cb.base, "val"), "kid_val_identity": cb.kid(None, "val")} if args.kid else {}),
             "curve": curve,
             "commit": code_version(),
         }

@@ -49,7 +49,9 @@ def code_version() -> str:
     import subprocess
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent.parent
+        ).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "bench", "pipeline", "stages", "params.yaml")
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
@@ -152,10 +154,16 @@ class ConceptBench:
     def teacher_features(self) -> np.ndarray:
         return inception_features(self.test.teacher)
 
-    def kid(self, G=None) -> float:
-        """KID of G's test outputs (the inputs when G is None) against the teacher's (a reported figure)."""
+    @functools.cached_property
+    def val_teacher_features(self) -> np.ndarray:
+        return inception_features(self.val.teacher)
+
+    def kid(self, G=None, split: str = "test") -> float:
+        """KID of G's outputs on `split` (the inputs when G is None) against the teacher's (test: a reported
+        figure; val: for choosing)."""
+        teacher = self.teacher_features if split == "test" else self.val_teacher_features
         return kid_from_features(
-            inception_features(self.outputs(G, "test") if G is not None else self.test.inputs), self.teacher_features
+            inception_features(self.outputs(G, split) if G is not None else self._split(split).inputs), teacher
         )
 
     def lpips_identity(self) -> float:

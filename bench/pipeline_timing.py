@@ -1,0 +1,152 @@
+"""Where the default pipeline's time goes, on this machine: `dvc repro` timed stage by stage.
+
+    python -m bench.pipeline_timing repro         # whatever is stale now (e.g. after a code or params change)
+    python -m bench.pipeline_timing full          # the whole DAG from scratch (`dvc repro --force`; asset cache filled)
+    python -m bench.pipeline_timing new-concept   # a concept added to params.yaml: `dvc repro` of its stages
+    python -m bench.pipeline_timing noop          # `dvc repro` with everything up to date (and `dvc status`)
+
+Each mode runs the real `dvc repro` (output streamed as it runs), reads which stage started when from its log,
+and merges its record into bench/results/pipeline_timing.json under its mode's name, with the machine (`cores`,
+`cpu`) and the commit it ran at. `full` sets `full_run_s`, `new-concept` sets `new_concept_s` and `noop` sets
+`noop_repro_s`; a record made at another commit or on another machine says so in its own `commit` and `cpu`.
+
+`new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro` on its stages, then restores
+params.yaml and dvc.lock and removes its outputs (they stay in the DVC cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, code_version
+from bench.dvc_timing import _is_concept_output, _untracked
+from pipeline.core.io import atomic_write_json
+from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
+
+OUT = RESULTS / "pipeline_timing.json"
+STARTED = re.compile(r"^Running stage '([^']+)'")
+SKIPPED = re.compile(r"^Stage '([^']+)' didn't change")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def timed_repro(*args: str) -> dict:
+    """Run `dvc repro *args`, echoing its output, and time it stage by stage: {seconds, stages: {name: s},
+    skipped: [names]}. A stage's time runs from its "Running stage" line to the next one (or the end: the last
+    stage's time includes DVC's lock-file update, a fraction of a second)."""
+    t0 = time.perf_counter()
+    starts: list[tuple[str, float]] = []
+    skipped: list[str] = []
+    with subprocess.Popen(
+        dvc_cmd("repro", *args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if m := STARTED.match(line):
+                starts.append((m.group(1), time.perf_counter()))
+            elif m := SKIPPED.match(line):
+                skipped.append(m.group(1))
+        rc = proc.wait()
+    end = time.perf_counter()
+    if rc:
+        raise SystemExit(f"dvc repro {' '.join(args)} failed (exit {rc}); nothing recorded")
+    stages = {
+        name: round(((starts[i + 1][1] if i + 1 < len(starts) else end) - t), 1) for i, (name, t) in enumerate(starts)
+    }
+    return {"seconds": round(end - t0, 1), "stages": stages, "skipped": skipped}
+
+
+def time_noop(repeats: int) -> dict:
+    def once(*cmd: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(dvc_cmd(*cmd), env=_env(), capture_output=True, check=True)
+        return time.perf_counter() - t0
+
+    stale = subprocess.run(dvc_cmd("status", "--json"), env=_env(), capture_output=True, text=True, check=True)
+    if stale.stdout.strip() not in ("", "{}"):
+        raise SystemExit("the pipeline is not up to date: run `python -m bench.pipeline_timing repro` first")
+    runs = [once("repro") for _ in range(repeats)]
+    return {
+        "seconds": round(statistics.median(runs), 2),
+        "runs_s": [round(r, 2) for r in runs],
+        "dvc_status_s": round(statistics.median(once("status") for _ in range(repeats)), 2),
+    }
+
+
+def time_new_concept(name: str, prompt: str) -> dict:
+    """Add a filters concept to params.yaml, time `dvc repro` of its stages, then restore params.yaml and
+    dvc.lock and remove its outputs."""
+    import yaml
+
+    params_text, lock_text = Path("params.yaml").read_text(), Path("dvc.lock").read_text()
+    params = yaml.safe_load(params_text)
+    params["concepts"][name] = {"prompt": prompt, "teacher": {"kind": "filters", "op": name}}
+    before = _untracked()
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
+    try:
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        record = timed_repro(*[f"{s}@{name}" for s in PER_CONCEPT])
+    finally:
+        Path("params.yaml").write_text(params_text)
+        Path("dvc.lock").write_text(lock_text)
+        if not staged:  # core.autostage staged the temporary dvc.lock: unstage it again
+            subprocess.run(["git", "reset", "-q", "--", "dvc.lock"], check=False)
+        new = sorted(p for p in _untracked() - before if _is_concept_output(p, name))
+        for path in new:
+            Path(path).unlink(missing_ok=True)
+        for d in sorted({str(p) for f in new for p in Path(f).parents if str(p) != "."}, key=len, reverse=True):
+            if Path(d).is_dir() and not any(Path(d).iterdir()):
+                Path(d).rmdir()
+    return {"concept": name, **record}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("repro", "full", "new-concept", "noop"))
+    ap.add_argument("--repeats", type=int, default=3, help="noop: runs (the median is recorded)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    commit = code_version()  # before the run: a repro rewrites dvc.lock
+    if args.mode == "repro":
+        record = timed_repro()
+    elif args.mode == "full":
+        record = timed_repro("--force")
+    elif args.mode == "new-concept":
+        record = time_new_concept("sepia", "give the photo a warm sepia tone")
+    else:
+        record = time_noop(args.repeats)
+    import json
+
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    record.update(commit=commit, cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
+    result[args.mode.replace("-", "_")] = record
+    result.update(cores=os.cpu_count(), cpu=cpu_model())
+    for mode, key in (("full", "full_run_s"), ("new_concept", "new_concept_s"), ("noop", "noop_repro_s")):
+        if mode in result:
+            result[key] = result[mode]["seconds"]
+    atomic_write_json(args.out, dict(sorted(result.items())))
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
