@@ -123,10 +123,22 @@ def layers() -> list[str]:
 
 
 def ranks() -> list[str]:
-    r = load("reports/search_ranks/table.json")
+    r, rows_file = load("reports/search_ranks/table.json"), load("bench/results/rank_rows.json")
     if not r:
         return []
-    cal = r["calibration"]
+    out = [
+        "## Rank search (`search_ranks`) and the paper's comparison rows",
+        "",
+        provenance("reports/search_ranks/table.json", "dvc repro search_ranks"),
+        "",
+        f"Searched: {r['params']} parameters (budget {r['budget_params']}), {100 * r['energy_kept']:.0f} % of dW's "
+        f"spectral energy; what ships: {r.get('allocation', 'searched')} ({r.get('shipped_params', r['params'])} "
+        "parameters).",
+        "",
+    ]
+    if not rows_file:
+        return out + ["The comparison rows: not run yet (`python -m bench.rank_rows`).", ""]
+    cal = rows_file["calibration"]
     rows = [
         [
             x["row"],
@@ -136,18 +148,14 @@ def ranks() -> list[str]:
             f"{x['lpips']:.4f}",
             f"{x['gain_vs_base']:+.4f}",
         ]
-        for x in r["comparison"]
+        for x in rows_file["rows"]
     ]
-    return [
-        "## Rank search (`search_ranks`) and the paper's comparison rows",
+    st = rows_file["settings"]
+    return out + [
+        provenance("bench/results/rank_rows.json", "python -m bench.rank_rows"),
         "",
-        provenance("reports/search_ranks/table.json", "dvc repro search_ranks"),
-        "",
-        f"Searched: {r['params']} parameters (budget {r['budget_params']}), {100 * r['energy_kept']:.0f} % of dW's "
-        f"spectral energy. Each row is a {r['settings']['compare_steps']}-step fine-tune per calibration concept, "
-        f"scored on {r['settings']['eval_limit']} "
-        f"{'val crops (spread over all val photos)' if r.get('split') == 'val' else 'held-out pairs'} each: "
-        "one seed, no interval.",
+        f"Each row is a {st['steps']}-step LoRA fine-tune per calibration concept, scored on {st['eval_limit']} "
+        "val crops (spread over all val photos) each: one seed, no interval.",
         "",
         *table(["row", "params", "share of base", *cal, "mean LPIPS", "gain vs base"], rows),
         "",
