@@ -28,13 +28,29 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, code_version
-from bench.dvc_timing import _is_concept_output, _untracked
 from pipeline.core.io import atomic_write_json
 from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
 
 OUT = RESULTS / "pipeline_timing.json"
 STARTED = re.compile(r"^Running stage '([^']+)'")
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change")
+
+
+def _untracked() -> set[str]:
+    """Paths git does not track (ignored included), as `git status` names them."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=traditional", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line[3:].rstrip("/") for line in out.splitlines() if line[:2] in ("??", "!!")}
+
+
+def _is_concept_output(path: str, concept: str) -> bool:
+    """A file the concept's stages wrote: under data/, models/ or reports/, with the concept in its path."""
+    parts = Path(path).parts
+    return parts[0] in ("data", "models", "reports") and any(p == concept or p.startswith(f"{concept}.") for p in parts)
 
 
 def cpu_model() -> str:

@@ -531,26 +531,6 @@ def other() -> list[str]:
             *table(["filter", "pairs/s", "edit ms", "edit / I/O"], rows),
             "",
         ]
-    d = load("bench/results/dvc_timing.json")
-    if d:
-        out += [
-            "### Orchestration costs",
-            "",
-            provenance("bench/results/dvc_timing.json", "python -m bench.dvc_timing --new-concept"),
-            "",
-            *table(
-                ["measured", "seconds"],
-                [
-                    ["no-op `dvc repro` (median)", d["noop_repro_s"]],
-                    ["`dvc status`", d["dvc_status_s"]],
-                    [f"new concept end to end ({d['new_concept']['concept']})", d["new_concept"]["seconds"]],
-                ],
-            ),
-            "",
-            "Measured on an earlier base (before the stem skip); the file's ratio against a full run uses a "
-            "fixed estimate, not a measurement, and is not shown.",
-            "",
-        ]
     e = load("bench/results/demo_e2e.json")
     if e:
         out += [
@@ -593,6 +573,53 @@ def other() -> list[str]:
             "![a run's result artifact](../bench/results/ui_result.png)",
             "",
         ]
+    return out
+
+
+def timing() -> list[str]:
+    t = load("bench/results/pipeline_timing.json")
+    if not t:
+        return []
+    runs = {k: t[k] for k in ("full", "repro", "new_concept") if k in t}
+    heads = {
+        "full": "full run (`full`)",
+        "repro": "a rerun from analyze_layers (`repro`)",
+        "new_concept": "new concept (`new-concept`)",
+    }
+    names = list(dict.fromkeys(n for r in runs.values() for n in r["stages"]))
+    rows = [[n, *[r["stages"].get(n) for r in runs.values()]] for n in names]
+    rows.append(["**total** (`dvc repro` wall time)", *[r["seconds"] for r in runs.values()]])
+    out = [
+        "## Where the time goes",
+        "",
+        provenance("bench/results/pipeline_timing.json", "python -m bench.pipeline_timing <mode>"),
+        "",
+        "Wall seconds per stage of real `dvc repro` runs on one machine. Each column is one run: "
+        + "; ".join(f"{heads[k]} at commit {r['commit']} on {r['cpu']} ({r['cores']} cores)" for k, r in runs.items())
+        + ".",
+        "",
+        *table(["stage", *[heads[k] for k in runs]], rows),
+        "",
+    ]
+    if "noop" in t:
+        n = t["noop"]
+        out += [
+            f"A no-op `dvc repro` (everything up to date): {n['seconds']} s median of {len(n['runs_s'])} "
+            f"(`dvc status`: {n['dvc_status_s']} s), commit {n['commit']}.",
+            "",
+        ]
+    key = "full" if "full" in runs else next(iter(runs), None)
+    if key and runs[key].get("top_costs"):
+        slow = sorted(runs[key]["stages"], key=lambda n: -runs[key]["stages"][n])[:4]
+        out += [
+            f"Top costs of the slowest stages ({heads[key]}; cumulative seconds, nested calls count in their "
+            "callers too):",
+            "",
+        ]
+        for n in slow:
+            costs = runs[key]["top_costs"].get(n, [])[:4]
+            out.append(f"- `{n}`: " + "; ".join(f"`{c['function']}` {c['seconds']} s" for c in costs))
+        out.append("")
     return out
 
 
@@ -665,6 +692,7 @@ def main() -> None:
         baselines,
         generator,
         throughput,
+        timing,
         other,
         refactor,
         experiments,
