@@ -7,13 +7,13 @@ Methods (keys for --methods):
   e2gan_scratch   the E²GAN generator from scratch (random init), all pairs
   full_ft         full fine-tune of the base, k-means half
   lora_all        LoRA rank 4 on every Conv2d/Linear of the base, k-means half
-  uniform_low     LoRA on the crucial layers, uniform rank search_ranks.uniform_low, k-means half
-  uniform_high    the same at search_ranks.uniform_high
+  uniform_low     LoRA on the crucial layers, uniform rank RowsConfig.uniform_low, k-means half
+  uniform_high    the same at RowsConfig.uniform_high
   random_ranks    random ranks of the searched spec's size
   e2gan           E²GAN: the searched ranks (search_ranks' spec), k-means half   <- ours
   e2gan_all       the searched ranks, all pairs
   e2gan_random    the searched ranks, a random half
-The last six are search_ranks' own comparison rows (pipeline.adapt.ranks.comparison_rows), trained longer here.
+The last six are the rank search's comparison rows (pipeline.adapt.ranks.comparison_rows), trained longer here.
 
 Columns: test LPIPS (at the final step, and at the step with the best val LPIPS), test KID, trainable params, stored bytes per concept (the real
 safetensors file: the whole generator for scratch/full fine-tune, the peft adapter for LoRA), training
@@ -46,7 +46,7 @@ from pipeline.adapt.lora import (
     spec_ranks,
     trainable_parameters,
 )
-from pipeline.adapt.ranks import comparison_rows, spec_for
+from pipeline.adapt.ranks import RowsConfig, comparison_rows, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text
 from pipeline.model.nets.generator import E2GANGenerator
@@ -113,7 +113,8 @@ def build(key: str, model: str, base, spec: dict, params) -> tuple[torch.nn.Modu
         )
     modules = dict(base.named_modules())
     crucial = {n: modules[n] for n in spec["target_modules"]}
-    row = {r.key: r for r in comparison_rows(crucial, spec_ranks(spec), s, params.finetune_lora.subset)}[key]
+    rows = comparison_rows(crucial, spec_ranks(spec), RowsConfig(), s.ranks, params.finetune_lora.subset)
+    row = {r.key: r for r in rows}[key]
     return add_lora_spec(copy.deepcopy(base), spec_for(row.ranks, s)), True, row.subset
 
 

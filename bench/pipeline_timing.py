@@ -7,7 +7,9 @@
 
 Each mode runs the real `dvc repro` (output streamed as it runs), reads which stage started when from its log,
 and merges its record into bench/results/pipeline_timing.json under its mode's name, with the machine (`cores`,
-`cpu`) and the commit it ran at. `full` sets `full_run_s`, `new-concept` sets `new_concept_s` and `noop` sets
+`cpu`) and the commit it ran at. Every stage also runs under cProfile (`E2GAN_PROFILE`, a small overhead on
+Python-level code only): its `top_costs` are the package functions with the most cumulative time (nested calls
+count in their callers too, so the list reads as where the time goes, outermost first). `full` sets `full_run_s`, `new-concept` sets `new_concept_s` and `noop` sets
 `noop_repro_s`; a record made at another commit or on another machine says so in its own `commit` and `cpu`.
 
 `new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro` on its stages, then restores
@@ -26,13 +28,29 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, code_version
-from bench.dvc_timing import _is_concept_output, _untracked
 from pipeline.core.io import atomic_write_json
 from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
 
 OUT = RESULTS / "pipeline_timing.json"
 STARTED = re.compile(r"^Running stage '([^']+)'")
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change")
+
+
+def _untracked() -> set[str]:
+    """Paths git does not track (ignored included), as `git status` names them."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=traditional", "--untracked-files=all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line[3:].rstrip("/") for line in out.splitlines() if line[:2] in ("??", "!!")}
+
+
+def _is_concept_output(path: str, concept: str) -> bool:
+    """A file the concept's stages wrote: under data/, models/ or reports/, with the concept in its path."""
+    parts = Path(path).parts
+    return parts[0] in ("data", "models", "reports") and any(p == concept or p.startswith(f"{concept}.") for p in parts)
 
 
 def cpu_model() -> str:
@@ -47,15 +65,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def top_costs(prof: Path, n: int = 6) -> list[dict]:
+    """The `n` functions of the package (pipeline/) with the most cumulative seconds in a stage's profile,
+    leaving out anything holding nearly all of it (the stage's entry points)."""
+    import pstats
+
+    stats = pstats.Stats(str(prof)).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+    total = max(v[3] for v in stats.values())
+    rows = []
+    for (file, _, name), (calls, _, _, cum, _) in stats.items():
+        if "/pipeline/" in file and cum < 0.97 * total:
+            where = file[file.rindex("/pipeline/") + 1 :]
+            rows.append({"function": f"{where}:{name}", "seconds": round(cum, 1), "calls": calls})
+    return sorted(rows, key=lambda r: -r["seconds"])[:n]
+
+
 def timed_repro(*args: str) -> dict:
     """Run `dvc repro *args`, echoing its output, and time it stage by stage: {seconds, stages: {name: s},
     skipped: [names]}. A stage's time runs from its "Running stage" line to the next one (or the end: the last
     stage's time includes DVC's lock-file update, a fraction of a second)."""
+    import tempfile
+
+    profiles = Path(tempfile.mkdtemp(prefix="e2gan-profile-"))
+    env = {**_env(), "E2GAN_PROFILE": str(profiles)}
     t0 = time.perf_counter()
     starts: list[tuple[str, float]] = []
     skipped: list[str] = []
     with subprocess.Popen(
-        dvc_cmd("repro", *args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        dvc_cmd("repro", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -72,7 +109,8 @@ def timed_repro(*args: str) -> dict:
     stages = {
         name: round(((starts[i + 1][1] if i + 1 < len(starts) else end) - t), 1) for i, (name, t) in enumerate(starts)
     }
-    return {"seconds": round(end - t0, 1), "stages": stages, "skipped": skipped}
+    costs = {name: top_costs(profiles / f"{name}.prof") for name in stages if (profiles / f"{name}.prof").is_file()}
+    return {"seconds": round(end - t0, 1), "stages": stages, "top_costs": costs, "skipped": skipped}
 
 
 def time_noop(repeats: int) -> dict:

@@ -31,9 +31,8 @@ SMALL = {  # section -> overrides; train_base/finetune_lora's loop keys may sit 
     "expand_prompts": {"n_prompts": 3},
     "train_base": {"steps": 6, "ckpt_every": 3, "log_every": 2},
     "analyze_layers": {"probe_steps": 2, "full_steps": 2, "eval_limit": 3, "probe_batch": 2},
-    "search_ranks": {"compare_steps": 2, "compare_batch": 2, "eval_limit": 3},
     "finetune_lora": {"steps": 3, "batch_size": 2, "ckpt_every": 2, "log_every": 1},
-    "evaluate": {"bootstrap": 2, "kid_bootstrap": 2, "fid": False, "fid_bootstrap": 0, "grid": 2},
+    "evaluate": {"bootstrap": 2, "kid_bootstrap": 2, "fid_bootstrap": 0, "grid": 2},
     "export_onnx": {"size": 48, "parity_images": 2, "calibration_images": 2, "latency_runs": 1},
     "select_base": {"k": 2, "n_calibration": 1},
 }

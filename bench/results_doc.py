@@ -123,10 +123,22 @@ def layers() -> list[str]:
 
 
 def ranks() -> list[str]:
-    r = load("reports/search_ranks/table.json")
+    r, rows_file = load("reports/search_ranks/table.json"), load("bench/results/rank_rows.json")
     if not r:
         return []
-    cal = r["calibration"]
+    out = [
+        "## Rank search (`search_ranks`) and the paper's comparison rows",
+        "",
+        provenance("reports/search_ranks/table.json", "dvc repro search_ranks"),
+        "",
+        f"Searched: {r['params']} parameters (budget {r['budget_params']}), {100 * r['energy_kept']:.0f} % of dW's "
+        f"spectral energy; what ships: {r.get('allocation', 'searched')} ({r.get('shipped_params', r['params'])} "
+        "parameters).",
+        "",
+    ]
+    if not rows_file:
+        return out + ["The comparison rows: not run yet (`python -m bench.rank_rows`).", ""]
+    cal = rows_file["calibration"]
     rows = [
         [
             x["row"],
@@ -136,18 +148,14 @@ def ranks() -> list[str]:
             f"{x['lpips']:.4f}",
             f"{x['gain_vs_base']:+.4f}",
         ]
-        for x in r["comparison"]
+        for x in rows_file["rows"]
     ]
-    return [
-        "## Rank search (`search_ranks`) and the paper's comparison rows",
+    st = rows_file["settings"]
+    return out + [
+        provenance("bench/results/rank_rows.json", "python -m bench.rank_rows"),
         "",
-        provenance("reports/search_ranks/table.json", "dvc repro search_ranks"),
-        "",
-        f"Searched: {r['params']} parameters (budget {r['budget_params']}), {100 * r['energy_kept']:.0f} % of dW's "
-        f"spectral energy. Each row is a {r['settings']['compare_steps']}-step fine-tune per calibration concept, "
-        f"scored on {r['settings']['eval_limit']} "
-        f"{'val crops (spread over all val photos)' if r.get('split') == 'val' else 'held-out pairs'} each: "
-        "one seed, no interval.",
+        f"Each row is a {st['steps']}-step LoRA fine-tune per calibration concept, scored on {st['eval_limit']} "
+        "val crops (spread over all val photos) each: one seed, no interval.",
         "",
         *table(["row", "params", "share of base", *cal, "mean LPIPS", "gain vs base"], rows),
         "",
@@ -523,26 +531,6 @@ def other() -> list[str]:
             *table(["filter", "pairs/s", "edit ms", "edit / I/O"], rows),
             "",
         ]
-    d = load("bench/results/dvc_timing.json")
-    if d:
-        out += [
-            "### Orchestration costs",
-            "",
-            provenance("bench/results/dvc_timing.json", "python -m bench.dvc_timing --new-concept"),
-            "",
-            *table(
-                ["measured", "seconds"],
-                [
-                    ["no-op `dvc repro` (median)", d["noop_repro_s"]],
-                    ["`dvc status`", d["dvc_status_s"]],
-                    [f"new concept end to end ({d['new_concept']['concept']})", d["new_concept"]["seconds"]],
-                ],
-            ),
-            "",
-            "Measured on an earlier base (before the stem skip); the file's ratio against a full run uses a "
-            "fixed estimate, not a measurement, and is not shown.",
-            "",
-        ]
     e = load("bench/results/demo_e2e.json")
     if e:
         out += [
@@ -585,6 +573,53 @@ def other() -> list[str]:
             "![a run's result artifact](../bench/results/ui_result.png)",
             "",
         ]
+    return out
+
+
+def timing() -> list[str]:
+    t = load("bench/results/pipeline_timing.json")
+    if not t:
+        return []
+    runs = {k: t[k] for k in ("full", "repro", "new_concept") if k in t}
+    heads = {
+        "full": "full run (`full`)",
+        "repro": "a rerun from analyze_layers (`repro`)",
+        "new_concept": "new concept (`new-concept`)",
+    }
+    names = list(dict.fromkeys(n for r in runs.values() for n in r["stages"]))
+    rows = [[n, *[r["stages"].get(n) for r in runs.values()]] for n in names]
+    rows.append(["**total** (`dvc repro` wall time)", *[r["seconds"] for r in runs.values()]])
+    out = [
+        "## Where the time goes",
+        "",
+        provenance("bench/results/pipeline_timing.json", "python -m bench.pipeline_timing <mode>"),
+        "",
+        "Wall seconds per stage of real `dvc repro` runs on one machine. Each column is one run: "
+        + "; ".join(f"{heads[k]} at commit {r['commit']} on {r['cpu']} ({r['cores']} cores)" for k, r in runs.items())
+        + ".",
+        "",
+        *table(["stage", *[heads[k] for k in runs]], rows),
+        "",
+    ]
+    if "noop" in t:
+        n = t["noop"]
+        out += [
+            f"A no-op `dvc repro` (everything up to date): {n['seconds']} s median of {len(n['runs_s'])} "
+            f"(`dvc status`: {n['dvc_status_s']} s), commit {n['commit']}.",
+            "",
+        ]
+    key = "full" if "full" in runs else next(iter(runs), None)
+    if key and runs[key].get("top_costs"):
+        slow = sorted(runs[key]["stages"], key=lambda n: -runs[key]["stages"][n])[:4]
+        out += [
+            f"Top costs of the slowest stages ({heads[key]}; cumulative seconds, nested calls count in their "
+            "callers too):",
+            "",
+        ]
+        for n in slow:
+            costs = runs[key]["top_costs"].get(n, [])[:4]
+            out.append(f"- `{n}`: " + "; ".join(f"`{c['function']}` {c['seconds']} s" for c in costs))
+        out.append("")
     return out
 
 
@@ -657,6 +692,7 @@ def main() -> None:
         baselines,
         generator,
         throughput,
+        timing,
         other,
         refactor,
         experiments,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,8 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(f"stages.{argv[0]}")
     concept, paths = parse(argv[0], argv[1:], module.PATHS)
     params = load_stage_params(argv[0], stage_params(argv[0], concept))  # only the sections dvc.yaml declares
-    if concept is None:
-        module.run(params, paths)
-    else:
+    if concept is not None:
         params.concept(concept)
-        module.run(params, paths, concept)
+    args = (params, paths) if concept is None else (params, paths, concept)
+    profile = os.environ.get("E2GAN_PROFILE")  # a folder: the stage's cProfile statistics go there
+    if not profile:
+        module.run(*args)
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        module.run(*args)
+    Path(profile).mkdir(parents=True, exist_ok=True)
+    prof.dump_stats(Path(profile) / f"{argv[0]}{'@' + concept if concept else ''}.prof")

@@ -56,8 +56,7 @@ def _write(G, history, seconds, params, paths, sel, folders, world) -> None:
             "base_concepts": sel["base"],
             "image_size": params.data.image_size,
             "steps": cfg.train.steps,
-            "train_seconds": seconds,
-        },
+        },  # no timings here: the model folder is a DVC output, equal for equal weights (seconds: quality.json)
     )
     atomic_write_json(
         paths.reports / "quality.json",

@@ -10,11 +10,12 @@ is the gain and lora_parameters(l, r) the cost. Every crucial layer starts at th
 rank; each step raises, by one allowed rank, the layer whose next rank adds the most energy per added
 parameter and still fits the parameter budget; it stops when the kept energy reaches `energy` or
 nothing fits. The result is exactly what peft takes (target_modules, r, lora_alpha, rank_pattern,
-alpha_pattern). It is then checked the way the paper does: short fine-tunes on the calibration
-concepts with the searched ranks against uniform-low, uniform-high and random ranks (and the searched
-ranks on a random subset and on all the data) and against one rank on every adaptable layer. The comparison
-is scored on `val` (at most `eval_limit` crops spread over all val photos, the same crops for every row), never
-on `test`.
+alpha_pattern).
+
+The paper's check of the search (`compare_rows`: short fine-tunes on the calibration concepts with the searched
+ranks against uniform-low, uniform-high and random ranks, the searched ranks on a random subset and on all the
+data, and one rank on every adaptable layer, scored on `val`) is benchmark work, not part of the stage:
+`python -m bench.rank_rows` runs it on the pipeline's outputs.
 
 What ships is `allocation`: "uniform_all" (`uniform_rank` on every adaptable layer, no layer choice; the concept
 benchmark, bench/concept_bench.py, compares it with the searched allocation at the same parameter count) or
@@ -56,15 +57,9 @@ class SearchRanksConfig(FrozenConfig):
     rslora: bool = False  # peft's use_rslora: scale alpha / sqrt(r) instead of alpha / r
     bias: Literal["none", "all"] = "all"  # "all": every bias trains with the adapter (the text norms' scale/shift)
     # what ships: "uniform_all" = `uniform_rank` on every adaptable layer (no layer choice); "searched" = the
-    # greedy allocation on the crucial layers. Both are in the comparison rows; the searched one is written too.
+    # greedy allocation on the crucial layers. Both are written (lora.json ships, searched.json for comparison).
     allocation: Literal["uniform_all", "searched"] = "uniform_all"
     uniform_rank: int = Field(4, ge=1)
-    uniform_low: int = Field(1, ge=1)  # comparison rows: uniform ranks ("1x", "4x" in the paper)
-    uniform_high: int = Field(4, ge=1)
-    compare_steps: int = Field(30, ge=1)  # short fine-tune per comparison row and calibration concept
-    compare_batch: int = Field(4, ge=1)
-    eval_limit: int = Field(32, ge=1)  # val crops per calibration concept, spread over all val photos
-    seed: int = 0
 
     @field_validator("ranks")
     @classmethod
@@ -160,6 +155,18 @@ def count(modules: dict[str, nn.Module], ranks: dict[str, int]) -> int:
     return sum(lora_parameters(modules[n], r) for n, r in ranks.items())
 
 
+class RowsConfig(FrozenConfig):
+    """The paper's comparison rows (`compare_rows`, run by bench.rank_rows): short LoRA fine-tunes per row and
+    calibration concept, scored on val."""
+
+    uniform_low: int = Field(1, ge=1)  # uniform ranks on the crucial layers ("1x", "4x" in the paper)
+    uniform_high: int = Field(4, ge=1)
+    steps: int = Field(30, ge=1)
+    batch: int = Field(4, ge=1)
+    eval_limit: int = Field(32, ge=1)  # val crops per calibration concept, spread over all val photos
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class ComparisonRow:
     """One of the paper's comparison rows: a rank allocation on the crucial layers and a data subset."""
@@ -173,21 +180,22 @@ class ComparisonRow:
 def comparison_rows(
     modules: dict[str, nn.Module],
     searched: dict[str, int],
-    cfg: SearchRanksConfig,
+    cfg: RowsConfig,
+    ranks: list[int],
     subset: str,
     every: dict[str, int] | None = None,
 ) -> list[ComparisonRow]:
-    """The searched ranks against uniform-low, uniform-high and random ranks of the same size, and the searched
-    ranks on a random subset and on all the data (and on the k-means subset when that is not the default);
-    `every`: one rank on every adaptable layer (no layer analysis) as a row too."""
+    """The searched ranks against uniform-low, uniform-high and random ranks (of the allowed `ranks`) of the same
+    size, and the searched ranks on a random subset and on all the data (and on the k-means subset when that is
+    not the default); `every`: one rank on every adaptable layer (no layer analysis) as a row too."""
     crucial = list(modules)
     rows = [
         ComparisonRow("e2gan", "searched", searched, subset),
-        *([ComparisonRow("uniform_all", f"every layer {cfg.uniform_rank}x", every, subset)] if every else []),
+        *([ComparisonRow("uniform_all", f"every layer {max(every.values())}x", every, subset)] if every else []),
         ComparisonRow("uniform_low", f"uniform {cfg.uniform_low}x", {n: cfg.uniform_low for n in crucial}, subset),
         ComparisonRow("uniform_high", f"uniform {cfg.uniform_high}x", {n: cfg.uniform_high for n in crucial}, subset),
         ComparisonRow(
-            "random_ranks", "random ranks", random_ranks(modules, count(modules, searched), cfg.ranks, cfg.seed), subset
+            "random_ranks", "random ranks", random_ranks(modules, count(modules, searched), ranks, cfg.seed), subset
         ),
         ComparisonRow("e2gan_random", "searched, random subset", searched, "random"),
         ComparisonRow("e2gan_all", "searched, all data", searched, "all"),
@@ -202,32 +210,77 @@ def spec_for(ranks: dict[str, int], cfg: SearchRanksConfig) -> dict:
     return lora_spec(ranks, cfg.alpha_scale, rslora=cfg.rslora, bias=cfg.bias)
 
 
-def _val_lpips(model: nn.Module, concept: ConceptData, cfg: SearchRanksConfig) -> float:
+def _val_lpips(model: nn.Module, concept: ConceptData, rows: RowsConfig) -> float:
     """LPIPS on at most `eval_limit` val crops spread over all val photos."""
-    return concept_lpips(model, concept, split="val", limit=cfg.eval_limit, seed=cfg.seed)
+    return concept_lpips(model, concept, split="val", limit=rows.eval_limit, seed=rows.seed)
 
 
-def _compare(
+def search_ranks(
+    base: nn.Module, crucial: list[str], deltas: dict[str, torch.Tensor], calibration: list[str], cfg: SearchRanksConfig
+) -> tuple[dict, dict]:
+    """Returns ({"shipped": the LoRA spec for peft (search_ranks.allocation), "searched": the greedy allocation's
+    spec}, the report with the search trace). Spectra only: no training, seconds."""
+    mods = dict(base.named_modules())
+    modules = {n: mods[n] for n in crucial}
+    n_base = sum(p.numel() for p in base.parameters())
+    budget = int(cfg.budget * n_base)
+    energy = spectra(deltas, crucial, calibration)
+    ranks, trace = greedy_ranks(modules, energy, cfg, budget)
+    every = {n: cfg.uniform_rank for n in adaptable_layers(base)}
+    if cfg.allocation == "uniform_all" and count(mods, every) > budget:
+        raise E2GANError(
+            f"search_ranks: rank {cfg.uniform_rank} on every layer needs {count(mods, every)} parameters, over the "
+            f"budget of {budget}; lower search_ranks.uniform_rank or raise search_ranks.budget"
+        )
+    shipped = every if cfg.allocation == "uniform_all" else ranks
+    report = {
+        "budget_params": budget,
+        "base_params": n_base,
+        "allocation": cfg.allocation,
+        "shipped_ranks": shipped,
+        "shipped_params": count(mods, shipped),
+        "ranks": ranks,
+        "params": count(modules, ranks),
+        "energy_kept": trace[-1]["energy"],
+        "trace": trace,
+        "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])} for n in crucial},
+        "settings": cfg.model_dump(),
+        "calibration": calibration,
+    }
+    return {"shipped": spec_for(shipped, cfg), "searched": spec_for(ranks, cfg)}, report
+
+
+def compare_rows(
     base: nn.Module,
-    rows: list[ComparisonRow],
+    crucial: list[str],
+    searched: dict[str, int],
     calib: dict[str, ConceptData],
     cfg: SearchRanksConfig,
+    rows_cfg: RowsConfig,
     fcfg: FinetuneConfig,
     work: Path,
-) -> tuple[dict, dict]:
-    """Short fine-tunes of every row on every calibration concept (resumable); returns (results, subsets)."""
+) -> dict:
+    """The paper's comparison rows (`comparison_rows`), each a short LoRA fine-tune per calibration concept on
+    `searched` (search_ranks' greedy ranks) and its alternatives, scored on val; resumable from `work`. Returns
+    {"split": "val", "base_lpips": {concept: LPIPS}, "rows": [...]}."""
     from pipeline.model.train import lpips_loss
 
-    pcfg = probe_config(fcfg, cfg.compare_steps, cfg.compare_batch, cfg.seed)
+    mods = dict(base.named_modules())
+    modules = {n: mods[n] for n in crucial}
+    n_base = sum(p.numel() for p in base.parameters())
+    every = {n: cfg.uniform_rank for n in adaptable_layers(base)}
+    rows_def = comparison_rows(modules, searched, rows_cfg, cfg.ranks, fcfg.subset, every)
+    base_lpips = {c: _val_lpips(base, d, rows_cfg) for c, d in calib.items()}
+    pcfg = probe_config(fcfg, rows_cfg.steps, rows_cfg.batch, rows_cfg.seed)
     perceptual = lpips_loss()
     subsets = {
         (c, strategy): choose_subset(
             d.pairs.inputs, strategy, fcfg.subset_fraction, fcfg.subset_features, fcfg.train.seed
         )
         for c, d in calib.items()
-        for strategy in dict.fromkeys(r.subset for r in rows)
+        for strategy in dict.fromkeys(r.subset for r in rows_def)
     }
-    by_name = {r.name: r for r in rows}
+    by_name = {r.name: r for r in rows_def}
 
     def compare(name: str, c: str) -> dict:
         row = by_name[name]
@@ -242,99 +295,52 @@ def _compare(
             perceptual,
             loraplus_ratio=fcfg.loraplus_ratio,
         )
-        return {"lpips": _val_lpips(model, calib[c], cfg), "seconds": round(seconds, 2)}
+        return {"lpips": _val_lpips(model, calib[c], rows_cfg), "seconds": round(seconds, 2)}
 
-    done = run_recorded(
-        [(r.name, c) for r in rows for c in calib], work / "rows.json", "search_ranks: comparison", "run", compare
-    )
-    return done, subsets
-
-
-def search_ranks(
-    base: nn.Module,
-    crucial: list[str],
-    deltas: dict[str, torch.Tensor],
-    calib: dict[str, ConceptData],
-    cfg: SearchRanksConfig,
-    fcfg: FinetuneConfig,
-    work: Path,
-) -> tuple[dict, dict]:
-    """Returns ({"shipped": the LoRA spec for peft (search_ranks.allocation), "searched": the greedy allocation's
-    spec}, the report with the search trace and the comparison rows)."""
-    # 1. the greedy search on the spectra of dW
-    mods = dict(base.named_modules())
-    modules = {n: mods[n] for n in crucial}
-    n_base = sum(p.numel() for p in base.parameters())
-    budget = int(cfg.budget * n_base)
-    energy = spectra(deltas, crucial, list(calib))
-    ranks, trace = greedy_ranks(modules, energy, cfg, budget)
-    every = {n: cfg.uniform_rank for n in adaptable_layers(base)}
-    if cfg.allocation == "uniform_all" and count(mods, every) > budget:
-        raise E2GANError(
-            f"search_ranks: rank {cfg.uniform_rank} on every layer needs {count(mods, every)} parameters, over the "
-            f"budget of {budget}; lower search_ranks.uniform_rank or raise search_ranks.budget"
-        )
-    shipped = every if cfg.allocation == "uniform_all" else ranks
-    # 2. the comparison rows, each a short fine-tune per calibration concept
-    rows_def = comparison_rows(modules, ranks, cfg, fcfg.subset, every)
-    base_lpips = {c: _val_lpips(base, d, cfg) for c, d in calib.items()}
-    done, subsets = _compare(base, rows_def, calib, cfg, fcfg, work)
+    done = run_recorded([(r.name, c) for r in rows_def for c in calib], work / "rows.json", "rank rows", "run", compare)
     rows = []
     for row in rows_def:
-        name, r, strategy = row.name, row.ranks, row.subset
-        lp = {c: done[f"{name}/{c}"]["lpips"] for c in calib}
+        lp = {c: done[f"{row.name}/{c}"]["lpips"] for c in calib}
         rows.append(
             {
-                "row": name,
-                "params": count(mods, r),
-                "params_share": count(mods, r) / n_base,
-                "subset": strategy,
-                "pairs": {c: len(subsets[(c, strategy)]) for c in calib},
+                "row": row.name,
+                "key": row.key,
+                "params": count(mods, row.ranks),
+                "params_share": count(mods, row.ranks) / n_base,
+                "subset": row.subset,
+                "pairs": {c: len(subsets[(c, row.subset)]) for c in calib},
                 "lpips": float(np.mean(list(lp.values()))),
                 "lpips_per_concept": lp,
                 "gain_vs_base": float(np.mean([base_lpips[c] - lp[c] for c in calib])),
-                "seconds": float(np.mean([done[f"{name}/{c}"]["seconds"] for c in calib])),
-                "ranks": r,
+                "seconds": float(np.mean([done[f"{row.name}/{c}"]["seconds"] for c in calib])),
+                "ranks": row.ranks,
             }
         )
-    report = {
-        "budget_params": budget,
-        "base_params": n_base,
-        "allocation": cfg.allocation,
-        "shipped_ranks": shipped,
-        "shipped_params": count(mods, shipped),
-        "ranks": ranks,
-        "params": count(modules, ranks),
-        "energy_kept": trace[-1]["energy"],
-        "trace": trace,
-        "split": "val",
-        "base_lpips": base_lpips,
-        "energy_at_rank": {n: {int(a): float(energy[n][a]) for a in cfg.ranks if a < len(energy[n])} for n in crucial},
-        "comparison": rows,
-        "settings": cfg.model_dump(),
-        "calibration": list(calib),
-    }
-    return {"shipped": spec_for(shipped, cfg), "searched": spec_for(ranks, cfg)}, report
+    return {"split": "val", "base_lpips": base_lpips, "rows": rows, "settings": rows_cfg.model_dump()}
 
 
-def plot_ranks(report: dict, out_png: Path) -> None:
-    """Left: the searched rank per layer. Right: val LPIPS vs trainable params of each comparison row."""
+def plot_ranks(report: dict, out_png: Path, rows: list[dict] | None = None) -> None:
+    """Left: the searched rank per layer. Right (with `rows`, compare_rows' result): val LPIPS vs trainable
+    params of each comparison row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["ranks"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, max(4.0, 1.2 + 0.22 * len(names))), dpi=110)  # a row per layer
+    n = 2 if rows else 1
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, max(4.0, 1.2 + 0.22 * len(names))), dpi=110, squeeze=False)
+    axes = axes[0]  # a bar per layer
     axes[0].barh(names, [report["ranks"][n] for n in names], color="C0")
     axes[0].invert_yaxis()
     axes[0].tick_params(axis="y", labelsize=8)
     axes[0].set_xlabel("searched LoRA rank")
-    for i, row in enumerate(report["comparison"]):
+    for i, row in enumerate(rows or []):
         axes[1].scatter(row["params"] / 1000, row["lpips"], s=60, color=f"C{i}", label=row["row"])
-    axes[1].set_xlabel("trainable params (thousands)")
-    axes[1].set_ylabel("val LPIPS vs teacher (lower is better)")
-    axes[1].legend(fontsize=7)
+    if rows:
+        axes[1].set_xlabel("trainable params (thousands)")
+        axes[1].set_ylabel("val LPIPS vs teacher (lower is better)")
+        axes[1].legend(fontsize=7)
     shipped = f"ships {report['allocation']} ({report['shipped_params']} params)" if "allocation" in report else ""
     fig.suptitle(
         f"search_ranks: searched {report['params']} params (budget {report['budget_params']}), "

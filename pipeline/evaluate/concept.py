@@ -15,7 +15,7 @@ from pipeline.core.images import save_png
 from pipeline.core.metrics import inception_features
 from pipeline.core.plots import grid
 from pipeline.data.dataset import concept_condition, concept_prompt, split_pairs
-from pipeline.evaluate.sets import compare_sets, paired_difference
+from pipeline.evaluate.sets import compare_sets, paired_difference, paired_kid
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.infer import run_generator
 
@@ -24,8 +24,9 @@ class EvaluateConfig(FrozenConfig):
     """evaluate@C: the student's quality against the teacher on the test photos (a reported figure)."""
 
     bootstrap: int = Field(1000, ge=1)  # resamples of the test photos: 95 % interval of every per-crop metric
-    kid_bootstrap: int = Field(20, ge=0)  # resamples of the test crops for KID's spread (a set metric)
-    fid: bool = True  # FID per set (a 2048x2048 matrix square root: ~16 s on 2 CPU cores); false: KID only
+    kid_bootstrap: int = Field(200, ge=0)  # photo resamples for the paired KID differences (and its spread)
+    fid_min_crops: int = Field(2048, ge=2)  # FID only for test sets of at least this many crops (below the
+    # features' 2048 dimensions their covariance is singular); KID, unbiased at any size, always
     fid_bootstrap: int = Field(5, ge=0)  # of the KID resamples, how many also give FID (seconds each; student only)
     clip_model: str | None = None  # CLIP id/path for the directional CLIP score (none ships offline)
     grid: int = Field(6, ge=1)  # photos in the input | teacher | base | student grid
@@ -63,11 +64,15 @@ def evaluate_student(
     # 3. every metric of the three against the teacher (the teacher's Inception features once), then paired
     prompt = concept_prompt(prompts)
     tf = inception_features(teacher)
-    boot = dict(n_boot=cfg.bootstrap, set_boot=cfg.kid_bootstrap, seed=cfg.seed, clip=clip, fid=cfg.fid)
-    sets, crops = {}, {}
+    fid = len(inputs) >= cfg.fid_min_crops
+    boot = dict(n_boot=cfg.bootstrap, set_boot=cfg.kid_bootstrap, seed=cfg.seed, clip=clip, fid=fid)
+    sets, crops, feats = {}, {}, {}
     for name, out in (("student", student_out), ("base_without_adapter", base_out), ("identity", inputs)):
         fid_boot = cfg.fid_bootstrap if name == "student" else 0
-        sets[name], crops[name] = compare_sets(out, teacher, tf, inputs, prompt, photos, fid_boot=fid_boot, **boot)
+        feats[name] = inception_features(out)  # each set's features once: its metrics and the paired KIDs
+        sets[name], crops[name] = compare_sets(
+            out, teacher, tf, inputs, prompt, photos, fid_boot=fid_boot, feats=feats[name], **boot
+        )
     result = {
         "concept": concept,
         "prompt": prompt,
@@ -75,6 +80,7 @@ def evaluate_student(
         "test_pairs": len(inputs),
         "test_photos": len(set(photos)),
         "bootstrap": {"unit": "photo", "resamples": cfg.bootstrap, "kid_resamples": cfg.kid_bootstrap},
+        "fid": {"computed": fid, "min_crops": cfg.fid_min_crops},
         **sets,
         "paired": {
             f"student_minus_{other}": {
@@ -82,6 +88,7 @@ def evaluate_student(
                 for k in PAIRED
                 if k in crops["student"]
             }
+            | {"kid": paired_kid(feats["student"], feats[other], tf, photos, cfg.kid_bootstrap, cfg.seed)}
             for other in ("identity", "base_without_adapter")
         },
     }

@@ -50,7 +50,7 @@ def _ci(x: dict | None) -> str | None:
 
 def _diff(x: dict | None) -> str | None:
     """A paired difference as 'mean [low, high]'."""
-    if not x or "ci95" not in x:
+    if not x or not x.get("ci95"):
         return None
     return f"{x['mean']:+.4f} [{x['ci95']['low']:+.4f}, {x['ci95']['high']:+.4f}]"
 
@@ -74,6 +74,7 @@ def concept_rows(inp: ReportInputs, concepts: list[str]) -> list[dict]:
                 "lpips_ci": _ci(s.get("lpips")),
                 "lpips_vs_base": _diff(paired.get("student_minus_base_without_adapter", {}).get("lpips")),
                 "lpips_vs_identity": _diff(paired.get("student_minus_identity", {}).get("lpips")),
+                "kid_vs_base": _diff(paired.get("student_minus_base_without_adapter", {}).get("kid")),
                 "psnr": s.get("psnr", {}).get("mean"),
                 "ssim": s.get("ssim", {}).get("mean"),
                 "lpips_base": b.get("lpips", {}).get("mean"),
@@ -104,6 +105,7 @@ COLUMNS = [
     ("fid", "FID ↓"),
     ("fid_base", "FID base ↓"),
     ("kid", "KID ↓"),
+    ("kid_vs_base", "Δ KID vs base [95 %]"),
     ("psnr", "PSNR ↑"),
     ("ssim", "SSIM ↑"),
     ("trainable", "trainable params"),
@@ -125,7 +127,6 @@ def summary(inp: ReportInputs) -> dict:
         "crucial_groups": an.get("crucial_groups", []),
         "ranks": rk.get("ranks", {}),
         "lora_params": rk.get("params"),
-        "comparison": rk.get("comparison", []),
     }
 
 
@@ -136,7 +137,7 @@ def _p(v, nd: int) -> str:
 
 def _interval(x: dict | None, nd: int = 3, signed: bool = False) -> str:
     """'mean [low, high]' (a tie marked when the interval holds 0) from a paired difference or a mean with ci95."""
-    if not x or "ci95" not in x:
+    if not x or not x.get("ci95"):
         return "–"
     f = f"{{:{'+' if signed else ''}.{nd}f}}"
     lo, hi = x["ci95"]["low"], x["ci95"]["high"]
@@ -169,6 +170,9 @@ def _concept_section(inp: ReportInputs, c: str, r: dict) -> str:
         return f"<section>{head}<p class='missing'>{html.escape(c)}: not evaluated yet</p></section>"
     d_id = _interval(paired.get("student_minus_identity", {}).get("lpips"), signed=True)
     d_base = _interval(paired.get("student_minus_base_without_adapter", {}).get("lpips"), signed=True)
+    k_id = _interval(paired.get("student_minus_identity", {}).get("kid"), 4, signed=True)
+    k_base = _interval(paired.get("student_minus_base_without_adapter", {}).get("kid"), 4, signed=True)
+    fid_row = f"<tr><td>FID ↓</td>{cells('fid', 'value', 1)}</tr>" if s.get("fid", {}).get("value") is not None else ""
     facts = [
         f"adapter {r['trainable']:,} trainable numbers ({_kb(r['adapter_bytes'])})" if r["trainable"] else None,
         f"trained {r['train_s']:.0f} s on {r['pairs']} pairs" if r["train_s"] else None,
@@ -181,8 +185,9 @@ edit, lower is better; intervals are 95 % over test photos.</p>
 <table class="fig"><tr><th></th><th>student</th><th>identity (input unchanged)</th><th>base, no adapter</th></tr>
 <tr><td>LPIPS ↓</td>{cells("lpips", "mean", 3, ci=True)}</tr>
 <tr><td>KID ↓</td>{cells("kid", "value", 4)}</tr>
-<tr><td>FID ↓</td>{cells("fid", "value", 1)}</tr></table>
-<p>Student − identity, LPIPS: {html.escape(d_id)}; student − base: {html.escape(d_base)} (paired, same crops).</p>
+{fid_row}</table>
+<p>Student − identity, LPIPS: {html.escape(d_id)}; student − base: {html.escape(d_base)} (paired, same crops).
+Student − identity, KID: {html.escape(k_id)}; student − base: {html.escape(k_base)}.</p>
 <p class="facts">{html.escape("; ".join(f for f in facts if f))}</p>
 <h3>input | teacher | base (no adapter) | student</h3>{_img(inp.evaluate / f"{c}.png", c)}
 <details><summary>training curves</summary>{_img(inp.finetune / c / "curves.png", c + " curves")}</details></section>"""
@@ -214,11 +219,6 @@ def write_report(inp: ReportInputs, concepts: list[str], out_html: Path, out_md:
 
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in SUMMARY_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{cell(r, k)}</td>" for k, _ in SUMMARY_COLUMNS) + "</tr>" for r in rows)
-    comp = "".join(
-        f"<tr><td>{html.escape(r['row'])}</td><td>{r['params']:,}</td><td>{_p(r['lpips'], 3)}</td>"
-        f"<td>{_p(r['gain_vs_base'], 3)}</td></tr>"
-        for r in s["comparison"]
-    )
     sections = "".join(_concept_section(inp, c, r) for c, r in zip(concepts, rows))
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>e2gan report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -235,13 +235,12 @@ section{{border-top:1px solid #ddd;margin-top:1.5em}}details{{margin:.5em 0}}</s
 <section><h2>How the adapters were made</h2>
 <p>Calibration concepts: {html.escape(", ".join(s["calibration"]))}. Crucial layer groups:
 {html.escape(", ".join(s["crucial_groups"]))}. LoRA parameters per concept: {s["lora_params"]}.</p>
-<h3>Rank search comparison (calibration concepts, val photos)</h3>
-<table><tr><th>row</th><th>params</th><th>LPIPS ↓</th><th>gain vs base</th></tr>{comp}</table>
 <h3>Base model</h3>{_img(inp.base_samples, "base samples")}
 <h3>Layer importance</h3>{_img(inp.layers.parent / "importance.png", "layer importance")}
 <h3>Ranks</h3>{_img(inp.ranks.parent / "ranks.png", "ranks")}</section>
 </body></html>"""
     atomic_write_text(out_html, doc)
+    columns = [(k, t) for k, t in COLUMNS if any(r[k] is not None for r in rows) or not k.startswith("fid")]
     md = [
         "# e2gan summary",
         "",
@@ -251,11 +250,8 @@ section{{border-top:1px solid #ddd;margin-top:1.5em}}details{{margin:.5em 0}}</s
         "Per concept, on the test photos (intervals: 95 % bootstrap over photos; Δ: student minus the other model "
         "on the same crops):",
         "",
-        "| " + " | ".join(t for _, t in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(t for _, t in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    md += ["| " + " | ".join(_f(r[k]) for k, _ in COLUMNS) + " |" for r in rows]
-    md += ["", "Rank search comparison (calibration concepts, val photos):", ""]
-    md += ["| rank-search row | params | LPIPS | gain vs base |", "|---|---|---|---|"]
-    md += [f"| {r['row']} | {r['params']} | {_f(r['lpips'])} | {_f(r['gain_vs_base'])} |" for r in s["comparison"]]
+    md += ["| " + " | ".join(_f(r[k]) for k, _ in columns) + " |" for r in rows]
     atomic_write_text(out_md, "\n".join(md) + "\n")

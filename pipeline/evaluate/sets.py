@@ -8,7 +8,10 @@ SSIM and, with a CLIP model, the directional CLIP score per crop; KID and FID pe
   95 % interval (evaluate@C: student - identity, student - base without adapter).
 - KID and FID are statistics of a whole set, not means over crops: the value is computed on the whole
   set and the spread (`boot_std`) is the standard deviation over resamples of the crops, a rough guide
-  only. They get no photo interval and no paired difference.
+  only. Two methods' KIDs on the same crops get a paired difference (`paired_kid`): the whole-set
+  difference and a 95 % interval from the same photo resamples for both.
+- FID is computed only for sets of at least `EvaluateConfig.fid_min_crops` crops: below the Inception
+  features' 2048 dimensions their covariance is singular and FID mostly measures the set's size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ def photo_resamples(photos: list[str], n_boot: int, seed: int) -> list[np.ndarra
     crops = {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
     rng = np.random.default_rng(seed)
     return [np.concatenate([crops[names[k]] for k in rng.integers(0, len(names), len(names))]) for _ in range(n_boot)]
+
+
+def photo_halves(photos: list[str], n: int, seed: int) -> list[np.ndarray]:
+    """`n` half-samples over photos: each draws half the photos without replacement and is the indices of their
+    crops. For a mean-like statistic a half-sample's spread around the whole set's value equals the whole set's
+    sampling spread (finite-population correction 1 - 1/2), and, unlike a bootstrap resample, it repeats no
+    crop: a set metric such as KID stays unbiased on it."""
+    names = sorted(set(photos))
+    crops = {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
+    rng = np.random.default_rng(seed)
+    half = max(1, len(names) // 2)
+    return [
+        np.concatenate([crops[names[k]] for k in sorted(rng.choice(len(names), half, replace=False))]) for _ in range(n)
+    ]
 
 
 def crop_resamples(n: int, n_boot: int, seed: int) -> list[np.ndarray]:
@@ -79,16 +96,17 @@ def compare_sets(
     clip=None,
     fid_boot: int = 0,
     fid: bool = True,
+    feats: np.ndarray | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """All metrics of `outputs` against `teacher` (same inputs, same order; `photos[i]` names crop i's photo):
     per-crop metrics with `n_boot` photo resamples, KID over `set_boot` crop resamples and FID over the first
     `fid_boot` of those (each FID is a 2048x2048 matrix square root, seconds on a CPU). Without `fid`, FID is
-    left out (value None) and KID, which needs no square root, stays. Returns (the summary, the per-crop
-    values for paired differences)."""
+    left out (value None) and KID, which needs no square root, stays. `feats`: the outputs' Inception features
+    when the caller has them. Returns (the summary, the per-crop values for paired differences)."""
     values = per_crop(outputs, teacher, inputs, prompt, clip)
     by_photo = photo_resamples(photos, n_boot, seed)
     by_crop = crop_resamples(len(outputs), set_boot, seed)
-    feats = inception_features(outputs)
+    feats = inception_features(outputs) if feats is None else feats
     fid_b = [fid_from_features(feats[i], teacher_feats[i]) for i in by_crop[:fid_boot]] if fid else []
     kid_b = [kid_from_features(feats[i], teacher_feats[i], seed) for i in by_crop]
     out = {
@@ -107,3 +125,38 @@ def compare_sets(
         **{k: interval(v, by_photo) for k, v in values.items()},
     }
     return out, values
+
+
+def paired_kid(
+    feats_a: np.ndarray, feats_b: np.ndarray, teacher_feats: np.ndarray, photos: list[str], n_boot: int, seed: int
+) -> dict:
+    """KID of method a minus KID of method b, both against the teacher on the same crops (features in the same
+    crop order): the whole-set difference and its 95 % interval over `n_boot` photo half-samples
+    (`photo_halves`: a bootstrap's repeated crops would bias KID), each applied to both methods and the teacher
+    alike. clean-fid's cross term counts each crop's own (output, teacher) pair, whose weight grows as the set
+    shrinks, so half-sample differences sit a little off the whole set's: the interval is their spread around
+    their median, placed around the whole set's difference. An interval that excludes 0 is a difference these
+    photos support."""
+    if not len(feats_a) == len(feats_b) == len(teacher_feats) == len(photos) > 0:
+        raise ValueError(
+            f"paired_kid: {len(feats_a)}, {len(feats_b)} and {len(teacher_feats)} features for {len(photos)} crops"
+        )
+
+    def diff(i) -> float:
+        return kid_from_features(feats_a[i], teacher_feats[i], seed) - kid_from_features(
+            feats_b[i], teacher_feats[i], seed
+        )
+
+    whole = diff(np.arange(len(photos)))
+    means = np.asarray([diff(i) for i in photo_halves(photos, n_boot, seed)])
+    ci = None
+    if len(means):
+        low, mid, high = np.percentile(means, [2.5, 50, 97.5], method="inverted_cdf")
+        ci = {"low": float(whole + low - mid), "high": float(whole + high - mid)}
+    return {
+        "mean": whole,
+        "ci95": ci,
+        "n": len(photos),
+        "photos": len(set(photos)),
+        "resamples": len(means),
+    }

@@ -78,10 +78,10 @@ def project(tmp_path_factory, crops128) -> Path:
     save_generator(G, root / "models" / "base", {"text_encoder": "minilm", "image_size": 32})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["analyze_layers"].update(probe_steps=2, full_steps=3, probe_batch=4, eval_limit=4, top_k=3)
-    params["search_ranks"].update(compare_steps=2, compare_batch=4, eval_limit=4, budget=0.1, uniform_rank=1)
+    params["search_ranks"].update(budget=0.1, uniform_rank=1)
     params["finetune_lora"]["train"].update(steps=4, batch_size=4, ckpt_every=2, ndf=8)
     params["finetune_lora"]["subset_fraction"] = 0.5
-    params["evaluate"].update(bootstrap=200, kid_bootstrap=2, fid=False, fid_bootstrap=0, grid=2)
+    params["evaluate"].update(bootstrap=200, kid_bootstrap=2, fid_bootstrap=0, grid=2)
     params["concepts"] = {"demo": {"prompt": "make it winter", "teacher": {"kind": "filters", "op": "winter"}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -117,7 +117,7 @@ def test_analyze_search_finetune(project):
     assert crucial and set(crucial) <= set(adaptable_layers(base))
     assert (project / "reports/analyze_layers/importance.png").stat().st_size > 0
 
-    # 2. search_ranks: exactly peft's arguments, within the budget, and the comparison rows
+    # 2. search_ranks: exactly peft's arguments, within the budget; the comparison rows (bench.rank_rows) on them
     p = _stage(project, "search_ranks")
     assert p.returncode == 0, p.stderr
     spec = json.loads((project / "models/ranks/lora.json").read_text())
@@ -127,9 +127,20 @@ def test_analyze_search_finetune(project):
     assert sorted(spec["target_modules"]) == sorted(adaptable_layers(base)) and set(spec_ranks(spec).values()) == {1}
     assert sorted(searched["target_modules"]) == sorted(crucial)
     report = json.loads((project / "reports/search_ranks/table.json").read_text())
-    assert report["params"] <= report["budget_params"] == int(0.1 * n_base) and report["split"] == "val"
+    assert report["params"] <= report["budget_params"] == int(0.1 * n_base) and "comparison" not in report
     assert report["allocation"] == "uniform_all" and report["shipped_params"] <= report["budget_params"]
-    rows = {r["row"]: r for r in report["comparison"]}
+    from pipeline.adapt.ranks import RowsConfig, compare_rows
+    from pipeline.config import load_params
+    from pipeline.data.dataset import load_concepts
+
+    cfg = load_params(project / "params.yaml")
+    calib = load_concepts({c: project / "data/base_pairs" / c for c in CALIB}, "minilm")
+    rows_cfg = RowsConfig(steps=2, batch=4, eval_limit=4)
+    result = compare_rows(
+        base, crucial, spec_ranks(searched), calib, cfg.search_ranks, rows_cfg, cfg.finetune_lora, project / "rows"
+    )
+    assert result["split"] == "val" and set(result["base_lpips"]) == set(CALIB)
+    rows = {r["row"]: r for r in result["rows"]}
     assert rows["every layer 1x"]["ranks"] == spec_ranks(spec)
     assert rows["every layer 1x"]["params"] == report["shipped_params"]
     assert {
@@ -189,6 +200,10 @@ def test_analyze_search_finetune(project):
     d = ev["paired"]["student_minus_identity"]["lpips"]
     assert d["mean"] == pytest.approx(ev["student"]["lpips"]["mean"] - ev["identity"]["lpips"]["mean"])
     assert d["ci95"]["low"] <= d["mean"] <= d["ci95"]["high"] and d["photos"] == 2
+    k = ev["paired"]["student_minus_base_without_adapter"]["kid"]  # the whole-set KIDs' difference
+    assert k["mean"] == pytest.approx(ev["student"]["kid"]["value"] - ev["base_without_adapter"]["kid"]["value"])
+    assert k["resamples"] == 2 and ev["fid"] == {"computed": False, "min_crops": 2048}
+    assert ev["student"]["fid"]["value"] is None  # 4 test crops: no FID, KID only
 
 
 @pytest.mark.slow

@@ -106,6 +106,22 @@ def test_fid_kid_offline(crops128):
     assert np.isfinite(kid_diff) and kid_diff > kid_same
 
 
+def test_kid_of_two_sets_of_one_small_size_is_clean_fids_value_from_one_subset():
+    """Sets of one size <= 1000: clean-fid's 100 subsets are reorderings of the whole sets, so computing one is
+    the same figure; unequal sizes keep clean-fid's 100 random subsets (and its seeded draws)."""
+    from cleanfid import fid
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((40, 2048), dtype=np.float32), rng.random((40, 2048), dtype=np.float32) * 1.1
+    np.random.seed(3)
+    reference = fid.kernel_distance(a, b)  # clean-fid's own defaults: 100 subsets
+    assert metrics.kid_from_features(a, b) == pytest.approx(reference, rel=1e-4)  # float32 sums, reordered
+    assert metrics.kid_from_features(a, b) != pytest.approx(metrics.kid_from_features(a, a), rel=1e-2)
+    np.random.seed(0)
+    unequal = fid.kernel_distance(a, b[:30])
+    assert metrics.kid_from_features(a, b[:30], seed=0) == pytest.approx(unequal, rel=1e-6)
+
+
 def test_psnr_ssim(crops128):
     a = crops128[0]
     noisy = np.clip(a + np.random.default_rng(0).normal(0, 10, a.shape), 0, 255).astype(np.uint8)
@@ -131,3 +147,22 @@ def test_compare_sets_without_fid_keeps_kid_and_the_paired_metrics(crops128):
     assert set(crops) == {"lpips", "psnr", "ssim"} and len(crops["lpips"]) == 6
     assert crops["lpips"].mean() == diff["lpips"]["mean"]
     assert diff["kid"]["value"] > same["kid"]["value"] + 0.01
+
+
+def test_paired_kid_is_the_difference_of_the_sets_kids_with_a_photo_interval():
+    from pipeline.evaluate.sets import paired_kid
+
+    rng = np.random.default_rng(1)
+    teacher = rng.random((24, 2048), dtype=np.float32)
+    close, far = teacher + 0.05 * rng.random((24, 2048), dtype=np.float32), rng.random((24, 2048), dtype=np.float32)
+    far *= 1.5
+    photos = [f"p{i // 4}" for i in range(24)]
+    d = paired_kid(close, far, teacher, photos, 50, 0)
+    whole = metrics.kid_from_features(close, teacher) - metrics.kid_from_features(far, teacher)
+    assert d["mean"] == pytest.approx(whole) and d["mean"] < 0
+    assert d["ci95"]["low"] <= d["mean"] <= d["ci95"]["high"] < 0  # far from the teacher: an interval below 0
+    assert d["ci95"]["high"] - d["ci95"]["low"] > 1e-4
+    assert (d["n"], d["photos"], d["resamples"]) == (24, 6, 50)
+    assert paired_kid(close, close, teacher, photos, 20, 0)["ci95"] == {"low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError, match="features for 24 crops"):
+        paired_kid(close[:10], far, teacher, photos, 5, 0)

@@ -28,7 +28,10 @@ def test_report_is_self_contained(tmp_path):
         "base_without_adapter": {"lpips": {"mean": 0.3}, "fid": {"value": 30.0}},
         "identity": {"lpips": {"mean": 0.4}},
         "paired": {
-            "student_minus_base_without_adapter": {"lpips": {"mean": -0.1, "ci95": {"low": -0.15, "high": -0.05}}},
+            "student_minus_base_without_adapter": {
+                "lpips": {"mean": -0.1, "ci95": {"low": -0.15, "high": -0.05}},
+                "kid": {"mean": 0.002, "ci95": {"low": -0.001, "high": 0.004}},
+            },
             "student_minus_identity": {"lpips": {"mean": -0.2, "ci95": {"low": -0.3, "high": -0.1}}},
         },
     }
@@ -62,7 +65,10 @@ def test_report_is_self_contained(tmp_path):
     assert "adapter 1,234 trainable numbers (5 kB); trained 10 s on 5/10 pairs" in html
     assert "<td><a href='#demo'>demo</a></td><td>0.200</td><td>0.400</td><td>0.300</td>" in html
     assert "missing: not evaluated yet" in html
-    assert html.index("<h2 id='demo'>") < html.index("Rank search comparison")
-    assert "test photos" in html and "val photos" in html
+    assert "student − base: +0.0020 [-0.0010, +0.0040] (tie)" in html.replace("Student", "student")  # KID
+    assert html.index("<h2 id='demo'>") < html.index("How the adapters were made")
+    assert "<td>FID ↓</td><td><b>12.5</b>" in html  # a FID where the set had one
+    assert "test photos" in html
     md = (tmp_path / "summary.md").read_text()
     assert "| demo | 10 | 3 | 0.2000 | 0.1500 – 0.2500 |" in md and "| missing |" in md
+    assert "+0.0020 [-0.0010, +0.0040]" in md  # the paired KID column

@@ -64,11 +64,8 @@ def repo(tmp_path_factory) -> Path:
     params["expand_prompts"]["n_prompts"] = 2
     params["train_base"]["train"].update(steps=4, ckpt_every=2, log_every=2)
     params["analyze_layers"].update(probe_steps=1, full_steps=1, eval_limit=2, probe_batch=2)
-    params["search_ranks"].update(compare_steps=1, compare_batch=2, eval_limit=2)
     params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=1, log_every=1)
-    params["evaluate"].update(
-        bootstrap=2, kid_bootstrap=2, fid=False, fid_bootstrap=0, grid=2
-    )  # FID: tests/core/test_metrics.py
+    params["evaluate"].update(bootstrap=2, kid_bootstrap=2, fid_bootstrap=0, grid=2)  # FID: tests/core/test_metrics.py
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
     params["concepts"] = {

@@ -188,3 +188,30 @@ def test_code_hash_follows_the_stage_code_and_nothing_else(tmp_path):
     with open(tmp_path / "pipeline/model/train.py", "a") as f:  # the training loop it runs
         f.write("\n# changed\n")
     assert code_hash("finetune_lora", tmp_path) != before
+
+
+def test_a_stage_runs_under_cprofile_when_asked_and_its_top_costs_are_read(tmp_path, monkeypatch):
+    import time
+
+    import stages
+    import stages.report as report
+    from bench.pipeline_timing import top_costs
+    from pipeline.core import slug
+
+    def run(params, paths) -> None:  # the stage's work: package code that takes measurable time
+        for _ in range(300):
+            slug.check_slug("winter")
+        time.sleep(0.05)
+
+    monkeypatch.setattr(report, "run", run)
+    monkeypatch.chdir(ROOT)
+    argv = ["report", *[w for n in report.PATHS for w in (f"--{n.replace('_', '-')}", str(tmp_path / n))]]
+    stages.main(argv)  # no E2GAN_PROFILE: no profile written
+    monkeypatch.setenv("E2GAN_PROFILE", str(tmp_path / "prof"))
+    stages.main(argv)
+    assert [p.name for p in (tmp_path / "prof").iterdir()] == ["report.prof"]
+    costs = top_costs(tmp_path / "prof/report.prof")
+    assert costs and all(c["function"].startswith("pipeline/") for c in costs)
+    assert {"function": "pipeline/core/slug.py:check_slug", "calls": 300} == {
+        k: v for k, v in next(c for c in costs if c["function"].endswith(":check_slug")).items() if k != "seconds"
+    }
