@@ -53,7 +53,7 @@ def code_version() -> str:
             ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent.parent
         ).stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "bench", "pipeline", "stages", "params.yaml")
+    dirty = git("status", "--porcelain", "--", "bench", "pipeline", "stages", "params.yaml", ":!bench/results")
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
 
 

@@ -139,15 +139,15 @@ def time_new_concept(name: str, prompt: str) -> dict:
     params = yaml.safe_load(params_text)
     params["concepts"][name] = {"prompt": prompt, "teacher": {"kind": "filters", "op": name}}
     before = _untracked()
-    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", "dvc.lock"], check=False).returncode
+    index = subprocess.run(["git", "rev-parse", ":dvc.lock"], capture_output=True, text=True, check=False).stdout.strip()
     try:
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         record = timed_repro(*[f"{s}@{name}" for s in PER_CONCEPT])
     finally:
         Path("params.yaml").write_text(params_text)
         Path("dvc.lock").write_text(lock_text)
-        if not staged:  # core.autostage staged the temporary dvc.lock: unstage it again
-            subprocess.run(["git", "reset", "-q", "--", "dvc.lock"], check=False)
+        if index:  # core.autostage staged the temporary dvc.lock: put the index's entry back as it was
+            subprocess.run(["git", "update-index", "--cacheinfo", f"100644,{index},dvc.lock"], check=False)
         new = sorted(p for p in _untracked() - before if _is_concept_output(p, name))
         for path in new:
             Path(path).unlink(missing_ok=True)
