@@ -139,7 +139,9 @@ def time_new_concept(name: str, prompt: str) -> dict:
     params = yaml.safe_load(params_text)
     params["concepts"][name] = {"prompt": prompt, "teacher": {"kind": "filters", "op": name}}
     before = _untracked()
-    index = subprocess.run(["git", "rev-parse", ":dvc.lock"], capture_output=True, text=True, check=False).stdout.strip()
+    index = subprocess.run(
+        ["git", "rev-parse", ":dvc.lock"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     try:
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         record = timed_repro(*[f"{s}@{name}" for s in PER_CONCEPT])
