@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("mode", choices=("repro", "full", "new-concept", "noop"))
     ap.add_argument("--repeats", type=int, default=3, help="noop: runs (the median is recorded)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--note", default=None, help="a caveat stored with the record (e.g. other load on the machine)")
     args = ap.parse_args(argv)
     commit = code_version()  # before the run: a repro rewrites dvc.lock
     if args.mode == "repro":
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     record.update(commit=commit, cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
+    if args.note:
+        record["note"] = args.note
     result[args.mode.replace("-", "_")] = record
     result.update(cores=os.cpu_count(), cpu=cpu_model())
     for mode, key in (("full", "full_run_s"), ("new_concept", "new_concept_s"), ("noop", "noop_repro_s")):

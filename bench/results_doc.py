@@ -580,13 +580,17 @@ def timing() -> list[str]:
     t = load("bench/results/pipeline_timing.json")
     if not t:
         return []
-    runs = {k: t[k] for k in ("full", "repro", "new_concept") if k in t}
-    heads = {
-        "full": "full run (`full`)",
-        "repro": "a rerun from analyze_layers (`repro`)",
-        "new_concept": "new concept (`new-concept`)",
-    }
-    names = list(dict.fromkeys(n for r in runs.values() for n in r["stages"]))
+    runs = {k: t[k] for k in ("full", "repro") if k in t}
+    heads = {"full": "full run (`full`)", "repro": "a rerun of what was stale (`repro`)"}
+    import yaml
+
+    order = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # the DAG's order
+
+    def rank(name: str) -> tuple:
+        stage, _, concept = name.partition("@")
+        return (order.index(stage) if stage in order else len(order), concept)
+
+    names = sorted(dict.fromkeys(n for r in runs.values() for n in r["stages"]), key=rank)
     rows = [[n, *[r["stages"].get(n) for r in runs.values()]] for n in names]
     rows.append(["**total** (`dvc repro` wall time)", *[r["seconds"] for r in runs.values()]])
     out = [
@@ -600,7 +604,19 @@ def timing() -> list[str]:
         "",
         *table(["stage", *[heads[k] for k in runs]], rows),
         "",
+        *[f"Note on the column {heads[k]}: {r['note']}." for k, r in runs.items() if r.get("note")],
+        *([""] if any(r.get("note") for r in runs.values()) else []),
     ]
+    if "new_concept" in t:
+        n = t["new_concept"]
+        parts = ", ".join(
+            f"{k.split('@')[0]} {v} s" for k, v in sorted(n["stages"].items(), key=lambda kv: rank(kv[0]))
+        )
+        out += [
+            f"A new concept (`{n['concept']}` added to params.yaml, `new-concept`, commit {n['commit']}): "
+            f"**{n['seconds']} s** end to end: {parts}.",
+            "",
+        ]
     if "noop" in t:
         n = t["noop"]
         out += [
