@@ -31,17 +31,21 @@ def machine() -> str:
     """What a timing was measured on: the CPU model, its cores and torch's threads (timings compare only
     within one machine)."""
     import os
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     import platform
 
-    model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
 
 
 def code_version() -> str:

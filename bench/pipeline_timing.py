@@ -19,15 +19,17 @@ params.yaml and dvc.lock and removes its outputs (they stay in the DVC cache).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, code_version
+from bench.common import RESULTS, code_version, cpu_model
 from pipeline.core.io import atomic_write_json
 from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
 
@@ -53,18 +55,6 @@ def _is_concept_output(path: str, concept: str) -> bool:
     return parts[0] in ("data", "models", "reports") and any(p == concept or p.startswith(f"{concept}.") for p in parts)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def top_costs(prof: Path, n: int = 6) -> list[dict]:
     """The `n` functions of the package (pipeline/) with the most cumulative seconds in a stage's profile,
     leaving out anything holding nearly all of it (the stage's entry points)."""
@@ -84,8 +74,6 @@ def timed_repro(*args: str) -> dict:
     """Run `dvc repro *args`, echoing its output, and time it stage by stage: {seconds, stages: {name: s},
     skipped: [names]}. A stage's time runs from its "Running stage" line to the next one (or the end: the last
     stage's time includes DVC's lock-file update, a fraction of a second)."""
-    import tempfile
-
     profiles = Path(tempfile.mkdtemp(prefix="e2gan-profile-"))
     env = {**_env(), "E2GAN_PROFILE": str(profiles)}
     t0 = time.perf_counter()
@@ -175,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         record = time_new_concept("sepia", "give the photo a warm sepia tone")
     else:
         record = time_noop(args.repeats)
-    import json
-
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     record.update(commit=commit, cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
     if args.note:

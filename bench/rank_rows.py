@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except E2GANError as e:
         raise SystemExit(str(e)) from None
-    report = json.loads((stage_paths("search_ranks")["reports"] / "table.json").read_text())
+    report = json.loads((paths["reports"] / "table.json").read_text())
     result.update(
         calibration=crucial["calibration"],
         searched_params=report["params"],
