@@ -37,6 +37,7 @@ SECTIONS = {
     "finetune_lora": "pipeline.adapt.lora:FinetuneConfig",
     "evaluate": "pipeline.evaluate.concept:EvaluateConfig",
     "export_onnx": "pipeline.deploy.package:ExportOnnxConfig",
+    "export_mobile": "pipeline.deploy.package:ExportMobileConfig",
     "concepts": "pipeline.data.teachers:ConceptConfig",  # a mapping name -> ConceptConfig
 }
 

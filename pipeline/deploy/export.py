@@ -43,10 +43,14 @@ def export_onnx(
     Without `fold`, every weight stays an initializer named after its parameter (`G.ds.conv.weight`,
     `tokens`), which is what adapter artifacts patch; onnxruntime folds constants when it loads the model.
     With `fold`, the text is a constant: text-conditioned norms become plain affine InstanceNorms.
+    Attention is written out as matmuls (portable.rewritten) so that OpenCV's DNN module loads the model too.
     """
+    from pipeline.deploy.portable import rewritten
+
     model = model.eval()
     if fold and isinstance(model, ImageOnly) and any(isinstance(m, TextNorm) for m in model.G.modules()):
         model = ImageOnly(freeze_text_norms(model.G, model.tokens, model.mask), model.tokens, model.mask).eval()
+    model = rewritten(model)
     dummy = torch.zeros(1, 3, size, size)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -61,8 +65,82 @@ def export_onnx(
             do_constant_folding=fold,
             dynamic_axes={"image": {0: "batch"}, "edited": {0: "batch"}} if dynamic_batch else None,
         )
+        if not fold:  # Resize's scales stay a Concat of constants unfolded, which OpenCV refuses
+            import onnx
+
+            onnx.save(fold_constant_nodes(onnx.load(str(tmp))), str(tmp))
         check_onnx(tmp)
     return path
+
+
+FOLDABLE = {
+    *("Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div", "Gather", "Slice", "Reshape"),
+    *("Transpose", "ConstantOfShape", "Shape", "Expand", "Equal", "Where", "Range", "Identity", "Neg"),
+}
+
+
+def fold_constant_nodes(model, initializers: bool = False):
+    """Replace nodes of FOLDABLE types whose inputs are all Constant nodes' outputs (recursively) by Constants:
+    OpenCV refuses a Resize whose scales, and crashes on a Pad whose pads, are computed. Initializers (the
+    weights an adapter artifact patches) count as constants only with `initializers`."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    values: dict = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer} if initializers else {}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = ReferenceEvaluator(
+                helper.make_model(
+                    helper.make_graph([node], "c", [], [helper.make_empty_tensor_value_info(node.output[0])])
+                )
+            ).run(None, {})[0]
+        elif node.op_type in FOLDABLE and all(not i or i in values for i in node.input):
+            graph = helper.make_graph([node], "f", [], [helper.make_empty_tensor_value_info(o) for o in node.output])
+            graph.node[0].ClearField("input")
+            graph.node[0].input.extend([f"in{k}" if i else "" for k, i in enumerate(node.input)])
+            consts = [
+                helper.make_node("Constant", [], [f"in{k}"], value=numpy_helper.from_array(values[i]))
+                for k, i in enumerate(node.input)
+                if i
+            ]
+            graph = helper.make_graph(consts + list(graph.node), "f", [], list(graph.output))
+            sub = helper.make_model(graph, opset_imports=model.opset_import)
+            for name, value in zip(node.output, ReferenceEvaluator(sub).run(None, {})):
+                values[name] = value
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], list(node.output)[:1], value=numpy_helper.from_array(values[node.output[0]])
+                )
+            )
+            continue
+        nodes.append(node)
+    used = {i for n in nodes for i in n.input} | {o.name for o in model.graph.output}
+    kept = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.checker.check_model(model)
+    return model
+
+
+def topological(model):
+    """Nodes in dependency order (onnxruntime's float16 converter appends its input casts at the end, which
+    onnxruntime tolerates and OpenCV does not)."""
+    ready = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise ExportError("the ONNX graph has a cycle or an undefined input; it cannot be ordered")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        done = {id(n) for n in progress}
+        pending = [n for n in pending if id(n) not in done]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
 
 
 def check_onnx(path: Path) -> None:
@@ -99,6 +177,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    model = fold_constant_nodes(topological(model), initializers=True)  # Resize's scales: fp16 cast back to fp32
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return dst
@@ -116,8 +195,10 @@ def to_int8(src: Path, dst: Path, calibration: list[np.ndarray]) -> Path:
         def get_next(self):
             return next(self.items, None)
 
+    # Conv and MatMul only (the cost), no graph fusion before: OpenCV's DNN module runs the result, and it
+    # rejects quantized norms and the Gemm that onnxruntime's pre-processing fuses
     with atomic_path(dst.with_suffix(".pre.onnx")) as pre:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
         with atomic_path(dst) as tmp:
             quantize_static(
                 str(pre),
@@ -127,9 +208,27 @@ def to_int8(src: Path, dst: Path, calibration: list[np.ndarray]) -> Path:
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "MatMul"],
             )
     dst.with_suffix(".pre.onnx").unlink(missing_ok=True)
     return dst
+
+
+def opencv_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    """(N, 3, S, S) -> outputs of the model in OpenCV's DNN module (its default engine), one image per run."""
+    import cv2
+
+    try:
+        net = cv2.dnn.readNetFromONNX(str(path))
+        outs = []
+        for i in range(len(x)):
+            net.setInput(np.ascontiguousarray(x[i : i + 1], dtype=np.float32))
+            outs.append(np.array(net.forward()))
+    except cv2.error as e:
+        raise ExportError(
+            f"{path}: OpenCV's DNN module cannot run it ({str(e).strip().splitlines()[-1][:200]})"
+        ) from None
+    return np.concatenate(outs)
 
 
 def ort_session(path: Path, threads: int = 0):

@@ -20,6 +20,7 @@ from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_token
 from pipeline.deploy.export import (
     ExportError,
     ImageOnly,
+    check_onnx,
     concept_model,
     export_onnx,
     onnx_outputs,
@@ -52,6 +53,10 @@ class ExportOnnxConfig(FrozenConfig):
     calibration_images: int = Field(32, ge=1)  # int8 calibration: val crops, spread over all val photos
     latency_runs: int = Field(10, ge=1)
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
+    opencv: bool = True  # every ONNX file must also run in OpenCV's DNN module and match onnxruntime:
+    opencv_tol: float = Field(1e-3, gt=0)  # fp32 (and the adapter-patched base): max |OpenCV - onnxruntime|
+    opencv_tol_fp16: float = Field(1e-2, gt=0)  # fp16: max |OpenCV - onnxruntime|
+    opencv_int8_mean_tol: float = Field(0.02, gt=0)  # int8: mean |diff| (the two runtimes' int8 kernels round apart)
 
     @field_validator("size")
     @classmethod
@@ -100,6 +105,30 @@ def check_artifact(artifact: Path, base_onnx: Path, fixed: Path, x: np.ndarray, 
         )
     out = {"bytes": artifact.stat().st_size, "model_bytes": fixed.stat().st_size, "max_abs_diff_vs_direct": diff}
     out["share_of_model"] = out["bytes"] / out["model_bytes"]
+    return out
+
+
+def check_opencv(files: dict[str, Path], x: np.ndarray, cfg: ExportOnnxConfig, where: str) -> dict:
+    """Each ONNX file (name -> path; names ending in 'int8'/'fp16' take those tolerances) through OpenCV's DNN
+    module against onnxruntime on the same inputs; an ExportError when one fails to load or differs."""
+    from pipeline.deploy.export import opencv_outputs
+
+    out = {}
+    for name, path in files.items():
+        try:
+            got = opencv_outputs(path, x)
+        except ExportError as e:
+            raise ExportError(f"{where}: {e}; nothing was written") from None
+        diff = np.abs(got - onnx_outputs(path, x))
+        rec = {"images": len(x), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+        if name.endswith("int8"):
+            ok, rec["tolerance"] = rec["mean_abs_diff"] <= cfg.opencv_int8_mean_tol, {"mean": cfg.opencv_int8_mean_tol}
+        else:
+            tol = cfg.opencv_tol_fp16 if name.endswith("fp16") else cfg.opencv_tol
+            ok, rec["tolerance"] = rec["max_abs_diff"] <= tol, {"max": tol}
+        if not ok:
+            raise ExportError(f"{where}: {path.name} in OpenCV differs from onnxruntime: {rec}; nothing was written")
+        out[name] = rec
     return out
 
 
@@ -191,6 +220,14 @@ def export_concept(
         m["adapter_artifact"] = check_artifact(tmp / "adapter.safetensors", base_onnx, fixed, x, fixed_out)
         # 4. lower-precision variants and the model card
         m["variants"] = variants(fixed, tmp, photos, calibration, cfg, threads)
+        if cfg.opencv:  # a second ONNX consumer: every file, and the base model patched with this adapter
+            files = {"fp32": fixed, "dynamic_batch_fp32": dynamic}
+            files.update({k: tmp / f"model_{k}.onnx" for k in ("fp16", "int8") if cfg.quantize})
+            with tempfile.TemporaryDirectory() as td:
+                files["base_patched_with_adapter"] = apply_artifact(
+                    base_onnx, tmp / "adapter.safetensors", Path(td) / "patched.onnx"
+                )
+                m["opencv"] = check_opencv(files, x[:4], cfg, f"export_onnx@{concept}")
         card = model_card(
             concept,
             concept_prompt(prompts),
@@ -233,3 +270,140 @@ def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOn
                 "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact",
             },
         )
+
+
+# ----------------------------------------------------------------------------- phone formats (export_mobile@C)
+
+
+class ExportMobileConfig(FrozenConfig):
+    """export_mobile@C: the merged concept model in phone formats (pipeline/deploy/mobile.py), checked against torch."""
+
+    formats: list[str] = Field(default_factory=lambda: ["executorch", "coreml"])
+    int8: bool = True  # ExecuTorch int8 (XNNPACK quantizer, calibrated on val crops), Core ML int8 weights
+    parity_tol: float = Field(1e-3, gt=0)  # fp32: max |runtime - torch| on test crops
+    int8_max_lpips: float = Field(0.05, gt=0)  # int8: mean LPIPS against the torch model's outputs on test crops
+    parity_images: int = Field(8, ge=1)  # test crops, spread over all test photos
+    calibration_images: int = Field(16, ge=1)  # int8 calibration: val crops, spread over all val photos
+    latency_runs: int = Field(5, ge=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from pipeline.deploy.mobile import FORMATS
+
+        bad = [f for f in v if f not in FORMATS]
+        if bad:
+            raise ValueError(f"unknown format(s) {bad}; use any of {list(FORMATS)}")
+        return v
+
+
+def _to_images(y: np.ndarray) -> list[np.ndarray]:
+    from pipeline.core.tensors import array_to_image
+
+    return [array_to_image(y[i]) for i in range(len(y))]
+
+
+def export_mobile(
+    concept: str,
+    base_dir: Path,
+    adapter: Path,
+    pairs: Path,
+    prompts: Path,
+    onnx_model: Path,
+    cfg: ExportMobileConfig,
+    out: Path,
+) -> dict:
+    """The concept's phone-format models into `out` (swapped in atomically, only if every check passes); returns
+    their metrics: per file its bytes, parity (or Core ML's structural check) and latency, beside onnxruntime's
+    latency for the concept's fp32 ONNX model measured in the same run."""
+    from pipeline.deploy import mobile
+
+    for fmt in cfg.formats:
+        mobile.require(fmt)
+    check_onnx(onnx_model)
+    size = mobile.runner("onnx", onnx_model).size  # the same input size as the concept's ONNX model
+    model, _ = concept_model(base_dir, adapter, prompts)
+    x = np.concatenate(
+        [image_to_array(im) for im in _resize(split_pairs(pairs, "test", cfg.parity_images).inputs, size)]
+    )
+    calib = np.concatenate(
+        [image_to_array(im) for im in _resize(split_pairs(pairs, "val", cfg.calibration_images).inputs, size)]
+    )
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    ref_images = _to_images(ref)
+    threads = sorted({1, os.cpu_count() or 1})
+    m: dict = {"concept": concept, "size": size, "threads": threads, "files": {}}
+    m["splits"] = {"parity": "test", "int8_calibration": "val"}
+    where = f"export_mobile@{concept}"
+    with atomic_dir(out) as tmp:
+        files = []
+        if "executorch" in cfg.formats:
+            files.append(("model.pte", mobile.to_executorch(model, tmp / "model.pte", size), "fp32"))
+            if cfg.int8:
+                files.append(
+                    ("model_int8.pte", mobile.to_executorch(model, tmp / "model_int8.pte", size, calib), "int8")
+                )
+        for name, path, precision in files:
+            y = mobile.executorch_outputs(path, x)
+            rec = {
+                "format": "executorch (XNNPACK)",
+                "precision": precision,
+                "bytes": mobile.file_bytes(path),
+                "parity": {
+                    "images": len(x),
+                    "max_abs_diff": float(np.abs(y - ref).max()),
+                    "lpips_vs_torch": float(np.mean(lpips_distance(_to_images(y), ref_images))),
+                },
+            }
+            bad = (
+                rec["parity"]["max_abs_diff"] > cfg.parity_tol
+                if precision == "fp32"
+                else rec["parity"]["lpips_vs_torch"] > cfg.int8_max_lpips
+            )
+            if bad:
+                raise mobile.MobileExportError(
+                    f"{where}: {name} differs from torch ({rec['parity']}; tolerance: max |diff| {cfg.parity_tol} "
+                    f"for fp32, LPIPS {cfg.int8_max_lpips} for int8); the export is wrong, nothing was written"
+                )
+            rec["latency"] = {
+                f"threads_{t}": mobile.latency(mobile.runner("executorch", path, t), x[:1], cfg.latency_runs)
+                for t in threads
+            }
+            m["files"][name] = rec
+        if "coreml" in cfg.formats:
+            variants = [("model.mlpackage", False)] + ([("model_int8.mlpackage", True)] if cfg.int8 else [])
+            for name, int8 in variants:
+                path = mobile.to_coreml(model, tmp / name, size, int8_weights=int8)
+                m["files"][name] = {
+                    "format": "coreml (ML Program, fp16 compute)",
+                    "precision": "int8 weights" if int8 else "fp16",
+                    "bytes": mobile.file_bytes(path),
+                    "check": mobile.check_coreml(path, size),
+                }
+        onnx_rec = {"bytes": onnx_model.stat().st_size}
+        onnx_rec["latency"] = {
+            f"threads_{t}": mobile.latency(mobile.runner("onnx", onnx_model, t), x[:1], cfg.latency_runs)
+            for t in threads
+        }
+        m["onnxruntime_fp32"] = onnx_rec
+        for rec in m["files"].values():
+            if "latency" in rec:
+                rec["latency_vs_onnxruntime"] = {
+                    k: round(v["median_ms"] / onnx_rec["latency"][k]["median_ms"], 3) for k, v in rec["latency"].items()
+                }
+        atomic_write_json(
+            tmp / "card.json",
+            {
+                "concept": concept,
+                "prompt": concept_prompt(prompts),
+                "input": {**IO_SPEC["input"], "shape": [1, 3, size, size]},
+                "output": {**IO_SPEC["output"], "shape": [1, 3, size, size]},
+                "base_sha256": sha256_file(base_dir / "generator.safetensors"),
+                "files": m["files"],
+                "onnxruntime_fp32_same_run": onnx_rec,
+                "shared_base": "ExecuTorch and Core ML files are whole models per concept (weights inside); "
+                "only the ONNX route patches one shared base with the concept's adapter artifact",
+            },
+        )
+    return m

@@ -428,23 +428,34 @@ def demo(
 def apply(
     inputs: list[Path] = typer.Argument(..., help="Images, or folders of images."),
     concept: str = typer.Option(
-        ..., "--concept", "-c", help="A concept with an exported model (dvc repro export_onnx@C)."
+        ..., "--concept", "-c", help="A concept with an exported model (dvc repro export_onnx@C / export_mobile@C)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (one input image) or folder."),
-    models: Path = typer.Option(None, help="Where export_onnx wrote the concept folders (default: from dvc.yaml)."),
-    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    fit: str = typer.Option(
-        "resize", help="Images of another size: 'resize' (to the model's size and back) or 'refuse'."
+    models: Path = typer.Option(
+        None, help="The folder of concept folders (default: from dvc.yaml, export_onnx's or export_mobile's)."
     ),
-    threads: int = typer.Option(0, help="onnxruntime threads (0 = all cores)."),
+    runtime: str = typer.Option("onnx", help="onnx (onnxruntime) | executorch (XNNPACK)"),
+    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8 (onnx); fp32 | int8 (executorch)"),
+    fit: str = typer.Option(
+        "tile",
+        help="Photos of another size than the model's: 'tile' (edited at their own resolution in overlapping, "
+        "blended tiles), 'resize' (squeezed to the model's size and back: blurry) or 'refuse'.",
+    ),
+    overlap: int = typer.Option(
+        None, help="Tile overlap in pixels (--fit tile; default: a quarter of a tile, 64 at 256)."
+    ),
+    threads: int = typer.Option(0, help="Runtime threads (0 = the runtime's default)."),
 ) -> None:
-    """Run a concept's exported ONNX model on images with onnxruntime (no torch needed at run time)."""
-    from pipeline.deploy.runtime import apply_model, model_path
+    """Run a concept's exported model on images at their own resolution (no torch needed with onnx)."""
+    from pipeline.core.errors import E2GANError
+    from pipeline.deploy.runtime import STAGE, apply_model, model_path
 
-    model = model_path(models or _exported_models(Path(".")), concept, variant)
+    if runtime not in STAGE:
+        raise E2GANError(f"--runtime {runtime!r}: use {', '.join(STAGE)}")
+    model = model_path(models or _exported_models(Path("."), STAGE[runtime]), concept, variant, runtime)
     from rich.markup import escape
 
-    result = apply_model(model, inputs, out, fit, threads, desc=f"apply {concept}")
+    result = apply_model(model, inputs, out, fit, threads, desc=f"apply {concept}", overlap=overlap)
     console.print(
         escape(f"{result.written} image(s) written to {out}")
         + (f"; {len(result.skipped)} skipped:" if result.skipped else ""),
@@ -459,13 +470,14 @@ def apply(
         raise typer.Exit(2)
 
 
-def _exported_models(root: Path) -> Path:
-    """The folder export_onnx writes its concept folders into, from dvc.yaml (or the usual one without it)."""
+def _exported_models(root: Path, stage: str = "export_onnx") -> Path:
+    """The folder a stage (export_onnx, export_mobile) writes its concept folders into, from dvc.yaml (or the
+    usual one without it)."""
     from pipeline.orchestrate import dvc
 
     if not (root / "dvc.yaml").is_file():
-        return root / "models" / "onnx"
-    return dvc.stage_paths("export_onnx", "concept", root)["out"].parent  # any concept: only the parent is used
+        return root / "models" / ("onnx" if stage == "export_onnx" else "mobile")
+    return dvc.stage_paths(stage, "concept", root)["out"].parent  # any concept: only the parent is used
 
 
 if __name__ == "__main__":

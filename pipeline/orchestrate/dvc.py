@@ -27,7 +27,7 @@ SHARED = [
     "search_ranks",
     "export_base_onnx",
 ]
-PER_CONCEPT = ["expand_prompts", "generate_pairs", "finetune_lora", "evaluate", "export_onnx"]
+PER_CONCEPT = ["expand_prompts", "generate_pairs", "finetune_lora", "evaluate", "export_onnx", "export_mobile"]
 AFTER_ALL = ["report"]  # stages over all concepts
 
 

@@ -1,0 +1,124 @@
+"""A concept model rewritten for other runtimes, with the same outputs: the layers that OpenCV's DNN module,
+ExecuTorch's XNNPACK backend and the phone converters reject or run slowly are spelled out in operators every one
+of them has. The generator used for training is left as it is; these copies only feed the exporters, and every
+export is checked against the unrewritten model.
+
+- attention: `scaled_dot_product_attention` becomes matmul -> softmax -> matmul (OpenCV fuses the SDPA graph
+  into an Attention layer that wants packed QKV weights and refuses the model);
+- `portable=True` (ExecuTorch, LiteRT, Core ML) also rewrites what XNNPACK cannot take, which would otherwise
+  run in slow portable kernels: reflection padding as slices + concat, instance and layer norm as mean/var
+  arithmetic, and 2x nearest upsampling as concatenated copies (exact).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pipeline.model.nets.generator import Attention
+
+
+class ExplicitAttention(nn.Module):
+    """Attention's maths with matmuls and softmax; the mask (1 = real token) becomes an additive bias."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.heads = attn.heads
+        self.to_q, self.to_k, self.to_v, self.to_out = attn.to_q, attn.to_k, attn.to_v, attn.to_out
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        h, t = self.heads, context.shape[1]
+        q = self.to_q(x).reshape(b, n, h, d // h).transpose(1, 2)  # (B, h, N, d/h)
+        k = self.to_k(context).reshape(b, t, h, d // h).permute(0, 2, 3, 1)  # (B, h, d/h, T)
+        v = self.to_v(context).reshape(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
+        scores = torch.matmul(q, k) * (d // h) ** -0.5
+        if mask is not None:  # -1e4, not -inf: fp16 variants keep it finite, and exp(-1e4) is 0 in float32
+            scores = scores + (mask[:, None, None, :].to(scores.dtype) - 1.0) * 1e4
+        out = torch.matmul(torch.softmax(scores, -1), v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class SlicedReflectionPad(nn.Module):
+    """ReflectionPad2d(p) as slices and concatenation (exact)."""
+
+    def __init__(self, p: int):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        x = torch.cat(
+            [x[:, :, :, i : i + 1] for i in range(p, 0, -1)] + [x] + [x[:, :, :, -1 - i : -i] for i in range(1, p + 1)],
+            3,
+        )
+        return torch.cat(
+            [x[:, :, i : i + 1] for i in range(p, 0, -1)] + [x] + [x[:, :, -1 - i : -i] for i in range(1, p + 1)], 2
+        )
+
+
+class ExplicitInstanceNorm(nn.Module):
+    """InstanceNorm2d (affine or not) as per-channel mean and biased variance."""
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight if norm.affine else None
+        self.bias = norm.bias if norm.affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((2, 3), keepdim=True)
+        centred = x - mean
+        y = centred / torch.sqrt((centred * centred).mean((2, 3), keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+class ExplicitLayerNorm(nn.Module):
+    """LayerNorm over the last dimension as mean and biased variance."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        y = centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + self.eps)
+        return y * self.weight + self.bias
+
+
+class NearestUp2x(nn.Module):
+    """2x nearest upsampling as copies: each pixel twice along W, then each row twice along H (exact)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = torch.cat([x.unsqueeze(-1), x.unsqueeze(-1)], -1).reshape(b, c, h, 2 * w)
+        return torch.cat([x.unsqueeze(3), x.unsqueeze(3)], 3).reshape(b, c, 2 * h, 2 * w)
+
+
+@torch.no_grad()
+def rewritten(model: nn.Module, portable: bool = False) -> nn.Module:
+    """A deep copy of `model` with the rewrites above; `model` is untouched. Run it on the exporter's input
+    and compare with `model`: outputs agree to float rounding (tests check it)."""
+    model = copy.deepcopy(model).eval()
+    for _, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            new: nn.Module | None = None
+            if isinstance(child, Attention):
+                new = ExplicitAttention(child)
+            elif portable and isinstance(child, nn.ReflectionPad2d):
+                new = SlicedReflectionPad(int(child.padding[0]))
+            elif portable and isinstance(child, nn.InstanceNorm2d):
+                new = ExplicitInstanceNorm(child)
+            elif portable and isinstance(child, nn.LayerNorm):
+                new = ExplicitLayerNorm(child)
+            elif portable and isinstance(child, nn.Upsample):
+                if child.mode != "nearest" or float(child.scale_factor) != 2.0:
+                    continue
+                new = NearestUp2x()
+            if new is not None:
+                setattr(module, name, new)
+    return model
