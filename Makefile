@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export ORT_DISABLE_TELEMETRY := 1
 export PATH := $(BIN):$(PATH)
 
 DEMO_STAMP := demo/node_modules/.installed

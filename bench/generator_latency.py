@@ -1,6 +1,8 @@
-"""Generator size, MACs and onnxruntime latency: E²GAN generator vs pix2pix ResNet-9, side by side in one run.
+"""Generator size, MACs and latency: E²GAN generator vs pix2pix ResNet-9, side by side in one run, in each runtime
+that runs here: onnxruntime, ExecuTorch (XNNPACK, the CPU path phones use) and OpenCV's DNN module.
 
-Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20]  ->  bench/results/generator_latency.json
+Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20] [--runtimes onnx executorch opencv]
+     ->  bench/results/generator_latency.json
 Uses the trained base model (train_base's output) when present (else a freshly initialised one: latency
 does not depend on the weights).
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import code_version, machine
 from pipeline.core.io import atomic_write_json
 from pipeline.deploy.export import ImageOnly, export_onnx, ort_latency
 from pipeline.model.nets.pix2pix import ResnetGenerator
@@ -36,10 +39,43 @@ def _onnx_weights(path: Path) -> int:
     return int(sum(np.prod(t.dims, dtype=np.int64) for t in onnx.load(str(path)).graph.initializer))
 
 
+def _opencv_latency(path: Path, size: int, threads: int, runs: int) -> dict:
+    import cv2
+    import numpy as np
+
+    from pipeline.deploy import mobile
+
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromONNX(str(path))
+
+    def run(x):
+        net.setInput(x)
+        return net.forward()
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    return {**mobile.latency(run, x, runs), "threads": threads}
+
+
+def _executorch_latency(model, folder: Path, name: str, size: int, threads: int, runs: int) -> dict:
+    import numpy as np
+
+    from pipeline.deploy import mobile
+
+    path = folder / f"{name}-{size}.pte"
+    if not path.is_file():
+        mobile.to_executorch(model, path, size)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    return {**mobile.latency(mobile.runner("executorch", path, threads), x, runs), "threads": threads}
+
+
+RUNTIMES = ("onnx", "executorch", "opencv")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES))
     ap.add_argument("--out", type=Path, default=Path("bench/results/generator_latency.json"))
     args = ap.parse_args()
     base = stage_paths("train_base")["out"]  # where the pipeline keeps the base model
@@ -68,6 +104,14 @@ def main() -> None:
                     "gmacs": round(_macs(model.eval(), size) / 1e9, 3),
                     **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads},
                 }
+                for rt in args.runtimes:
+                    if rt == "executorch":
+                        fn = lambda t, m=model, n=name, s=size: _executorch_latency(m, Path(tmp), n, s, t, args.runs)  # noqa: E731
+                    elif rt == "opencv":
+                        fn = lambda t, p=path, s=size: _opencv_latency(p, s, t, args.runs)  # noqa: E731
+                    else:
+                        continue
+                    entry["sizes"][size][rt] = {f"threads_{t}": fn(t) for t in threads}
             result["models"][name] = entry
     e, r = result["models"]["e2gan"], result["models"]["resnet9"]
     result["ratios"] = {
@@ -86,6 +130,27 @@ def main() -> None:
             for s in args.sizes
         },
     }
+    result["runtime_ratios"] = {  # each runtime against onnxruntime, and E²GAN against ResNet-9 in that runtime
+        f"{s}": {
+            rt: {
+                f"threads_{t}": {
+                    "e2gan_vs_onnxruntime": round(
+                        e["sizes"][s][rt][f"threads_{t}"]["median_ms"] / e["sizes"][s][f"threads_{t}"]["median_ms"], 3
+                    ),
+                    "e2gan_vs_resnet9": round(
+                        e["sizes"][s][rt][f"threads_{t}"]["median_ms"] / r["sizes"][s][rt][f"threads_{t}"]["median_ms"],
+                        3,
+                    ),
+                }
+                for t in threads
+            }
+            for rt in args.runtimes
+            if rt != "onnx"
+        }
+        for s in args.sizes
+    }
+    result["commit"] = code_version()
+    result["machine"] = machine()
     atomic_write_json(args.out, result)
     print(json.dumps(result["ratios"], indent=1))
 

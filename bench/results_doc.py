@@ -298,6 +298,7 @@ def export() -> list[str]:
                 _latency(v, "fp32", 2),
                 v.get("int8", {}).get("bytes"),
                 v.get("int8", {}).get("lpips_vs_fp32"),
+                _opencv(x),
             ]
         )
     if not rows:
@@ -319,9 +320,117 @@ def export() -> list[str]:
                 "fp32 ms, 2 threads",
                 "int8 bytes",
                 "int8 LPIPS vs fp32",
+                "OpenCV DNN vs onnxruntime: max abs Δ fp32 / fp16 / patched base; int8 mean abs Δ",
             ],
             rows,
         ),
+        "",
+    ]
+
+
+def _opencv(x: dict) -> str:
+    o = x.get("opencv")
+    if not o:
+        return "not checked"
+    parts = [f"{o[k]['max_abs_diff']:.1e}" for k in ("fp32", "fp16", "base_patched_with_adapter") if k in o]
+    return " / ".join(parts) + (f"; {o['int8']['mean_abs_diff']:.3f}" if "int8" in o else "")
+
+
+def mobile() -> list[str]:
+    rows, ort = [], []
+    for c in concepts():
+        x = load(f"reports/export_mobile/{c}.json")
+        if not x:
+            continue
+        threads = x["threads"]
+        for name, f in x["files"].items():
+            p = f.get("parity", {})
+            lat = f.get("latency", {})
+            check = p.get("max_abs_diff") if p else f.get("check", {}).get("checked")
+            rows.append(
+                [
+                    c,
+                    name,
+                    f["precision"],
+                    f["bytes"],
+                    f"{check:.1e}" if isinstance(check, float) else check,
+                    p.get("lpips_vs_torch"),
+                    *[lat.get(f"threads_{t}", {}).get("median_ms") for t in threads],
+                    *[f.get("latency_vs_onnxruntime", {}).get(f"threads_{t}") for t in threads],
+                ]
+            )
+        o = x["onnxruntime_fp32"]
+        ort.append([c, o["bytes"], *[o["latency"][f"threads_{t}"]["median_ms"] for t in threads]])
+    if not rows:
+        return []
+    return [
+        "## Phone formats (`export_mobile`)",
+        "",
+        provenance("reports/export_mobile", "dvc repro export_mobile@<concept>"),
+        "",
+        "ExecuTorch programs run here (its runtime, XNNPACK backend, x86_64): parity against the torch model on test "
+        "crops and latency at 256², beside the concept's fp32 ONNX model in onnxruntime in the same run. Core ML "
+        "has no runtime on Linux: its packages pass a structural check only. Each file is a whole model; only the "
+        "ONNX route patches one shared base with a small adapter (`docs/deploy.md`).",
+        "",
+        *table(
+            [
+                "concept",
+                "file",
+                "precision",
+                "bytes",
+                "max abs Δ vs torch (or check)",
+                "LPIPS vs torch",
+                *[f"ms, {t} thread(s)" for t in threads],
+                *[f"/ onnxruntime, {t} thread(s)" for t in threads],
+            ],
+            rows,
+        ),
+        "",
+        *table(["concept", "onnxruntime fp32 bytes", *[f"ms, {t} thread(s)" for t in threads]], ort),
+        "",
+    ]
+
+
+def tiling() -> list[str]:
+    t = load("bench/results/tiling.json")
+    if not t:
+        return []
+    rows = [
+        [
+            c,
+            v["lpips_vs_whole"]["tiled"]["mean"],
+            v["lpips_vs_whole"]["tiled"]["max"],
+            v["lpips_vs_whole"]["resized"]["mean"],
+            v["gradient_max_step"]["whole"],
+            v["gradient_max_step"]["tiled"],
+            v["gradient_max_step"]["tiled_without_overlap"],
+        ]
+        for c, v in t["concepts"].items()
+    ]
+    return [
+        "## Full-resolution editing (`bench.tiling`)",
+        "",
+        provenance("bench/results/tiling.json", "python -m bench.tiling"),
+        "",
+        f"`e2gan apply --fit tile` (256² tiles overlapping by {t['overlap']} px, blended) and `--fit resize` against "
+        f"the same generator run on the whole photo in torch, on {len(t['photos'])} test photos (longest side "
+        f"≤ {t['max_side']} px); and the largest mean step between neighbouring columns on a flat 1024-px gradient.",
+        "",
+        *table(
+            [
+                "concept",
+                "LPIPS tiled vs whole (mean)",
+                "(max)",
+                "LPIPS resized vs whole (mean)",
+                "gradient step: whole",
+                "tiled",
+                "tiled, no overlap",
+            ],
+            rows,
+        ),
+        "",
+        "![input | whole | tiled | resized](../bench/results/tiling.png)",
         "",
     ]
 
@@ -497,6 +606,28 @@ def generator() -> list[str]:
         ),
         "",
         f"Ratios E²GAN / ResNet-9: `{json.dumps(g['ratios'])}`.",
+        "",
+        *_runtime_rows(g),
+    ]
+
+
+def _runtime_rows(g: dict) -> list[str]:
+    """Other runtimes of the same run: milliseconds, and ratios against onnxruntime and against ResNet-9."""
+    rows = []
+    for size, by_rt in g.get("runtime_ratios", {}).items():
+        for rt, by_t in by_rt.items():
+            for t in g["threads"]:
+                e = g["models"]["e2gan"]["sizes"][size][rt][f"threads_{t}"]["median_ms"]
+                r = g["models"]["resnet9"]["sizes"][size][rt][f"threads_{t}"]["median_ms"]
+                k = by_t[f"threads_{t}"]
+                rows.append([size, rt, t, e, r, k["e2gan_vs_onnxruntime"], k["e2gan_vs_resnet9"]])
+    if not rows:
+        return []
+    return [
+        *table(
+            ["size", "runtime", "threads", "E²GAN ms", "ResNet-9 ms", "E²GAN / its onnxruntime", "E²GAN / ResNet-9"],
+            rows,
+        ),
         "",
     ]
 
@@ -704,6 +835,8 @@ def main() -> None:
         ranks,
         adapters,
         export,
+        mobile,
+        tiling,
         concept_bench,
         baselines,
         generator,

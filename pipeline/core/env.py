@@ -1,4 +1,4 @@
-"""Process environment: no analytics from dvc or prefect, offline model hubs unless the user says otherwise."""
+"""Process environment: no analytics from dvc, prefect or onnxruntime, offline model hubs unless the user says otherwise."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # onnxruntime >= 1.29 sends usage events (1DS, mobile.events.data.microsoft.com) from Linux too, a few
+    # seconds after it is imported, unless this is set before it initialises
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 

@@ -36,8 +36,8 @@ FORMATS = ("executorch", "coreml")
 SUFFIX = {"executorch": ".pte", "coreml": ".mlpackage"}
 # the package each format needs, and how to get it
 NEEDS = {
-    "executorch": ("executorch", "pip install 'e2gan[mobile]'"),
-    "coreml": ("coremltools", "pip install 'e2gan[mobile]'"),
+    "executorch": ("executorch", "run 'make install' (it is one of e2gan's dependencies) or pip install executorch"),
+    "coreml": ("coremltools", "run 'make install' (it is one of e2gan's dependencies) or pip install coremltools"),
 }
 
 

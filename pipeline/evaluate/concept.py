@@ -24,7 +24,7 @@ class EvaluateConfig(FrozenConfig):
     """evaluate@C: the student's quality against the teacher on the test photos (a reported figure)."""
 
     bootstrap: int = Field(1000, ge=1)  # resamples of the test photos: 95 % interval of every per-crop metric
-    kid_bootstrap: int = Field(200, ge=0)  # photo resamples for the paired KID differences (and its spread)
+    kid_bootstrap: int = Field(200, ge=0)  # photo half-samples (paired KID differences), crop resamples (KID spread)
     fid_min_crops: int = Field(2048, ge=2)  # FID only for test sets of at least this many crops (below the
     # features' 2048 dimensions their covariance is singular); KID, unbiased at any size, always
     fid_bootstrap: int = Field(5, ge=0)  # of the KID resamples, how many also give FID (seconds each; student only)

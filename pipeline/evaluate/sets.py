@@ -9,7 +9,7 @@ SSIM and, with a CLIP model, the directional CLIP score per crop; KID and FID pe
 - KID and FID are statistics of a whole set, not means over crops: the value is computed on the whole
   set and the spread (`boot_std`) is the standard deviation over resamples of the crops, a rough guide
   only. Two methods' KIDs on the same crops get a paired difference (`paired_kid`): the whole-set
-  difference and a 95 % interval from the same photo resamples for both.
+  difference and a 95 % interval from photo half-samples (`photo_halves`), the same ones for both methods.
 - FID is computed only for sets of at least `EvaluateConfig.fid_min_crops` crops: below the Inception
   features' 2048 dimensions their covariance is singular and FID mostly measures the set's size.
 """
@@ -21,11 +21,16 @@ import numpy as np
 from pipeline.core.metrics import fid_from_features, inception_features, kid_from_features, lpips_distance, psnr, ssim
 
 
+def _photo_crops(photos: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The photo names (sorted) and each photo's crop indices (`photos[i]` names crop i's photo)."""
+    names = sorted(set(photos))
+    return names, {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
+
+
 def photo_resamples(photos: list[str], n_boot: int, seed: int) -> list[np.ndarray]:
     """`n_boot` bootstrap resamples over photos: each draws as many photos as there are, with replacement, and
     is the indices of every crop of the drawn photos (`photos[i]` names crop i's photo)."""
-    names = sorted(set(photos))
-    crops = {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
+    names, crops = _photo_crops(photos)
     rng = np.random.default_rng(seed)
     return [np.concatenate([crops[names[k]] for k in rng.integers(0, len(names), len(names))]) for _ in range(n_boot)]
 
@@ -35,8 +40,7 @@ def photo_halves(photos: list[str], n: int, seed: int) -> list[np.ndarray]:
     crops. For a mean-like statistic a half-sample's spread around the whole set's value equals the whole set's
     sampling spread (finite-population correction 1 - 1/2), and, unlike a bootstrap resample, it repeats no
     crop: a set metric such as KID stays unbiased on it."""
-    names = sorted(set(photos))
-    crops = {p: np.asarray([i for i, q in enumerate(photos) if q == p]) for p in names}
+    names, crops = _photo_crops(photos)
     rng = np.random.default_rng(seed)
     half = max(1, len(names) // 2)
     return [

@@ -78,6 +78,7 @@ def _metrics_rows(concept: str, root: Path) -> list[dict]:
         "evaluate": dvc.stage_paths("evaluate", concept, root)["out"],
         "finetune_lora": dvc.stage_paths("finetune_lora", concept, root)["reports"] / "metrics.json",
         "export_onnx": dvc.stage_paths("export_onnx", concept, root)["metrics"],
+        "export_mobile": dvc.stage_paths("export_mobile", concept, root)["metrics"],
         "generate_pairs": dvc.stage_paths("generate_pairs", concept, root)["metrics"],
     }
     for stage, path in sources.items():
@@ -169,6 +170,10 @@ def result_markdown(concept: str, root: Path) -> str:
     rows = []
     if export["out"].is_dir():
         for f in sorted(export["out"].glob("*.onnx")):
+            rows.append(f"| `{f.relative_to(root)}` | {_size(f)} |")
+    mobile = dvc.stage_paths("export_mobile", concept, root)["out"]
+    if mobile.is_dir():
+        for f in sorted([*mobile.glob("*.pte"), *mobile.glob("*.mlpackage")]):
             rows.append(f"| `{f.relative_to(root)}` | {_size(f)} |")
     if adapter.is_dir():
         rows.append(f"| `{adapter.relative_to(root)}/` (peft adapter) | {_size(adapter)} |")

@@ -67,6 +67,7 @@ def repo(tmp_path_factory) -> Path:
     params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=1, log_every=1)
     params["evaluate"].update(bootstrap=2, kid_bootstrap=2, fid_bootstrap=0, grid=2)  # FID: tests/core/test_metrics.py
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
+    params["export_mobile"].update(parity_images=2, calibration_images=2, latency_runs=1, int8=False)
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
     params["concepts"] = {
         "sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
@@ -203,6 +204,7 @@ def test_new_concept_makes_only_its_stages_stale_and_dvc_repro_runs_exactly_them
             "finetune_lora@night",
             "evaluate@night",
             "export_onnx@night",
+            "export_mobile@night",
             "report",
         }
         assert _stale(repo) == expected
@@ -226,6 +228,7 @@ def test_changed_prompt_makes_only_its_concept_stale(repo):
             "finetune_lora@ink",
             "evaluate@ink",
             "export_onnx@ink",
+            "export_mobile@ink",
             "report",
         }
     finally:
@@ -553,6 +556,7 @@ def test_ci_retrain_in_a_fresh_clone_runs_only_the_new_concept(repo, tmp_path):
         "finetune_lora@noir",
         "evaluate@noir",
         "export_onnx@noir",
+        "export_mobile@noir",
         "report",
     }, ran
     assert not (clone / "data/base_pairs").exists()  # not needed by the new concept's stages: never pulled
@@ -594,4 +598,4 @@ def test_killed_run_resumes_and_a_code_change_never_reuses_its_checkpoint(repo):
     assert _same(_adapter(repo, c), ref) and _out_hash(repo, f"{stage}@{c}", f"models/lora/{c}") == ref_hash
     # downstream of the adapter only: the reference run above retrained it (the module fixture's adapter, made
     # under strace, can differ in the last bits), and export/report read the training metrics' timings
-    assert _stale(repo) <= {f"evaluate@{c}", f"export_onnx@{c}", "report"}  # (the module's last test)
+    assert _stale(repo) <= {f"evaluate@{c}", f"export_onnx@{c}", f"export_mobile@{c}", "report"}  # (the last test)
