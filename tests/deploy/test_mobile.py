@@ -12,6 +12,7 @@ import torch
 from pipeline.deploy import mobile
 from pipeline.deploy.artifact import pad_tokens
 from pipeline.deploy.export import ExportError, ImageOnly, export_onnx, onnx_outputs, opencv_outputs, to_fp16, to_int8
+from pipeline.deploy.package import ExportOnnxConfig, check_opencv
 from pipeline.deploy.portable import rewritten
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig, freeze_text_norms
 
@@ -125,3 +126,12 @@ def test_opencv_runs_every_onnx_file_and_matches_onnxruntime(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ExportError, match="OpenCV's DNN module cannot run it"):
         opencv_outputs(bad, x)
+    # the stage's check: every file passes at the shipped tolerances, and refuses when they are tightened
+    cfg = ExportOnnxConfig()
+    files = {"fp32": fixed, "fp16": fp16, "int8": int8, "base_patched_with_adapter": unfolded}
+    rec = check_opencv(files, x, fp32, cfg, "test")
+    assert set(rec) == set(files) and rec["int8"]["mean_abs_diff_vs_fp32"]["opencv"] > 0
+    with pytest.raises(ExportError, match="model_int8|q.onnx in OpenCV differs from onnxruntime"):
+        check_opencv({"int8": int8}, x, fp32, cfg.model_copy(update={"opencv_int8_ratio": 0.01}), "test")
+    with pytest.raises(ExportError, match="h.onnx in OpenCV differs"):
+        check_opencv({"fp16": fp16}, x, fp32, cfg.model_copy(update={"opencv_tol_fp16": 1e-9}), "test")
