@@ -55,8 +55,8 @@ class ExportOnnxConfig(FrozenConfig):
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
     opencv: bool = True  # every ONNX file must also run in OpenCV's DNN module and match onnxruntime:
     opencv_tol: float = Field(1e-3, gt=0)  # fp32 (and the adapter-patched base): max |OpenCV - onnxruntime|
-    opencv_tol_fp16: float = Field(1e-2, gt=0)  # fp16: max |OpenCV - onnxruntime|
-    opencv_int8_ratio: float = Field(1.5, gt=0)  # int8: OpenCV's mean |diff| to the fp32 model <= this x onnxruntime's
+    opencv_ratio: float = Field(1.5, gt=0)  # fp16, int8: OpenCV's mean |diff| to fp32 <= this x onnxruntime's ...
+    opencv_floor: float = Field(1e-3, ge=0)  # ... + this
 
     @field_validator("size")
     @classmethod
@@ -112,10 +112,10 @@ def check_opencv(
     files: dict[str, Path], x: np.ndarray, fp32_out: np.ndarray, cfg: ExportOnnxConfig, where: str
 ) -> dict:
     """Each ONNX file (name -> path) through OpenCV's DNN module against onnxruntime on the same inputs; an
-    ExportError when one fails to load or differs. fp32 and fp16 files: max |OpenCV - onnxruntime| within
-    their tolerance. An int8 file (name ending in 'int8'): the two runtimes' int8 kernels round differently, so
-    OpenCV's output must stay as close to the fp32 model's (`fp32_out`, onnxruntime) as onnxruntime's own int8
-    output does, up to the factor `opencv_int8_ratio`."""
+    ExportError when one fails to load or differs. fp32 files: max |OpenCV - onnxruntime| <= `opencv_tol`. fp16
+    and int8 files (names ending so): the two runtimes' reduced-precision kernels round differently, so OpenCV's
+    output must stay about as close to the fp32 model's (`fp32_out`, onnxruntime) as onnxruntime's own output of
+    that file does: mean |diff| <= `opencv_ratio` x onnxruntime's + `opencv_floor`."""
     from pipeline.deploy.export import opencv_outputs
 
     out = {}
@@ -127,19 +127,13 @@ def check_opencv(
         ort = np.concatenate([onnx_outputs(path, x[i : i + 1]) for i in range(len(x))])
         diff = np.abs(got - ort)
         rec = {"images": len(x), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
-        if name.endswith("int8"):
-            rec["mean_abs_diff_vs_fp32"] = {
-                "opencv": float(np.abs(got - fp32_out).mean()),
-                "onnxruntime": float(np.abs(ort - fp32_out).mean()),
-            }
-            limit = cfg.opencv_int8_ratio * rec["mean_abs_diff_vs_fp32"]["onnxruntime"]
-            ok, rec["tolerance"] = (
-                rec["mean_abs_diff_vs_fp32"]["opencv"] <= limit,
-                {"vs_fp32_ratio": cfg.opencv_int8_ratio},
-            )
+        if name.endswith(("fp16", "int8")):
+            vs = {"opencv": float(np.abs(got - fp32_out).mean()), "onnxruntime": float(np.abs(ort - fp32_out).mean())}
+            rec["mean_abs_diff_vs_fp32"] = vs
+            rec["tolerance"] = {"ratio": cfg.opencv_ratio, "floor": cfg.opencv_floor}
+            ok = vs["opencv"] <= cfg.opencv_ratio * vs["onnxruntime"] + cfg.opencv_floor
         else:
-            tol = cfg.opencv_tol_fp16 if name.endswith("fp16") else cfg.opencv_tol
-            ok, rec["tolerance"] = rec["max_abs_diff"] <= tol, {"max": tol}
+            ok, rec["tolerance"] = rec["max_abs_diff"] <= cfg.opencv_tol, {"max": cfg.opencv_tol}
         if not ok:
             raise ExportError(f"{where}: {path.name} in OpenCV differs from onnxruntime: {rec}; nothing was written")
         out[name] = rec

@@ -132,6 +132,6 @@ def test_opencv_runs_every_onnx_file_and_matches_onnxruntime(tmp_path):
     rec = check_opencv(files, x, fp32, cfg, "test")
     assert set(rec) == set(files) and rec["int8"]["mean_abs_diff_vs_fp32"]["opencv"] > 0
     with pytest.raises(ExportError, match="model_int8|q.onnx in OpenCV differs from onnxruntime"):
-        check_opencv({"int8": int8}, x, fp32, cfg.model_copy(update={"opencv_int8_ratio": 0.01}), "test")
-    with pytest.raises(ExportError, match="h.onnx in OpenCV differs"):
-        check_opencv({"fp16": fp16}, x, fp32, cfg.model_copy(update={"opencv_tol_fp16": 1e-9}), "test")
+        check_opencv({"int8": int8}, x, fp32, cfg.model_copy(update={"opencv_ratio": 0.01, "opencv_floor": 0}), "test")
+    with pytest.raises(ExportError, match="m.onnx in OpenCV differs"):
+        check_opencv({"fp32": fixed}, x, fp32, cfg.model_copy(update={"opencv_tol": 1e-12}), "test")
