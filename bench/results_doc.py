@@ -431,7 +431,9 @@ def tiling() -> list[str]:
             rows,
         ),
         "",
-        "![input | whole | tiled | resized](../bench/results/tiling.png)",
+        "Rows: watercolor, cartoon, winter; columns: input | whole photo in torch | tiled | resized.",
+        "",
+        "![input | whole | tiled | resized](../bench/results/tiling.jpg)",
         "",
     ]
 

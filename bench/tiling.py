@@ -4,7 +4,8 @@ the whole photo in torch (it takes any size that is a multiple of 16), on the te
 between neighbouring columns on a flat gradient, tiled with and without blending, against the whole-image run's.
 
 Run: python -m bench.tiling [--photos 8] [--max-side 640] [--overlap 64]
-     ->  bench/results/tiling.json, bench/results/tiling.png (one test photo: input, whole, tiled, resized)
+     ->  bench/results/tiling.json, bench/results/tiling.jpg (one test photo per concept: input, whole, tiled,
+         resized; JPEG, quality 90)
 Needs `dvc repro` first (the concepts' ONNX models, the base, the adapters and the test split).
 """
 
@@ -109,8 +110,8 @@ def main() -> None:
                 },
             }
     atomic_write_json(args.out, result)
-    with atomic_path(args.out.with_suffix(".png")) as tmp:
-        Image.fromarray(np.concatenate(panels, 0)).save(tmp, format="PNG")
+    with atomic_path(args.out.with_suffix(".jpg")) as tmp:
+        Image.fromarray(np.concatenate(panels, 0)).save(tmp, format="JPEG", quality=90)
     print(json.dumps({c: v["lpips_vs_whole"] for c, v in result["concepts"].items()}, indent=1))
 
 
