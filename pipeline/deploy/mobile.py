@@ -67,7 +67,6 @@ def to_executorch(model: "nn.Module", path: Path, size: int, calibration: np.nda
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from torch import nn
 
     from pipeline.deploy.portable import rewritten
 
@@ -82,10 +81,10 @@ def to_executorch(model: "nn.Module", path: Path, size: int, calibration: np.nda
             )
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            # convolutions only: they are the generator's cost, and XNNPACK fails to compile the quantized
-            # attention (a squeeze node it rejects)
-            quantizer = XNNPACKQuantizer().set_module_type(
-                nn.Conv2d, get_symmetric_quantization_config(is_per_channel=True)
+            # convolutions only (the generator's cost; XNNPACK fails to compile the quantized attention), chosen
+            # by operator: a module-type filter does not reach the weights on an exported graph, which left them fp32
+            quantizer = XNNPACKQuantizer().set_operator_type(
+                torch.ops.aten.conv2d.default, get_symmetric_quantization_config(is_per_channel=True)
             )
             prepared = prepare_pt2e(program.module(), quantizer)
             for i in range(len(calibration)):
