@@ -28,9 +28,11 @@ lint: $(STAMP)  ## ruff (lint and format check), configured in pyproject.toml
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-litert.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@# the LiteRT converter without dependency resolution: why, in requirements-litert.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-litert.txt
 	touch $(STAMP)
 
 assets: $(STAMP)  ## fetch + verify photos and weights into $$E2GAN_CACHE (default ~/.cache/e2gan)

@@ -1,7 +1,8 @@
 """Generator size, MACs and latency: E²GAN generator vs pix2pix ResNet-9, side by side in one run, in each runtime
-that runs here: onnxruntime, ExecuTorch (XNNPACK, the CPU path phones use) and OpenCV's DNN module.
+that runs here: onnxruntime, ExecuTorch and LiteRT (both on XNNPACK, the CPU path phones use) and OpenCV's DNN
+module.
 
-Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20] [--runtimes onnx executorch opencv]
+Run: python -m bench.generator_latency [--sizes 128 256] [--runs 20] [--runtimes onnx executorch litert opencv]
      ->  bench/results/generator_latency.json
 Uses the trained base model (train_base's output) when present (else a freshly initialised one: latency
 does not depend on the weights).
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +41,7 @@ def _onnx_weights(path: Path) -> int:
     return int(sum(np.prod(t.dims, dtype=np.int64) for t in onnx.load(str(path)).graph.initializer))
 
 
-def _opencv_latency(path: Path, size: int, threads: int, runs: int) -> dict:
+def _opencv_latency(path: Path, size: int, threads: int, *, runs: int) -> dict:
     import cv2
     import numpy as np
 
@@ -56,19 +58,20 @@ def _opencv_latency(path: Path, size: int, threads: int, runs: int) -> dict:
     return {**mobile.latency(run, x, runs), "threads": threads}
 
 
-def _executorch_latency(model, folder: Path, name: str, size: int, threads: int, runs: int) -> dict:
+def _phone_latency(fmt: str, model, folder: Path, name: str, size: int, threads: int, *, runs: int) -> dict:
+    """Latency of the model converted to a phone format (executorch, litert), converted once per size."""
     import numpy as np
 
     from pipeline.deploy import mobile
 
-    path = folder / f"{name}-{size}.pte"
+    path = folder / f"{name}-{size}{mobile.SUFFIX[fmt]}"
     if not path.is_file():
-        mobile.to_executorch(model, path, size)
+        {"executorch": mobile.to_executorch, "litert": mobile.to_litert}[fmt](model, path, size)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-    return {**mobile.latency(mobile.runner("executorch", path, threads), x, runs), "threads": threads}
+    return {**mobile.latency(mobile.runner(fmt, path, threads), x, runs), "threads": threads}
 
 
-RUNTIMES = ("onnx", "executorch", "opencv")
+RUNTIMES = ("onnx", "executorch", "litert", "opencv")
 
 
 def main() -> None:
@@ -105,10 +108,10 @@ def main() -> None:
                     **{f"threads_{t}": ort_latency(path, size, t, args.runs) for t in threads},
                 }
                 for rt in args.runtimes:
-                    if rt == "executorch":
-                        fn = lambda t, m=model, n=name, s=size: _executorch_latency(m, Path(tmp), n, s, t, args.runs)  # noqa: E731
+                    if rt in ("executorch", "litert"):
+                        fn = partial(_phone_latency, rt, model, Path(tmp), name, size, runs=args.runs)
                     elif rt == "opencv":
-                        fn = lambda t, p=path, s=size: _opencv_latency(p, s, t, args.runs)  # noqa: E731
+                        fn = partial(_opencv_latency, path, size, runs=args.runs)
                     else:
                         continue
                     entry["sizes"][size][rt] = {f"threads_{t}": fn(t) for t in threads}

@@ -354,6 +354,7 @@ def mobile() -> list[str]:
                     name,
                     f["precision"],
                     f["bytes"],
+                    f.get("convert_s"),
                     f"{check:.1e}" if isinstance(check, float) else check,
                     p.get("lpips_vs_torch"),
                     *[lat.get(f"threads_{t}", {}).get("median_ms") for t in threads],
@@ -369,10 +370,11 @@ def mobile() -> list[str]:
         "",
         provenance("reports/export_mobile", "dvc repro export_mobile@<concept>"),
         "",
-        "ExecuTorch programs run here (its runtime, XNNPACK backend, x86_64): parity against the torch model on test "
-        "crops and latency at 256², beside the concept's fp32 ONNX model in onnxruntime in the same run. Core ML "
-        "has no runtime on Linux: its packages pass a structural check only. Each file is a whole model; only the "
-        "ONNX route patches one shared base with a small adapter (`docs/deploy.md`).",
+        "ExecuTorch programs (its runtime, XNNPACK backend) and LiteRT models (the LiteRT interpreter, XNNPACK "
+        "delegate) run here, on x86_64: parity against the torch model on test crops and latency at 256², beside the "
+        "concept's fp32 ONNX model in onnxruntime in the same run. Core ML has no runtime on Linux: its packages pass "
+        "a structural check only. Each file is a whole model; only the ONNX route patches one shared base with a "
+        "small adapter (`docs/deploy.md`). Conversion seconds are the stage's own, on this 2-core machine.",
         "",
         *table(
             [
@@ -380,6 +382,7 @@ def mobile() -> list[str]:
                 "file",
                 "precision",
                 "bytes",
+                "convert s",
                 "max abs Δ vs torch (or check)",
                 "LPIPS vs torch",
                 *[f"ms, {t} thread(s)" for t in threads],

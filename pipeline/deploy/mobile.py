@@ -2,11 +2,10 @@
 
 - ExecuTorch `.pte` (XNNPACK backend; fp32, and int8 through the XNNPACK quantizer calibrated on real crops),
   run here by ExecuTorch's runtime for parity and latency;
+- LiteRT `.tflite` (litert-torch; the int8 variant by ai-edge-quantizer's dynamic-range recipe: int8 weights,
+  activations quantized on the fly), run here by the LiteRT interpreter (XNNPACK delegate) for parity and latency;
 - Core ML `.mlpackage` (ML Program, fp16 compute; coremltools), which has no runtime on Linux: checked
   structurally (the spec loads, its input and output names and shapes, its operations).
-
-LiteRT (`.tflite`) is not made: litert-torch needs torch < 2.14, and onnx2tf's conversion of this generator
-fails (docs/deploy.md).
 
 The models are exported from `portable.rewritten(model, portable=True)`, which spells out the layers XNNPACK
 and the converters reject; parity is always measured against the unrewritten torch model.
@@ -32,11 +31,19 @@ from pipeline.core.io import atomic_path
 if TYPE_CHECKING:  # torch is imported where a model is exported or ExecuTorch runs: `e2gan apply` with onnx needs none
     from torch import nn
 
-FORMATS = ("executorch", "coreml")
-SUFFIX = {"executorch": ".pte", "coreml": ".mlpackage"}
-# the package each format needs, and how to get it
+FORMATS = ("executorch", "litert", "coreml")
+SUFFIX = {"executorch": ".pte", "litert": ".tflite", "coreml": ".mlpackage"}
+# the package each format (or task) needs, and how to get it
 NEEDS = {
     "executorch": ("executorch", "run 'make install' (it is one of e2gan's dependencies) or pip install executorch"),
+    "litert": (
+        "litert_torch",
+        "run 'make install', or pip install --no-deps -r requirements-litert.txt (why --no-deps: that file says)",
+    ),
+    "litert_runtime": (
+        "ai_edge_litert",
+        "run 'make install' (it is one of e2gan's dependencies) or pip install ai-edge-litert",
+    ),
     "coreml": ("coremltools", "run 'make install' (it is one of e2gan's dependencies) or pip install coremltools"),
 }
 
@@ -114,12 +121,70 @@ def _executorch_method(path: Path, threads: int = 0):
         ) from None
 
 
-def executorch_outputs(path: Path, x: np.ndarray, threads: int = 0) -> np.ndarray:
-    """(N, 3, S, S) float32 in [-1, 1] -> the program's outputs, one image per call (the program is 1xSxS)."""
+def outputs(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """(N, 3, S, S) float32 in [-1, 1] -> a runtime's outputs, one image per call (the models are 1x3xSxS)."""
+    run = runner(fmt, path)
+    return np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+
+
+# ----------------------------------------------------------------------------- LiteRT
+
+
+def to_litert(model: "nn.Module", path: Path, size: int, int8: bool = False) -> Path:
+    """`model` (image-only, 1x3xSxS in [-1, 1]) as a LiteRT flatbuffer (litert-torch); with `int8` its weights
+    are int8 per channel and activations are quantized on the fly (ai-edge-quantizer's dynamic-range recipe,
+    which needs no calibration; full int8 fails in the interpreter on the normalisation's division)."""
+    require("litert")
+    import litert_torch
     import torch
 
-    method = _executorch_method(path, threads)
-    return np.concatenate([method.execute([torch.from_numpy(x[i : i + 1].copy())])[0].numpy() for i in range(len(x))])
+    from pipeline.deploy.portable import rewritten
+
+    path = Path(path)
+    with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory(dir=path.parent) as td:
+        warnings.simplefilter("ignore")
+        plain = Path(td) / "model.tflite"
+        litert_torch.convert(rewritten(model, portable=True).eval(), (torch.zeros(1, 3, size, size),)).export(
+            str(plain)
+        )
+        if int8:
+            from ai_edge_quantizer import quantizer, recipe
+
+            q = quantizer.Quantizer(str(plain))
+            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            plain = Path(td) / "model_int8.tflite"
+            q.quantize().export_model(str(plain))
+        with atomic_path(path) as tmp:
+            shutil.copyfile(plain, tmp)
+    return path
+
+
+def _litert_interpreter(path: Path, threads: int = 0):
+    require("litert_runtime")
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not Path(path).is_file():
+        raise MobileExportError(f"{path}: no LiteRT model; run 'dvc repro export_mobile' for this concept")
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
+        interpreter.allocate_tensors()
+    except Exception as e:  # ValueError for a flatbuffer that does not verify, RuntimeError from the kernels
+        raise MobileExportError(
+            f"{path}: not a loadable LiteRT model ({str(e).strip().splitlines()[0][:160]}); "
+            "delete it and rerun 'dvc repro export_mobile'"
+        ) from None
+    return interpreter
+
+
+def _litert_call(interpreter):
+    (i,), (o,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def call(x: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(i["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(o["index"]).copy()
+
+    return call, int(i["shape"][-1])
 
 
 # ----------------------------------------------------------------------------- Core ML
@@ -227,6 +292,9 @@ def latency(run, x: np.ndarray, runs: int, warmup: int = 2) -> dict[str, float]:
     }
 
 
+RUNTIMES = ("onnx", "executorch", "litert")  # the formats that run on this machine
+
+
 class Runner:
     """A loaded model as a callable (1, 3, S, S) float32 in [-1, 1] -> (1, 3, S, S), with its input side `size`."""
 
@@ -238,16 +306,18 @@ class Runner:
 
 
 def runner(fmt: str, path: Path, threads: int = 0) -> Runner:
-    """A Runner for a format that runs on this machine (onnx, executorch)."""
+    """A Runner for a format that runs on this machine (RUNTIMES); `threads` 0: the runtime's default."""
     if fmt == "executorch":
         import torch
 
         method = _executorch_method(path, threads)
         size = int(method.metadata.input_tensor_meta(0).sizes()[-1])
         return Runner(lambda x: method.execute([torch.from_numpy(x)])[0].numpy(), size)
+    if fmt == "litert":
+        return Runner(*_litert_call(_litert_interpreter(path, threads)))
     if fmt == "onnx":
         from pipeline.deploy.export import ort_session
 
         sess = ort_session(path, threads)
         return Runner(lambda x: sess.run(None, {"image": x})[0], int(sess.get_inputs()[0].shape[-1]))
-    raise MobileExportError(f"runtime {fmt!r} does not run on this machine; use onnx or executorch")
+    raise MobileExportError(f"runtime {fmt!r} does not run on this machine; use one of {', '.join(RUNTIMES)}")

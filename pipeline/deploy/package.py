@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -283,26 +285,22 @@ def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOn
 # ----------------------------------------------------------------------------- phone formats (export_mobile@C)
 
 
+FORMAT_NAMES = {"executorch": "executorch (XNNPACK)", "litert": "litert (XNNPACK delegate)"}
+
+
 class ExportMobileConfig(FrozenConfig):
     """export_mobile@C: the merged concept model in phone formats (pipeline/deploy/mobile.py), checked against torch."""
 
-    formats: list[str] = Field(default_factory=lambda: ["executorch", "coreml"])
-    int8: bool = True  # ExecuTorch int8 (XNNPACK quantizer, calibrated on val crops), Core ML int8 weights
+    formats: list[Literal["executorch", "litert", "coreml"]] = Field(
+        default_factory=lambda: ["executorch", "litert", "coreml"]
+    )
+    # int8 variants: ExecuTorch (XNNPACK quantizer, calibrated on val crops), LiteRT (dynamic range), Core ML (weights)
+    int8: bool = True
     parity_tol: float = Field(1e-3, gt=0)  # fp32: max |runtime - torch| on test crops
     int8_max_lpips: float = Field(0.05, gt=0)  # int8: mean LPIPS against the torch model's outputs on test crops
     parity_images: int = Field(8, ge=1)  # test crops, spread over all test photos
     calibration_images: int = Field(16, ge=1)  # int8 calibration: val crops, spread over all val photos
     latency_runs: int = Field(5, ge=1)
-
-    @field_validator("formats")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        from pipeline.deploy.mobile import FORMATS
-
-        bad = [f for f in v if f not in FORMATS]
-        if bad:
-            raise ValueError(f"unknown format(s) {bad}; use any of {list(FORMATS)}")
-        return v
 
 
 def _to_images(y: np.ndarray) -> list[np.ndarray]:
@@ -345,19 +343,25 @@ def export_mobile(
     m["splits"] = {"parity": "test", "int8_calibration": "val"}
     where = f"export_mobile@{concept}"
     with atomic_dir(out) as tmp:
-        files = []
-        if "executorch" in cfg.formats:
-            files.append(("model.pte", mobile.to_executorch(model, tmp / "model.pte", size), "fp32"))
-            if cfg.int8:
-                files.append(
-                    ("model_int8.pte", mobile.to_executorch(model, tmp / "model_int8.pte", size, calib), "int8")
-                )
-        for name, path, precision in files:
-            y = mobile.executorch_outputs(path, x)
+        files = []  # (name, path, format, precision, seconds to convert) of the models a runtime here checks
+        convert = {"executorch": mobile.to_executorch, "litert": mobile.to_litert}
+        for fmt, precision, name, kwargs in (
+            ("executorch", "fp32", "model.pte", {}),
+            ("executorch", "int8", "model_int8.pte", {"calibration": calib}),
+            ("litert", "fp32", "model.tflite", {}),
+            ("litert", "int8 (dynamic range)", "model_int8.tflite", {"int8": True}),
+        ):
+            if fmt in cfg.formats and (precision == "fp32" or cfg.int8):
+                t0 = time.perf_counter()
+                path = convert[fmt](model, tmp / name, size, **kwargs)
+                files.append((name, path, fmt, precision, round(time.perf_counter() - t0, 1)))
+        for name, path, fmt, precision, seconds in files:
+            y = mobile.outputs(fmt, path, x)
             rec = {
-                "format": "executorch (XNNPACK)",
+                "format": FORMAT_NAMES[fmt],
                 "precision": precision,
                 "bytes": mobile.file_bytes(path),
+                "convert_s": seconds,
                 "parity": {
                     "images": len(x),
                     "max_abs_diff": float(np.abs(y - ref).max()),
@@ -375,18 +379,19 @@ def export_mobile(
                     f"for fp32, LPIPS {cfg.int8_max_lpips} for int8); the export is wrong, nothing was written"
                 )
             rec["latency"] = {
-                f"threads_{t}": mobile.latency(mobile.runner("executorch", path, t), x[:1], cfg.latency_runs)
-                for t in threads
+                f"threads_{t}": mobile.latency(mobile.runner(fmt, path, t), x[:1], cfg.latency_runs) for t in threads
             }
             m["files"][name] = rec
         if "coreml" in cfg.formats:
             variants = [("model.mlpackage", False)] + ([("model_int8.mlpackage", True)] if cfg.int8 else [])
             for name, int8 in variants:
+                t0 = time.perf_counter()
                 path = mobile.to_coreml(model, tmp / name, size, int8_weights=int8)
                 m["files"][name] = {
                     "format": "coreml (ML Program, fp16 compute)",
                     "precision": "int8 weights" if int8 else "fp16",
                     "bytes": mobile.file_bytes(path),
+                    "convert_s": round(time.perf_counter() - t0, 1),
                     "check": mobile.check_coreml(path, size),
                 }
         onnx_rec = {"bytes": onnx_model.stat().st_size}
@@ -410,7 +415,7 @@ def export_mobile(
                 "base_sha256": sha256_file(base_dir / "generator.safetensors"),
                 "files": m["files"],
                 "onnxruntime_fp32_same_run": onnx_rec,
-                "shared_base": "ExecuTorch and Core ML files are whole models per concept (weights inside); "
+                "shared_base": "ExecuTorch, LiteRT and Core ML files are whole models per concept (weights inside); "
                 "only the ONNX route patches one shared base with the concept's adapter artifact",
             },
         )

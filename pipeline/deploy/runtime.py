@@ -1,5 +1,5 @@
 """Running an exported concept model on image files (`e2gan apply`): onnxruntime (no torch at run time), the
-ExecuTorch runtime, at each photo's own resolution.
+ExecuTorch runtime or the LiteRT interpreter, at each photo's own resolution.
 
 The models take a fixed 1x3xSxS input. A larger photo is edited in overlapping SxS tiles whose outputs are blended
 with weights that fall to zero towards each tile's edges, so no tile border shows; a smaller side is reflect-padded
@@ -27,8 +27,10 @@ VARIANTS = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8
 RUNTIME_FILES = {
     "onnx": VARIANTS,
     "executorch": {"fp32": "model.pte", "int8": "model_int8.pte"},
+    "litert": {"fp32": "model.tflite", "int8": "model_int8.tflite"},
 }
-STAGE = {"onnx": "export_onnx", "executorch": "export_mobile"}
+STAGE = {"onnx": "export_onnx", "executorch": "export_mobile", "litert": "export_mobile"}
+SUFFIX_RUNTIME = {".onnx": "onnx", ".pte": "executorch", ".tflite": "litert"}
 FITS = ("tile", "resize", "refuse")
 
 
@@ -137,12 +139,12 @@ def tiles_for(shape: tuple[int, ...], size: int, overlap: int) -> int:
 
 
 def load_runner(model: Path, threads: int = 0):
-    """An exported model (.onnx or .pte) as a callable (1, 3, S, S) -> (1, 3, S, S) with `.size`."""
+    """An exported model (.onnx, .pte or .tflite) as a callable (1, 3, S, S) -> (1, 3, S, S) with `.size`."""
     from pipeline.deploy import mobile
 
-    fmt = {".onnx": "onnx", ".pte": "executorch"}.get(Path(model).suffix)
+    fmt = SUFFIX_RUNTIME.get(Path(model).suffix)
     if fmt is None:
-        raise E2GANError(f"{model}: not a model e2gan apply runs (.onnx or .pte)")
+        raise E2GANError(f"{model}: not a model e2gan apply runs ({', '.join(SUFFIX_RUNTIME)})")
     return mobile.runner(fmt, model, threads)
 
 
@@ -155,7 +157,7 @@ def apply_model(
     desc: str = "apply",
     overlap: int | None = None,
 ) -> ApplyResult:
-    """Run `model` (.onnx or .pte) on every image of `inputs`, writing PNGs under `out` (or to `out` for
+    """Run `model` (.onnx, .pte or .tflite) on every image of `inputs`, writing PNGs under `out` (or to `out` for
     one image file) at each image's own size: fit='tile' (overlapping tiles, blended), 'resize' (squeezed to the
     model's input and back: blurry for large photos) or 'refuse' (images of another size are skipped). Unreadable
     images are named skips, with the reason; the others are still written."""

@@ -434,8 +434,10 @@ def apply(
     models: Path = typer.Option(
         None, help="The folder of concept folders (default: from dvc.yaml, export_onnx's or export_mobile's)."
     ),
-    runtime: str = typer.Option("onnx", help="onnx (onnxruntime) | executorch (XNNPACK)"),
-    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8 (onnx); fp32 | int8 (executorch)"),
+    runtime: str = typer.Option(
+        "onnx", help="onnx (onnxruntime) | executorch (XNNPACK) | litert (LiteRT interpreter, XNNPACK)"
+    ),
+    variant: str = typer.Option("fp32", help="fp32 | fp16 | int8 (onnx); fp32 | int8 (executorch, litert)"),
     fit: str = typer.Option(
         "tile",
         help="Photos of another size than the model's: 'tile' (edited at their own resolution in overlapping, "

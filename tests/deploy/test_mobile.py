@@ -1,5 +1,5 @@
 """Phone formats and the second ONNX consumer: the rewritten model equals the trained one, ExecuTorch programs
-match torch (fp32 to float rounding, int8 within the output's own variation), Core ML packages pass their
+and LiteRT models match torch (fp32 to float rounding, int8 within the output's own variation), Core ML packages pass their
 structural check, OpenCV's DNN module runs every ONNX file and matches onnxruntime, and broken files give one
 clear line."""
 
@@ -55,9 +55,9 @@ def test_executorch_fp32_and_int8_match_torch(tmp_path):
     x, other = _x(3, 32), _x(3, 32, seed=1)
     ref = _ref(model, x)
     fp32 = mobile.to_executorch(model, tmp_path / "m.pte", 32)
-    assert np.abs(mobile.executorch_outputs(fp32, x) - ref).max() < 1e-4
+    assert np.abs(mobile.outputs("executorch", fp32, x) - ref).max() < 1e-4
     int8 = mobile.to_executorch(model, tmp_path / "q.pte", 32, calibration=_x(8, 32, seed=2))
-    got = mobile.executorch_outputs(int8, x)
+    got = mobile.outputs("executorch", int8, x)
     spread = np.abs(_ref(model, other) - ref).mean()  # how much the output moves with the input
     assert 0 < np.abs(got - ref).mean() < 0.25 * spread  # quantized (not equal), and close
     run = mobile.runner("executorch", fp32, threads=1)
@@ -69,12 +69,40 @@ def test_executorch_fp32_and_int8_match_torch(tmp_path):
 
 def test_broken_executorch_files_give_one_clear_line(tmp_path):
     with pytest.raises(mobile.MobileExportError, match="no ExecuTorch program; run 'dvc repro export_mobile'"):
-        mobile.executorch_outputs(tmp_path / "missing.pte", _x(1))
+        mobile.outputs("executorch", tmp_path / "missing.pte", _x(1))
     bad = tmp_path / "bad.pte"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(mobile.MobileExportError, match="not a loadable ExecuTorch program") as e:
-        mobile.executorch_outputs(bad, _x(1))
+        mobile.outputs("executorch", bad, _x(1))
     assert "\n" not in str(e.value)
+
+
+def test_litert_fp32_and_int8_match_torch(tmp_path):
+    model = _tiny()
+    x, other = _x(3, 32), _x(3, 32, seed=1)
+    ref = _ref(model, x)
+    fp32 = mobile.to_litert(model, tmp_path / "m.tflite", 32)
+    assert np.abs(mobile.outputs("litert", fp32, x) - ref).max() < 1e-4
+    int8 = mobile.to_litert(model, tmp_path / "q.tflite", 32, int8=True)
+    got = mobile.outputs("litert", int8, x)
+    spread = np.abs(_ref(model, other) - ref).mean()
+    assert 0 < np.abs(got - ref).mean() < 0.25 * spread  # quantized (not equal), and close
+    assert int8.stat().st_size < 0.6 * fp32.stat().st_size  # int8 weights (half of this tiny model is not conv weights)
+    run = mobile.runner("litert", fp32, threads=1)
+    assert run.size == 32 and np.abs(run(x[:1]) - ref[:1]).max() < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "q.tflite"]  # no temporary left behind
+
+
+def test_broken_litert_files_give_one_clear_line(tmp_path):
+    with pytest.raises(mobile.MobileExportError, match="no LiteRT model; run 'dvc repro export_mobile'"):
+        mobile.outputs("litert", tmp_path / "missing.tflite", _x(1))
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(mobile.MobileExportError, match="not a loadable LiteRT model") as e:
+        mobile.outputs("litert", bad, _x(1))
+    assert "\n" not in str(e.value)
+    with pytest.raises(mobile.MobileExportError, match="runtime 'coreml' does not run on this machine"):
+        mobile.runner("coreml", bad)
 
 
 def test_coreml_package_passes_its_structural_check(tmp_path):

@@ -92,15 +92,17 @@ def test_no_seam_on_a_flat_gradient(gentle):
     assert steps(edit_tiled(run, ramp, TILE, 0)).max() > limit  # unblended tiles do show seams
 
 
-def test_executorch_runtime_gives_what_onnxruntime_gives(tmp_path, gentle):
+@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+def test_phone_runtimes_give_what_onnxruntime_gives(tmp_path, gentle, fmt):
     model, onnx = gentle
-    pte = mobile.to_executorch(model, tmp_path / "m.pte", TILE)
+    convert = {"executorch": mobile.to_executorch, "litert": mobile.to_litert}[fmt]
+    path = convert(model, tmp_path / f"m{mobile.SUFFIX[fmt]}", TILE)
     im = synthetic_photo(50, 70, seed=5)
     a = edit_tiled(load_runner(onnx), im, TILE, OVERLAP).astype(int)
-    b = edit_tiled(load_runner(pte), im, TILE, OVERLAP).astype(int)
+    b = edit_tiled(load_runner(path), im, TILE, OVERLAP).astype(int)
     assert np.abs(a - b).max() <= 1
     Image.fromarray(im).save(tmp_path / "in.png")
-    result = apply_model(pte, [tmp_path / "in.png"], tmp_path / "out.png")
+    result = apply_model(path, [tmp_path / "in.png"], tmp_path / "out.png")
     assert result.written == 1 and np.abs(np.asarray(Image.open(tmp_path / "out.png")).astype(int) - b).max() <= 1
 
 
@@ -124,7 +126,9 @@ def test_apply_cli_tiles_by_default_and_names_a_missing_runtime_model(tmp_path, 
     assert p.returncode == 0 and np.abs(np.asarray(Image.open(tmp_path / "o2.png")).astype(int) - want).max() > 1
     p = cli("big.png", "-c", "demo", "-o", "x.png", "--runtime", "executorch")
     assert p.returncode == 2 and "run 'dvc repro export_mobile@demo'" in p.stderr and "Traceback" not in p.stderr
-    p = cli("big.png", "-c", "demo", "-o", "x.png", "--runtime", "tflite")
-    assert p.returncode == 2 and "--runtime 'tflite': use onnx, executorch" in p.stderr
+    p = cli("big.png", "-c", "demo", "-o", "x.png", "--runtime", "litert", "--variant", "int8")
+    assert p.returncode == 2 and "run 'dvc repro export_mobile@demo'" in p.stderr and "Traceback" not in p.stderr
+    p = cli("big.png", "-c", "demo", "-o", "x.png", "--runtime", "coreml")
+    assert p.returncode == 2 and "--runtime 'coreml': use onnx, executorch, litert" in p.stderr
     p = cli("big.png", "-c", "demo", "-o", "x.png", "--overlap", "30")
     assert p.returncode == 2 and "--overlap 30: use 0 to 16 pixels" in p.stderr
