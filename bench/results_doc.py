@@ -338,11 +338,11 @@ def _opencv(x: dict) -> str:
 
 
 def mobile() -> list[str]:
+    b = load("bench/results/phone_formats.json")
+    if not b:
+        return []
     rows, ort = [], []
-    for c in concepts():
-        x = load(f"reports/export_mobile/{c}.json")
-        if not x:
-            continue
+    for c, x in b["concepts"].items():
         threads = x["threads"]
         for name, f in x["files"].items():
             p = f.get("parity", {})
@@ -366,9 +366,12 @@ def mobile() -> list[str]:
     if not rows:
         return []
     return [
-        "## Phone formats (`export_mobile`)",
+        "## Phone formats (`bench.phone_formats`)",
         "",
-        provenance("reports/export_mobile", "dvc repro export_mobile@<concept>"),
+        provenance("bench/results/phone_formats.json", "python -m bench.phone_formats"),
+        "",
+        f"On {b['machine']}. `export_mobile` with every format (the default run makes none: they are opt-in, "
+        "`export_mobile.formats`), from the default run's models.",
         "",
         "ExecuTorch programs (its runtime, XNNPACK backend) and LiteRT models (the LiteRT interpreter, XNNPACK "
         "delegate) run here, on x86_64: parity against the torch model on test crops and latency at 256², beside the "

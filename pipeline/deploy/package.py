@@ -3,6 +3,7 @@ batch, fp16, int8), its adapter artifact for the shared base model, and the mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -285,15 +286,18 @@ def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOn
 # ----------------------------------------------------------------------------- phone formats (export_mobile@C)
 
 
+OPT_IN = (
+    "phone formats are opt-in (about two minutes per concept on two cores): set export_mobile.formats in "
+    "params.yaml to any of [executorch, litert, coreml] and run 'dvc repro'"
+)
 FORMAT_NAMES = {"executorch": "executorch (XNNPACK)", "litert": "litert (XNNPACK delegate)"}
 
 
 class ExportMobileConfig(FrozenConfig):
     """export_mobile@C: the merged concept model in phone formats (pipeline/deploy/mobile.py), checked against torch."""
 
-    formats: list[Literal["executorch", "litert", "coreml"]] = Field(
-        default_factory=lambda: ["executorch", "litert", "coreml"]
-    )
+    # opt-in (params.yaml says why): none by default; any of executorch, litert, coreml
+    formats: list[Literal["executorch", "litert", "coreml"]] = Field(default_factory=list)
     # int8 variants: ExecuTorch (XNNPACK quantizer, calibrated on val crops), LiteRT (dynamic range), Core ML (weights)
     int8: bool = True
     parity_tol: float = Field(1e-3, gt=0)  # fp32: max |runtime - torch| on test crops
@@ -307,6 +311,60 @@ def _to_images(y: np.ndarray) -> list[np.ndarray]:
     from pipeline.core.tensors import array_to_image
 
     return [array_to_image(y[i]) for i in range(len(y))]
+
+
+def _to_coreml(model, folder: Path, size: int, cfg: ExportMobileConfig) -> dict:
+    from pipeline.deploy import mobile
+
+    out = {}
+    for name, int8 in [("model.mlpackage", False)] + ([("model_int8.mlpackage", True)] if cfg.int8 else []):
+        t0 = time.perf_counter()
+        path = mobile.to_coreml(model, folder / name, size, int8_weights=int8)
+        out[name] = {
+            "format": "coreml (ML Program, fp16 compute)",
+            "precision": "int8 weights" if int8 else "fp16",
+            "bytes": mobile.file_bytes(path),
+            "convert_s": round(time.perf_counter() - t0, 1),
+            "check": mobile.check_coreml(path, size),
+        }
+    return out
+
+
+def _to_executorch(
+    base_dir: Path, adapter: Path, prompts: Path, folder: Path, size: int, files: list, calib: np.ndarray
+) -> dict[str, float]:
+    """In the side process: the concept model loaded afresh, its ExecuTorch programs written; seconds per file."""
+    from pipeline.deploy import mobile
+
+    torch.set_num_threads(1)  # the other core converts the other formats
+    model, _ = concept_model(base_dir, adapter, prompts)
+    seconds = {}
+    for name, precision in files:
+        t0 = time.perf_counter()
+        mobile.to_executorch(model, folder / name, size, calib if precision == "int8" else None)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    return seconds
+
+
+@contextlib.contextmanager
+def _side_process(wanted: bool):
+    """One spawned worker process, or this process where a worker cannot start (a daemonic process, such as a Dask
+    worker, may not have children) or is not wanted."""
+    import multiprocessing as mp
+    from concurrent.futures import Executor, Future, ProcessPoolExecutor
+
+    if wanted and not mp.current_process().daemon:
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            yield pool
+        return
+
+    class Inline(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            f: Future = Future()
+            f.set_result(fn(*args, **kwargs))
+            return f
+
+    yield Inline()
 
 
 def export_mobile(
@@ -324,6 +382,10 @@ def export_mobile(
     latency for the concept's fp32 ONNX model measured in the same run."""
     from pipeline.deploy import mobile
 
+    if not cfg.formats:  # opt-in: a card that says so, and nothing converted
+        with atomic_dir(out) as tmp:
+            atomic_write_json(tmp / "card.json", {"concept": concept, "files": {}, "note": OPT_IN})
+        return {"concept": concept, "formats": [], "files": {}, "note": OPT_IN}
     for fmt in cfg.formats:
         mobile.require(fmt)
     check_onnx(onnx_model)
@@ -339,29 +401,41 @@ def export_mobile(
         ref = model(torch.from_numpy(x)).numpy()
     ref_images = _to_images(ref)
     threads = sorted({1, os.cpu_count() or 1})
-    m: dict = {"concept": concept, "size": size, "threads": threads, "files": {}}
+    m: dict = {"concept": concept, "formats": list(cfg.formats), "size": size, "threads": threads, "files": {}}
     m["splits"] = {"parity": "test", "int8_calibration": "val"}
     where = f"export_mobile@{concept}"
     with atomic_dir(out) as tmp:
-        files = []  # (name, path, format, precision, seconds to convert) of the models a runtime here checks
-        convert = {"executorch": mobile.to_executorch, "litert": mobile.to_litert}
-        for fmt, precision, name, kwargs in (
-            ("executorch", "fp32", "model.pte", {}),
-            ("executorch", "int8", "model_int8.pte", {"calibration": calib}),
-            ("litert", "fp32", "model.tflite", {}),
-            ("litert", "int8 (dynamic range)", "model_int8.tflite", {"int8": True}),
-        ):
-            if fmt in cfg.formats and (precision == "fp32" or cfg.int8):
-                t0 = time.perf_counter()
-                path = convert[fmt](model, tmp / name, size, **kwargs)
-                files.append((name, path, fmt, precision, round(time.perf_counter() - t0, 1)))
-        for name, path, fmt, precision, seconds in files:
+        # ExecuTorch's lowering in a second process while this one makes the LiteRT and Core ML files: each
+        # toolchain is mostly single-threaded Python, and the two take about as long (two cores: half the time)
+        plan = [
+            (fmt, precision, name)
+            for fmt, precision, name in (
+                ("executorch", "fp32", "model.pte"),
+                ("executorch", "int8", "model_int8.pte"),
+                ("litert", "fp32", "model.tflite"),
+                ("litert", "int8 (dynamic range)", "model_int8.tflite"),
+            )
+            if fmt in cfg.formats and (precision == "fp32" or cfg.int8)
+        ]
+        et = [(name, precision) for fmt, precision, name in plan if fmt == "executorch"]
+        with _side_process(bool(et)) as pool:
+            pending = pool.submit(_to_executorch, base_dir, adapter, prompts, tmp, size, et, calib) if et else None
+            seconds = {}
+            for fmt, precision, name in plan:
+                if fmt == "litert":
+                    t0 = time.perf_counter()
+                    mobile.to_litert(model, tmp / name, size, int8=precision != "fp32")
+                    seconds[name] = round(time.perf_counter() - t0, 1)
+            coreml = _to_coreml(model, tmp, size, cfg) if "coreml" in cfg.formats else {}
+            seconds.update(pending.result() if pending else {})
+        files = [(name, tmp / name, fmt, precision, seconds[name]) for fmt, precision, name in plan]
+        for name, path, fmt, precision, convert_s in files:
             y = mobile.outputs(fmt, path, x)
             rec = {
                 "format": FORMAT_NAMES[fmt],
                 "precision": precision,
                 "bytes": mobile.file_bytes(path),
-                "convert_s": seconds,
+                "convert_s": convert_s,
                 "parity": {
                     "images": len(x),
                     "max_abs_diff": float(np.abs(y - ref).max()),
@@ -382,18 +456,7 @@ def export_mobile(
                 f"threads_{t}": mobile.latency(mobile.runner(fmt, path, t), x[:1], cfg.latency_runs) for t in threads
             }
             m["files"][name] = rec
-        if "coreml" in cfg.formats:
-            variants = [("model.mlpackage", False)] + ([("model_int8.mlpackage", True)] if cfg.int8 else [])
-            for name, int8 in variants:
-                t0 = time.perf_counter()
-                path = mobile.to_coreml(model, tmp / name, size, int8_weights=int8)
-                m["files"][name] = {
-                    "format": "coreml (ML Program, fp16 compute)",
-                    "precision": "int8 weights" if int8 else "fp16",
-                    "bytes": mobile.file_bytes(path),
-                    "convert_s": round(time.perf_counter() - t0, 1),
-                    "check": mobile.check_coreml(path, size),
-                }
+        m["files"].update(coreml)
         onnx_rec = {"bytes": onnx_model.stat().st_size}
         onnx_rec["latency"] = {
             f"threads_{t}": mobile.latency(mobile.runner("onnx", onnx_model, t), x[:1], cfg.latency_runs)

@@ -29,16 +29,18 @@ class ExplicitAttention(nn.Module):
         self.to_q, self.to_k, self.to_v, self.to_out = attn.to_q, attn.to_k, attn.to_v, attn.to_out
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # batched matmuls over (B * heads): a 4-D matmul becomes expand + bmm, and XNNPACK does not take the expands
         b, n, d = x.shape
         h, t = self.heads, context.shape[1]
-        q = self.to_q(x).reshape(b, n, h, d // h).transpose(1, 2)  # (B, h, N, d/h)
-        k = self.to_k(context).reshape(b, t, h, d // h).permute(0, 2, 3, 1)  # (B, h, d/h, T)
-        v = self.to_v(context).reshape(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
-        scores = torch.matmul(q, k) * (d // h) ** -0.5
+        q = self.to_q(x).reshape(b, n, h, d // h).transpose(1, 2).reshape(b * h, n, d // h)
+        k = self.to_k(context).reshape(b, t, h, d // h).permute(0, 2, 3, 1).reshape(b * h, d // h, t)
+        v = self.to_v(context).reshape(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h)
+        scores = torch.bmm(q, k) * (d // h) ** -0.5  # (B * h, N, T)
         if mask is not None:  # -1e4, not -inf: fp16 variants keep it finite, and exp(-1e4) is 0 in float32
-            scores = scores + (mask[:, None, None, :].to(scores.dtype) - 1.0) * 1e4
-        out = torch.matmul(torch.softmax(scores, -1), v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+            bias = (mask.to(scores.dtype) - 1.0) * 1e4
+            scores = scores + bias[:, None, :].expand(b, h, t).reshape(b * h, 1, t)
+        out = torch.bmm(torch.softmax(scores, -1), v)  # (B * h, N, d/h)
+        return self.to_out(out.reshape(b, h, n, d // h).transpose(1, 2).reshape(b, n, d))
 
 
 class SlicedReflectionPad(nn.Module):
@@ -78,25 +80,31 @@ class ExplicitInstanceNorm(nn.Module):
 
 
 class ExplicitLayerNorm(nn.Module):
-    """LayerNorm over the last dimension as mean and biased variance."""
+    """LayerNorm over the last dimension as mean and biased variance, computed on a (1, rows, C, 1) view: XNNPACK
+    averages only the two inner dimensions of a 4-D tensor."""
 
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        y = centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + self.eps)
-        return y * self.weight + self.bias
+        shape = x.shape
+        x = x.reshape(1, -1, shape[-1], 1)
+        centred = x - x.mean((2, 3), keepdim=True)
+        y = centred / torch.sqrt((centred * centred).mean((2, 3), keepdim=True) + self.eps)
+        return y.reshape(shape) * self.weight + self.bias
 
 
 class NearestUp2x(nn.Module):
-    """2x nearest upsampling as copies: each pixel twice along W, then each row twice along H (exact)."""
+    """2x nearest upsampling as copies (exact): each pixel twice along W (a trailing axis of 2, flattened), then
+    each row twice (a row concatenated with itself is two rows of the output). Reshapes, not unsqueezes:
+    XNNPACK takes an unsqueeze on the trailing axis only; and each concatenation gets two distinct reshapes of its
+    input, as XNNPACK's partitioner counts a tensor concatenated with itself as one input and rejects it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        x = torch.cat([x.unsqueeze(-1), x.unsqueeze(-1)], -1).reshape(b, c, h, 2 * w)
-        return torch.cat([x.unsqueeze(3), x.unsqueeze(3)], 3).reshape(b, c, 2 * h, 2 * w)
+        x = torch.cat([x.reshape(b, c, h, w, 1), x.reshape(b, c, h, w, 1)], -1)
+        return torch.cat([x.reshape(b, c, h, 2 * w), x.reshape(b, c, h, 2 * w)], 3).reshape(b, c, 2 * h, 2 * w)
 
 
 @torch.no_grad()

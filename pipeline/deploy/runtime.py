@@ -53,8 +53,9 @@ def model_path(models: Path, concept: str, variant: str, runtime: str = "onnx") 
     model = models / concept / name
     if not model.is_file():
         known = sorted(p.name for p in models.iterdir() if (p / name).is_file()) if models.is_dir() else []
+        opt_in = f"add {runtime} to export_mobile.formats in params.yaml, then " if runtime != "onnx" else ""
         raise E2GANError(
-            f"{model}: no exported model for concept {concept!r}; run 'dvc repro {STAGE[runtime]}@{concept}'"
+            f"{model}: no exported model for concept {concept!r}; {opt_in}run 'dvc repro {STAGE[runtime]}@{concept}'"
             + (f" (exported: {', '.join(known)})" if known else "")
         )
     if runtime == "onnx":

@@ -173,7 +173,7 @@ def result_markdown(concept: str, root: Path) -> str:
             rows.append(f"| `{f.relative_to(root)}` | {_size(f)} |")
     mobile = dvc.stage_paths("export_mobile", concept, root)["out"]
     if mobile.is_dir():
-        for f in sorted([*mobile.glob("*.pte"), *mobile.glob("*.mlpackage")]):
+        for f in sorted([*mobile.glob("*.pte"), *mobile.glob("*.tflite"), *mobile.glob("*.mlpackage")]):
             rows.append(f"| `{f.relative_to(root)}` | {_size(f)} |")
     if adapter.is_dir():
         rows.append(f"| `{adapter.relative_to(root)}/` (peft adapter) | {_size(adapter)} |")

@@ -67,7 +67,9 @@ def repo(tmp_path_factory) -> Path:
     params["finetune_lora"]["train"].update(steps=2, batch_size=2, ckpt_every=1, log_every=1)
     params["evaluate"].update(bootstrap=2, kid_bootstrap=2, fid_bootstrap=0, grid=2)  # FID: tests/core/test_metrics.py
     params["export_onnx"].update(size=32, parity_images=2, calibration_images=2, latency_runs=1, quantize=False)
-    params["export_mobile"].update(parity_images=2, calibration_images=2, latency_runs=1, int8=False)
+    params["export_mobile"].update(
+        formats=["litert"], parity_images=2, calibration_images=2, latency_runs=1, int8=False
+    )
     params["select_base"].update(k=2, n_calibration=1)  # fewer base pairs, probes and comparison runs
     params["concepts"] = {
         "sepia": {"prompt": "give it a sepia tone", "teacher": {"kind": "filters", "op": "sepia"}},
