@@ -7,7 +7,8 @@ export is checked against the unrewritten model.
   into an Attention layer that wants packed QKV weights and refuses the model);
 - `portable=True` (ExecuTorch, LiteRT, Core ML) also rewrites what XNNPACK cannot take, which would otherwise
   run in slow portable kernels: reflection padding as slices + concat, instance and layer norm as mean/var
-  arithmetic, and 2x nearest upsampling as concatenated copies (exact).
+  arithmetic, 2x nearest upsampling as concatenated copies, and padded transposed convolutions as unpadded ones,
+  cropped (all exact).
 """
 
 from __future__ import annotations
@@ -107,6 +108,31 @@ class NearestUp2x(nn.Module):
         return torch.cat([x.reshape(b, c, h, 2 * w), x.reshape(b, c, h, 2 * w)], 3).reshape(b, c, 2 * h, 2 * w)
 
 
+class CroppedConvTranspose(nn.Module):
+    """ConvTranspose2d with padding p and output padding op <= p as the unpadded transposed convolution cropped to
+    [p, p + size) (exact): LiteRT's converter fails to lower the padded form (ResNet-9's upsampling)."""
+
+    def __init__(self, conv: nn.ConvTranspose2d):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            padding=0,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+        self.conv.weight, self.conv.bias = conv.weight, conv.bias
+        self.padding, self.output_padding = conv.padding, conv.output_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        (ph, pw), (oh, ow) = self.padding, self.output_padding
+        return y[:, :, ph : y.shape[2] - ph + oh, pw : y.shape[3] - pw + ow]
+
+
 @torch.no_grad()
 def rewritten(model: nn.Module, portable: bool = False) -> nn.Module:
     """A deep copy of `model` with the rewrites above; `model` is untouched. Run it on the exporter's input
@@ -121,6 +147,13 @@ def rewritten(model: nn.Module, portable: bool = False) -> nn.Module:
                 new = SlicedReflectionPad(int(child.padding[0]))
             elif portable and isinstance(child, nn.InstanceNorm2d):
                 new = ExplicitInstanceNorm(child)
+            elif (
+                portable
+                and isinstance(child, nn.ConvTranspose2d)
+                and any(child.padding)
+                and all(o <= p for o, p in zip(child.output_padding, child.padding))
+            ):
+                new = CroppedConvTranspose(child)
             elif portable and isinstance(child, nn.LayerNorm):
                 new = ExplicitLayerNorm(child)
             elif portable and isinstance(child, nn.Upsample):

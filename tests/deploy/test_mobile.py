@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pipeline.deploy import mobile
 from pipeline.deploy.artifact import pad_tokens
@@ -48,6 +49,17 @@ def test_rewritten_model_equals_the_trained_one(portable):
     assert "ReflectionPad2d" not in kinds if portable else "ReflectionPad2d" in kinds
     assert np.abs(_ref(new, x) - _ref(model, x)).max() < 1e-4  # float rounding: the sums run in another order
     assert "Attention" in {type(m).__name__ for m in frozen.modules()}  # the original is untouched
+
+
+def test_padded_transposed_convolutions_are_rewritten_exactly_and_convert_to_litert(tmp_path):
+    torch.manual_seed(0)  # ResNet-9's upsampling: kernel 3, stride 2, padding 1, output padding 1
+    model = nn.Sequential(nn.ConvTranspose2d(3, 4, 3, 2, 1, 1), nn.ReLU(), nn.Conv2d(4, 3, 3, 2, 1)).eval()
+    x = _x(2, 16)
+    new = rewritten(model, portable=True)
+    assert "CroppedConvTranspose" in {type(m).__name__ for m in new.modules()}
+    assert np.abs(_ref(new, x) - _ref(model, x)).max() < 1e-5
+    path = mobile.to_litert(model, tmp_path / "t.tflite", 16)
+    assert np.abs(mobile.outputs("litert", path, x) - _ref(model, x)).max() < 1e-4
 
 
 def test_executorch_fp32_and_int8_match_torch(tmp_path):
