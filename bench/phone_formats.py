@@ -1,7 +1,7 @@
 """Every phone format of every concept (export_mobile with all of executorch, litert and coreml, which the default
 run leaves out: params.yaml, export_mobile.formats), from the default run's models: each file's size, conversion
 seconds, parity against torch on test crops (Core ML: its structural check) and latency at 1 and 2 threads beside
-the concept's fp32 ONNX model in onnxruntime, in the same run.
+the concept's fp32 ONNX model in onnxruntime, in the same run; and the seconds the whole stage took per concept.
 
 Run: python -m bench.phone_formats [--concepts watercolor cartoon winter] [--keep DIR]
      ->  bench/results/phone_formats.json (written after each concept; a rerun keeps the concepts already measured
@@ -15,6 +15,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from bench.common import code_version, machine
@@ -52,7 +53,9 @@ def main() -> None:
         p = stage_paths("export_mobile", concept)
         with tempfile.TemporaryDirectory() as td:
             out = Path(td) / concept
+            t0 = time.perf_counter()
             m = export_mobile(concept, p["base"], p["adapter"], p["pairs"], p["prompts"], p["onnx"], cfg, out)
+            m["stage_s"] = round(time.perf_counter() - t0, 1)  # what export_mobile@C costs with every format on
             if args.keep:
                 shutil.rmtree(args.keep / concept, ignore_errors=True)
                 shutil.copytree(out, args.keep / concept)
