@@ -62,56 +62,44 @@ def test_padded_transposed_convolutions_are_rewritten_exactly_and_convert_to_lit
     assert np.abs(mobile.outputs("litert", path, x) - _ref(model, x)).max() < 1e-4
 
 
-def test_executorch_fp32_and_int8_match_torch(tmp_path):
+CONVERT = {  # format -> (fp32, int8) converters at 32x32
+    "executorch": (
+        lambda model, path: mobile.to_executorch(model, path, 32),
+        lambda model, path: mobile.to_executorch(model, path, 32, calibration=_x(8, 32, seed=2)),
+    ),
+    "litert": (
+        lambda model, path: mobile.to_litert(model, path, 32),
+        lambda model, path: mobile.to_litert(model, path, 32, int8=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CONVERT))
+def test_phone_fp32_and_int8_match_torch(tmp_path, fmt):
     model = _tiny()
     x, other = _x(3, 32), _x(3, 32, seed=1)
     ref = _ref(model, x)
-    fp32 = mobile.to_executorch(model, tmp_path / "m.pte", 32)
-    assert np.abs(mobile.outputs("executorch", fp32, x) - ref).max() < 1e-4
-    int8 = mobile.to_executorch(model, tmp_path / "q.pte", 32, calibration=_x(8, 32, seed=2))
-    got = mobile.outputs("executorch", int8, x)
+    fp32, int8 = (convert(model, tmp_path / f"{n}{mobile.SUFFIX[fmt]}") for convert, n in zip(CONVERT[fmt], "mq"))
+    assert np.abs(mobile.outputs(fmt, fp32, x) - ref).max() < 1e-4
+    got = mobile.outputs(fmt, int8, x)
     spread = np.abs(_ref(model, other) - ref).mean()  # how much the output moves with the input
     assert 0 < np.abs(got - ref).mean() < 0.25 * spread  # quantized (not equal), and close
-    run = mobile.runner("executorch", fp32, threads=1)
+    assert int8.stat().st_size < 0.9 * fp32.stat().st_size  # int8 weights (most of a tiny program is not weights)
+    run = mobile.runner(fmt, fp32, threads=1)
     assert run.size == 32 and np.abs(run(x[:1]) - ref[:1]).max() < 1e-4
     lat = mobile.latency(run, x[:1], runs=3)
     assert lat["runs"] == 3 and 0 < lat["median_ms"] <= lat["p90_ms"]
-    assert not list(tmp_path.glob(".*tmp*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fp32.name, int8.name]  # no temporary left behind
 
 
-def test_broken_executorch_files_give_one_clear_line(tmp_path):
-    with pytest.raises(mobile.MobileExportError, match="no ExecuTorch program; run 'dvc repro export_mobile'"):
-        mobile.outputs("executorch", tmp_path / "missing.pte", _x(1))
-    bad = tmp_path / "bad.pte"
+@pytest.mark.parametrize("fmt, what", [("executorch", "ExecuTorch program"), ("litert", "LiteRT model")])
+def test_broken_phone_files_give_one_clear_line(tmp_path, fmt, what):
+    with pytest.raises(mobile.MobileExportError, match=f"no {what}; run 'dvc repro export_mobile'"):
+        mobile.outputs(fmt, tmp_path / f"missing{mobile.SUFFIX[fmt]}", _x(1))
+    bad = tmp_path / f"bad{mobile.SUFFIX[fmt]}"
     bad.write_bytes(b"\x00" * 64)
-    with pytest.raises(mobile.MobileExportError, match="not a loadable ExecuTorch program") as e:
-        mobile.outputs("executorch", bad, _x(1))
-    assert "\n" not in str(e.value)
-
-
-def test_litert_fp32_and_int8_match_torch(tmp_path):
-    model = _tiny()
-    x, other = _x(3, 32), _x(3, 32, seed=1)
-    ref = _ref(model, x)
-    fp32 = mobile.to_litert(model, tmp_path / "m.tflite", 32)
-    assert np.abs(mobile.outputs("litert", fp32, x) - ref).max() < 1e-4
-    int8 = mobile.to_litert(model, tmp_path / "q.tflite", 32, int8=True)
-    got = mobile.outputs("litert", int8, x)
-    spread = np.abs(_ref(model, other) - ref).mean()
-    assert 0 < np.abs(got - ref).mean() < 0.25 * spread  # quantized (not equal), and close
-    assert int8.stat().st_size < 0.6 * fp32.stat().st_size  # int8 weights (half of this tiny model is not conv weights)
-    run = mobile.runner("litert", fp32, threads=1)
-    assert run.size == 32 and np.abs(run(x[:1]) - ref[:1]).max() < 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "q.tflite"]  # no temporary left behind
-
-
-def test_broken_litert_files_give_one_clear_line(tmp_path):
-    with pytest.raises(mobile.MobileExportError, match="no LiteRT model; run 'dvc repro export_mobile'"):
-        mobile.outputs("litert", tmp_path / "missing.tflite", _x(1))
-    bad = tmp_path / "bad.tflite"
-    bad.write_bytes(b"\x00" * 64)
-    with pytest.raises(mobile.MobileExportError, match="not a loadable LiteRT model") as e:
-        mobile.outputs("litert", bad, _x(1))
+    with pytest.raises(mobile.MobileExportError, match=f"not a loadable {what}") as e:
+        mobile.outputs(fmt, bad, _x(1))
     assert "\n" not in str(e.value)
     with pytest.raises(mobile.MobileExportError, match="runtime 'coreml' does not run on this machine"):
         mobile.runner("coreml", bad)
