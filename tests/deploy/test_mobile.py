@@ -5,6 +5,8 @@ clear line."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 from pipeline.deploy import mobile
 from pipeline.deploy.artifact import pad_tokens
 from pipeline.deploy.export import ExportError, ImageOnly, export_onnx, onnx_outputs, opencv_outputs, to_fp16, to_int8
-from pipeline.deploy.package import ExportOnnxConfig, check_opencv
+from pipeline.deploy.package import ExportOnnxConfig, _side_process, check_opencv
 from pipeline.deploy.portable import rewritten
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig, freeze_text_norms
 
@@ -163,3 +165,10 @@ def test_opencv_runs_every_onnx_file_and_matches_onnxruntime(tmp_path):
         check_opencv({"int8": int8}, x, fp32, cfg.model_copy(update={"opencv_ratio": 0.01, "opencv_floor": 0}), "test")
     with pytest.raises(ExportError, match="m.onnx in OpenCV differs"):
         check_opencv({"fp32": fixed}, x, fp32, cfg.model_copy(update={"opencv_tol": 1e-12}), "test")
+
+
+def test_the_side_process_runs_work_elsewhere_and_inline_when_not_wanted():
+    with _side_process(True) as pool:
+        assert pool.submit(os.getpid).result() != os.getpid()  # ExecuTorch's lowering beside the other formats
+    with _side_process(False) as pool:
+        assert pool.submit(os.getpid).result() == os.getpid()
