@@ -66,7 +66,7 @@ def _phone_latency(fmt: str, model, folder: Path, name: str, size: int, threads:
 
     path = folder / f"{name}-{size}{mobile.SUFFIX[fmt]}"
     if not path.is_file():
-        {"executorch": mobile.to_executorch, "litert": mobile.to_litert}[fmt](model, path, size)
+        mobile.CONVERT[fmt](model, path, size)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
     return {**mobile.latency(mobile.runner(fmt, path, threads), x, runs), "threads": threads}
 

@@ -187,6 +187,9 @@ def _litert_call(interpreter):
     return call, int(i["shape"][-1])
 
 
+CONVERT = {"executorch": to_executorch, "litert": to_litert}  # the formats a runtime here checks: fp32 converters
+
+
 # ----------------------------------------------------------------------------- Core ML
 
 

@@ -95,8 +95,7 @@ def test_no_seam_on_a_flat_gradient(gentle):
 @pytest.mark.parametrize("fmt", ["executorch", "litert"])
 def test_phone_runtimes_give_what_onnxruntime_gives(tmp_path, gentle, fmt):
     model, onnx = gentle
-    convert = {"executorch": mobile.to_executorch, "litert": mobile.to_litert}[fmt]
-    path = convert(model, tmp_path / f"m{mobile.SUFFIX[fmt]}", TILE)
+    path = mobile.CONVERT[fmt](model, tmp_path / f"m{mobile.SUFFIX[fmt]}", TILE)
     im = synthetic_photo(50, 70, seed=5)
     a = edit_tiled(load_runner(onnx), im, TILE, OVERLAP).astype(int)
     b = edit_tiled(load_runner(path), im, TILE, OVERLAP).astype(int)
