@@ -32,7 +32,9 @@ Every finished run is written to bench/results/concept_bench.json at once (with 
 and a plot), so a killed benchmark resumes where it stopped. Each run carries a key of everything that decides
 it (the spec, the training settings, the data subset, the base's and the pairs' hashes): a rerun reuses the
 runs whose key a job of the plan still has and sets the others aside in the file's `set_aside` (never in the
-figures; back in when a setting switches back); `--fresh` starts over.
+figures; back in when a setting switches back); `--fresh` starts over. The code is not in the key (a change to
+the training code would otherwise discard hours of runs): each run records the training code's hash and the
+commit it was trained at (`code`), and the summary counts the runs made by other code than the checkout's.
 
 Gap closed = (LPIPS_identity - LPIPS_adapter) / (LPIPS_identity - LPIPS_full_finetune), test LPIPS at each
 run's val-best step averaged over seeds; pooled = the mean gaps over concepts, the same ratio.
@@ -50,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, ConceptBench, machine, train_curve
+from bench.common import RESULTS, ConceptBench, code_version, machine, train_curve
 from bench.concept_summary import FAMILY, METHODS, job_id, markdown, plot, summarise
 from pipeline.adapt.lora import adaptable_layers, add_lora_spec, round_to, spec_ranks, trainable_parameters
 from pipeline.adapt.ranks import count, random_ranks, spec_for
@@ -59,7 +61,7 @@ from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
 from pipeline.model.nets.generator import E2GANGenerator
 from pipeline.model.nets.pix2pix import ResnetGenerator
-from pipeline.orchestrate.dvc import stage_paths
+from pipeline.orchestrate.dvc import code_hash, stage_paths
 
 SCALES = {
     # fine-tunes (full_ft, adapter, uniform, random) run finetune_lora.train.steps unless `lora_steps` is set
@@ -446,6 +448,7 @@ def main() -> None:
     print(f"{len(jobs)} jobs, {len(keys)} distinct runs, {len({c['key'] for _, c in todo})} to train", flush=True)
     t0 = time.perf_counter()
     trained = 0
+    training_code, commit = code_hash("finetune_lora")[:16], code_version()
     for j, cfg in todo:
         if cfg["key"] in done:  # another method of this plan trains the same thing
             continue
@@ -468,6 +471,7 @@ def main() -> None:
             done |= keys_in
         for r in result["runs"][n_before:]:  # what the job cost in all, evaluations included (budgeting)
             r["job_wall_seconds"] = round(time.perf_counter() - t_job, 1)
+            r["code"] = {"training": training_code, "commit": commit}  # what trained it (not in its key)
         done.add(cfg["key"])
         result["wall_seconds"] = round(result.get("wall_seconds", 0) + time.perf_counter() - t0, 1)
         t0 = time.perf_counter()

@@ -243,6 +243,22 @@ def _concept(c: str, ref: dict, rows: list[dict], rs: Resamples) -> tuple[dict, 
     return entry, curves
 
 
+def code_of_runs(runs: list[dict]) -> dict:
+    """Which training code made the runs in the figures: the checkout's (the hash finetune_lora's work folders
+    use), other code, or code not recorded (runs made before runs recorded it)."""
+    from pipeline.orchestrate.dvc import code_hash
+
+    now = code_hash("finetune_lora")[:16]
+    made = [(r.get("code") or {}).get("training") for r in runs]
+    return {
+        "training_code": now,
+        "runs": len(made),
+        "by_this_code": sum(m == now for m in made),
+        "by_other_code": sum(m is not None and m != now for m in made),
+        "not_recorded": sum(m is None for m in made),
+    }
+
+
 def summarise(result: dict) -> dict:
     rows, refs = method_runs(result), result["references"]
     photos = next(iter(refs.values()))["photos"] if refs else []
@@ -275,6 +291,7 @@ def summarise(result: dict) -> dict:
         ),
         "detail": per,
     }
+    summary["code"] = code_of_runs([r for r in rows if r["concept"] in per])
     ratios = [e["time_ratio_vs_pix2pix"] for e in per.values() if "time_ratio_vs_pix2pix" in e]
     if ratios:
         summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
@@ -335,6 +352,14 @@ def markdown(result: dict) -> str:
         out.append(
             f"| {c} | **gap closed** | | {g['mean']:.1%} [{g['ci95']['low']:.1%}, {g['ci95']['high']:.1%}] ({by_seed}){extra} | | |"
         )
+    code = s.get("code")
+    if code:
+        out += [
+            "",
+            f"Training code of the {code['runs']} runs: {code['by_this_code']} by this checkout's "
+            f"({code['training_code']}), {code['by_other_code']} by other code, {code['not_recorded']} not recorded "
+            "(made before runs recorded it).",
+        ]
     return "\n".join(out) + "\n"
 
 

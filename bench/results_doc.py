@@ -275,10 +275,6 @@ def adapters() -> list[str]:
     return out + (["Input | teacher | base without adapter | student, per concept:", "", *grids, ""] if grids else [])
 
 
-def _latency(variants: dict, name: str, threads: int) -> float | None:
-    return variants.get(name, {}).get(f"latency_threads_{threads}", {}).get("median_ms")
-
-
 def export() -> list[str]:
     rows = []
     for c in concepts():
@@ -294,8 +290,6 @@ def export() -> list[str]:
                 a["bytes"],
                 f"{100 * a['share_of_model']:.2f} %",
                 f"{a['max_abs_diff_vs_direct']:.1e}",
-                _latency(v, "fp32", 1),
-                _latency(v, "fp32", 2),
                 v.get("int8", {}).get("bytes"),
                 v.get("int8", {}).get("lpips_vs_fp32"),
                 _opencv(x),
@@ -308,6 +302,8 @@ def export() -> list[str]:
         "",
         provenance("reports/export_onnx", "dvc repro export_onnx@<concept>"),
         "",
+        'Latency is one figure for every concept (the same architecture): "Generator size and latency" below.',
+        "",
         *table(
             [
                 "concept",
@@ -316,8 +312,6 @@ def export() -> list[str]:
                 "adapter artifact bytes",
                 "artifact / model",
                 "artifact vs direct max abs Δ",
-                "fp32 ms, 1 thread",
-                "fp32 ms, 2 threads",
                 "int8 bytes",
                 "int8 LPIPS vs fp32",
                 "OpenCV DNN vs onnxruntime: max abs Δ fp32 / fp16 / patched base; int8 mean abs Δ to fp32, OpenCV / onnxruntime",

@@ -54,7 +54,8 @@ class ExportOnnxConfig(FrozenConfig):
     parity_images: int = Field(16, ge=1)  # test crops, spread over all test photos, for parity and variants
     quantize: bool = True  # also write fp16 and int8 (static, calibrated) variants
     calibration_images: int = Field(32, ge=1)  # int8 calibration: val crops, spread over all val photos
-    latency_runs: int = Field(10, ge=1)
+    latency_runs: int = Field(0, ge=0)  # onnxruntime latency per variant and thread count (0: not measured here;
+    # the architecture's latency is one figure for every concept: python -m bench.generator_latency)
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
     opencv: bool = True  # every ONNX file must also run in OpenCV's DNN module and match onnxruntime:
     opencv_tol: float = Field(1e-3, gt=0)  # fp32 (and the adapter-patched base): max |OpenCV - onnxruntime|
@@ -151,8 +152,9 @@ def variants(
     cfg: ExportOnnxConfig,
     threads: list[int],
 ) -> dict:
-    """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs on `photos`, onnxruntime latency.
-    int8 is calibrated on `calibration`, which should be other photos (export_concept: val; `photos`: test)."""
+    """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs on `photos`, and onnxruntime
+    latency when cfg.latency_runs > 0. int8 is calibrated on `calibration`, which should be other photos
+    (export_concept: val; `photos`: test)."""
     fp32_imgs = run_onnx(fixed, photos)
     paths = {"fp32": fixed}
     if cfg.quantize:
@@ -164,8 +166,11 @@ def variants(
         out[name] = {
             "bytes": path.stat().st_size,
             "lpips_vs_fp32": float(np.mean(lpips_distance(imgs, fp32_imgs))),
-            **{f"latency_threads_{t}": ort_latency(path, cfg.size, t, cfg.latency_runs) for t in threads},
         }
+        if cfg.latency_runs:
+            out[name].update(
+                {f"latency_threads_{t}": ort_latency(path, cfg.size, t, cfg.latency_runs) for t in threads}
+            )
     return out
 
 

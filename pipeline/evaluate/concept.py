@@ -12,10 +12,9 @@ from pipeline.adapt.lora import load_adapter
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.images import save_png
-from pipeline.core.metrics import inception_features
 from pipeline.core.plots import grid
 from pipeline.data.dataset import concept_condition, concept_prompt, split_pairs
-from pipeline.evaluate.sets import compare_sets, paired_difference, paired_kid
+from pipeline.evaluate.sets import cached_features, compare_sets, paired_difference, paired_kid
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.infer import run_generator
 
@@ -37,11 +36,19 @@ PAIRED = ("lpips", "psnr", "ssim", "clip_direction")  # per-crop metrics that ge
 
 
 def evaluate_student(
-    concept: str, base_dir: Path, adapter: Path, pairs: Path, prompts: Path, cfg: EvaluateConfig
+    concept: str,
+    base_dir: Path,
+    adapter: Path,
+    pairs: Path,
+    prompts: Path,
+    cfg: EvaluateConfig,
+    features: tuple[Path, str] | None = None,
 ) -> tuple[dict, np.ndarray]:
     """All metrics of the concept's student, its base without the adapter and the identity against the teacher
     on every `test` pair (test only: nothing is chosen from these figures), and the paired differences
-    student - identity and student - base on the same crops; returns (the metrics, the grid image)."""
+    student - identity and student - base on the same crops; returns (the metrics, the grid image).
+    `features`: (a folder, the code hash) where Inception features are kept by content (sets.cached_features):
+    the test inputs are the same for every concept, so the identity's are computed once."""
     # 1. check inputs
     if not (adapter / "adapter_config.json").is_file():
         raise E2GANError(f"{adapter}: no adapter; run 'dvc repro finetune_lora@{concept}' first")
@@ -63,13 +70,14 @@ def evaluate_student(
         clip = ClipScorer(cfg.clip_model)
     # 3. every metric of the three against the teacher (the teacher's Inception features once), then paired
     prompt = concept_prompt(prompts)
-    tf = inception_features(teacher)
+    cache, code = features or (None, "")
+    tf = cached_features(teacher, cache, code)
     fid = len(inputs) >= cfg.fid_min_crops
     boot = dict(n_boot=cfg.bootstrap, set_boot=cfg.kid_bootstrap, seed=cfg.seed, clip=clip, fid=fid)
     sets, crops, feats = {}, {}, {}
     for name, out in (("student", student_out), ("base_without_adapter", base_out), ("identity", inputs)):
         fid_boot = cfg.fid_bootstrap if name == "student" else 0
-        feats[name] = inception_features(out)  # each set's features once: its metrics and the paired KIDs
+        feats[name] = cached_features(out, cache, code)  # each set's features once: metrics and paired KIDs
         sets[name], crops[name] = compare_sets(
             out, teacher, tf, inputs, prompt, photos, fid_boot=fid_boot, feats=feats[name], **boot
         )

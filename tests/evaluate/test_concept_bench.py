@@ -222,3 +222,21 @@ def test_two_trained_methods_are_compared_on_the_seeds_both_ran(result):
         p2p = np.mean([r["lpips_test"] for r in runs if r["concept"] == c and r["method"] == "pix2pix"])
         assert d["seeds"] == [0] and d["mean"] == pytest.approx(ad - p2p)
         assert "seeds" not in s["detail"][c]["adapter_minus"]["identity"]  # a reference has no seeds
+
+
+def test_the_summary_counts_runs_made_by_other_training_code(result):
+    from pipeline.orchestrate.dvc import code_hash
+
+    now = code_hash("finetune_lora")[:16]
+    runs = [dict(r) for r in result["runs"]]
+    runs[0]["code"] = {"training": now, "commit": "abc"}
+    runs[1]["code"] = {"training": "0" * 16, "commit": "def"}
+    s = summarise({**result, "runs": runs})
+    assert s["code"] == {
+        "training_code": now,
+        "runs": len(runs),
+        "by_this_code": 1,
+        "by_other_code": 1,
+        "not_recorded": len(runs) - 2,
+    }
+    assert "1 by other code" in markdown({**result, "runs": runs, "summary": s})

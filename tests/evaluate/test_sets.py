@@ -73,3 +73,36 @@ def test_a_paired_difference_that_excludes_zero_and_one_that_contains_it():
 def test_a_paired_difference_needs_one_photo_per_crop():
     with pytest.raises(ValueError, match="3 and 3 values for 2 photos"):
         paired_difference([1, 2, 3], [1, 2, 3], ["a", "b"], 10, seed=0)
+
+
+def test_cached_features_are_the_features_and_never_outlive_the_code(tmp_path, monkeypatch):
+    """The cache returns exactly what clean-fid computes, computes a set once per code, misses on any changed
+    pixel, and drops what other code wrote."""
+    import pipeline.evaluate.sets as sets
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    fresh = sets.inception_features(images)
+    calls = []
+    monkeypatch.setattr(sets, "inception_features", lambda ims: calls.append(len(ims)) or fresh.copy())
+    cache = tmp_path / "features"
+    first = sets.cached_features(images, cache, "a" * 64)
+    again = sets.cached_features([im.copy() for im in images], cache, "a" * 64)
+    assert calls == [3] and np.array_equal(first, fresh) and np.array_equal(again, fresh)
+    changed = [im.copy() for im in images]
+    changed[1][0, 0, 0] ^= 1
+    sets.cached_features(changed, cache, "a" * 64)
+    assert calls == [3, 3] and len(list(cache.glob("*.npy"))) == 2
+    sets.cached_features(images, cache, "b" * 64)  # other code: computed again, the old entries removed
+    assert calls == [3, 3, 3]
+    assert [p.name[:16] for p in cache.glob("*.npy")] == ["b" * 16]
+    assert np.array_equal(sets.cached_features(images, None, ""), fresh) and calls == [3, 3, 3, 3]
+    monkeypatch.setattr(sets, "FEATURE_CACHE_ENTRIES", 2)  # bounded: the newest entries stay
+    for k in range(3):
+        sets.cached_features([im + k + 1 for im in images], cache, "b" * 64)
+    assert len(list(cache.glob("*.npy"))) == 2
+    n = len(calls)
+    sets.cached_features(images, cache, "b" * 64)
+    newest = max(cache.glob("*.npy"), key=lambda f: f.stat().st_mtime)
+    newest.write_bytes(b"not an array")  # an unreadable entry is computed again, never trusted
+    assert np.array_equal(sets.cached_features(images, cache, "b" * 64), fresh) and len(calls) == n + 2
