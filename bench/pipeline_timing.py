@@ -12,8 +12,9 @@ Python-level code only): its `top_costs` are the package functions with the most
 count in their callers too, so the list reads as where the time goes, outermost first). `full` sets `full_run_s`, `new-concept` sets `new_concept_s` and `noop` sets
 `noop_repro_s`; a record made at another commit or on another machine says so in its own `commit` and `cpu`.
 
-`new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro` on its stages, then restores
-params.yaml and dvc.lock and removes its outputs (they stay in the DVC cache).
+`new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro --no-run-cache` on its stages (so
+an earlier run's outputs are not restored from DVC's run cache), then restores params.yaml and dvc.lock and
+removes its outputs (they stay in the DVC cache).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
 OUT = RESULTS / "pipeline_timing.json"
 STARTED = re.compile(r"^Running stage '([^']+)'")
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change")
+RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run")  # DVC's run cache: checked out, not run
 
 
 def _untracked() -> set[str]:
@@ -72,13 +74,14 @@ def top_costs(prof: Path, n: int = 6) -> list[dict]:
 
 def timed_repro(*args: str) -> dict:
     """Run `dvc repro *args`, echoing its output, and time it stage by stage: {seconds, stages: {name: s},
-    skipped: [names]}. A stage's time runs from its "Running stage" line to the next one (or the end: the last
+    skipped: [names]}, and `restored_from_run_cache` where DVC checked a stage's earlier outputs out instead. A stage's time runs from its "Running stage" line to the next one (or the end: the last
     stage's time includes DVC's lock-file update, a fraction of a second)."""
     profiles = Path(tempfile.mkdtemp(prefix="e2gan-profile-"))
     env = {**_env(), "E2GAN_PROFILE": str(profiles)}
     t0 = time.perf_counter()
     starts: list[tuple[str, float]] = []
     skipped: list[str] = []
+    restored: list[str] = []
     with subprocess.Popen(
         dvc_cmd("repro", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -90,6 +93,8 @@ def timed_repro(*args: str) -> dict:
                 starts.append((m.group(1), time.perf_counter()))
             elif m := SKIPPED.match(line):
                 skipped.append(m.group(1))
+            elif m := RESTORED.match(line):
+                restored.append(m.group(1))
         rc = proc.wait()
     end = time.perf_counter()
     if rc:
@@ -98,7 +103,8 @@ def timed_repro(*args: str) -> dict:
         name: round(((starts[i + 1][1] if i + 1 < len(starts) else end) - t), 1) for i, (name, t) in enumerate(starts)
     }
     costs = {name: top_costs(profiles / f"{name}.prof") for name in stages if (profiles / f"{name}.prof").is_file()}
-    return {"seconds": round(end - t0, 1), "stages": stages, "top_costs": costs, "skipped": skipped}
+    out = {"seconds": round(end - t0, 1), "stages": stages, "top_costs": costs, "skipped": skipped}
+    return {**out, "restored_from_run_cache": restored} if restored else out
 
 
 def time_noop(repeats: int) -> dict:
@@ -132,7 +138,9 @@ def time_new_concept(name: str, prompt: str) -> dict:
     ).stdout.strip()
     try:
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        record = timed_repro(*[f"{s}@{name}" for s in PER_CONCEPT])
+        # --no-run-cache: a concept this machine has made before would otherwise be restored from DVC's run
+        # cache (its stages "cached - skipping run"), and the record would time a checkout, not the work
+        record = timed_repro("--no-run-cache", *[f"{s}@{name}" for s in PER_CONCEPT])
     finally:
         Path("params.yaml").write_text(params_text)
         Path("dvc.lock").write_text(lock_text)
