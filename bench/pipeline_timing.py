@@ -14,7 +14,9 @@ count in their callers too, so the list reads as where the time goes, outermost 
 
 `new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro --no-run-cache` on its stages (so
 an earlier run's outputs are not restored from DVC's run cache), then restores params.yaml and dvc.lock and
-removes its outputs (they stay in the DVC cache).
+removes its outputs (they stay in the DVC cache) and the Inception features its evaluation added to
+evaluate's feature cache (the test inputs' features, shared by every concept, stay: a real new concept finds
+them there).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, code_version, cpu_model
 from pipeline.core.io import atomic_write_json
-from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd
+from pipeline.orchestrate.dvc import PER_CONCEPT, _env, dvc_cmd, stage_paths
 
 OUT = RESULTS / "pipeline_timing.json"
 STARTED = re.compile(r"^Running stage '([^']+)'")
@@ -133,6 +135,8 @@ def time_new_concept(name: str, prompt: str) -> dict:
     params = yaml.safe_load(params_text)
     params["concepts"][name] = {"prompt": prompt, "teacher": {"kind": "filters", "op": name}}
     before = _untracked()
+    features = stage_paths("evaluate", name)["work"] / "features"  # evaluate@C's Inception feature cache
+    cached = set(features.glob("*.npy"))
     index = subprocess.run(
         ["git", "rev-parse", ":dvc.lock"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -146,6 +150,8 @@ def time_new_concept(name: str, prompt: str) -> dict:
         Path("dvc.lock").write_text(lock_text)
         if index:  # core.autostage staged the temporary dvc.lock: put the index's entry back as it was
             subprocess.run(["git", "update-index", "--cacheinfo", f"100644,{index},dvc.lock"], check=False)
+        for f in set(features.glob("*.npy")) - cached:  # the concept's feature sets: a rerun must compute them
+            f.unlink(missing_ok=True)
         new = sorted(p for p in _untracked() - before if _is_concept_output(p, name))
         for path in new:
             Path(path).unlink(missing_ok=True)
