@@ -6,7 +6,7 @@ whole step. Synthetic pairs (a step's cost does not depend on the pixels).
     python -m bench.finetune_step [--repeats 8]   ->  bench/results/finetune_step.json
 
 Parts (each timed on its own, so they need not add up to the step): the generator's forward, its forward and
-backward, one discriminator update, and the LPIPS loss's forward and backward.
+backward, one discriminator update (on generated images made once), and the LPIPS loss's forward and backward.
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def parts(repeats: int, channels_last: bool = False, whole_only: bool = False) -
         m.G.zero_grad(set_to_none=True)
         m.G(x, text, mask).mean().backward()
 
+    with torch.no_grad():
+        fake = m.G(x, text, mask)
+
     def d_update():
-        with torch.no_grad():
-            fake = m.G(x, text, mask)
         m.opt_d.zero_grad(set_to_none=True)
         d_loss(m.D(x, y), m.D(x, fake)).backward()
         m.opt_d.step()
