@@ -778,7 +778,26 @@ def timing() -> list[str]:
             costs = runs[key]["top_costs"].get(n, [])[:4]
             out.append(f"- `{n}`: " + "; ".join(f"`{c['function']}` {c['seconds']} s" for c in costs))
         out.append("")
-    return out
+    return out + finetune_step()
+
+
+def finetune_step() -> list[str]:
+    f = load("bench/results/finetune_step.json")
+    if not f:
+        return []
+    parts = "; ".join(
+        f"{k.replace('_', ' ')} {v['seconds']} s ({v['share_of_step']:.0%})"
+        for k, v in f["parts"].items()
+        if isinstance(v, dict)
+    )
+    threads = ", ".join(f"{t} thread{'s' * (t != '1')} {v['vs_default']}×" for t, v in f["threads"].items())
+    return [
+        f"One step of a concept's fine-tune (`python -m bench.finetune_step`, `bench/results/finetune_step.json`, "
+        f"commit {f['commit']}, {f['machine']}; batch {f['batch']} at {f['image_size']}², median of {f['repeats']}): "
+        f"**{f['parts']['step_s']} s**, {f['projected_training_s']} s for its {f['steps']} steps. Parts, each timed on "
+        f"its own: {parts}. Channels-last layout {f['channels_last']['vs_default']}× the step; {threads}.",
+        "",
+    ]
 
 
 def refactor() -> list[str]:
