@@ -76,8 +76,9 @@ def top_costs(prof: Path, n: int = 6) -> list[dict]:
 
 def timed_repro(*args: str) -> dict:
     """Run `dvc repro *args`, echoing its output, and time it stage by stage: {seconds, stages: {name: s},
-    skipped: [names]}, and `restored_from_run_cache` where DVC checked a stage's earlier outputs out instead. A stage's time runs from its "Running stage" line to the next one (or the end: the last
-    stage's time includes DVC's lock-file update, a fraction of a second)."""
+    skipped: [names]}, and `restored_from_run_cache` where DVC checked a stage's earlier outputs out instead.
+    A stage's time runs from its "Running stage" line to the next one (or the end: the last stage's time
+    includes DVC's lock-file update, a fraction of a second)."""
     profiles = Path(tempfile.mkdtemp(prefix="e2gan-profile-"))
     env = {**_env(), "E2GAN_PROFILE": str(profiles)}
     t0 = time.perf_counter()
