@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, code_version, train_curve
 from bench.concept_bench import SCALES, build, concept_data, job_config
-from pipeline.adapt.lora import adaptable_layers, trainable_parameters
+from pipeline.adapt.lora import adaptable_layers, patch_pairs, trainable_parameters
 from pipeline.adapt.ranks import spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json
@@ -53,7 +53,7 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
 
     G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
     subset = list(range(len(cb.pairs.inputs))) if args.all_pairs else job["subset"]
-    curve = train_curve(G, cb.pairs.subset(subset), cfg, steps, scale["eval_every"], scores)
+    curve = train_curve(G, patch_pairs(cb.pairs.subset(subset), args.patch), cfg, steps, scale["eval_every"], scores)
     trainable = {f"r{r}": trainable_parameters(truncated_adapter(cb.base, G, spec, cond)) for r, spec in specs.items()}
     return curve, trainable
 
@@ -98,6 +98,10 @@ def main() -> None:
     ap.add_argument("--lambda-gan", type=float, default=None, help="default: finetune_lora.train.lambda_gan")
     ap.add_argument("--lambda-lpips", type=float, default=None, help="default: finetune_lora.train.lambda_lpips")
     ap.add_argument("--kid", action="store_true", help="--train-as full_rank: also each rank's KID on val")
+    ap.add_argument(
+        "--patch", type=int, default=None, help="training windows (0: whole crops; default finetune_lora.patch)"
+    )
+    ap.add_argument("--batch", type=int, default=None, help="pairs per step (default: the benchmark's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -106,10 +110,14 @@ def main() -> None:
     f = f.model_copy(update={"loraplus_ratio": args.loraplus if args.loraplus is not None else f.loraplus_ratio})
     s = s.model_copy(update={"alpha_scale": args.alpha_scale if args.alpha_scale is not None else s.alpha_scale})
     params = params.model_copy(update={"finetune_lora": f, "search_ranks": s})
+    if args.patch is None:
+        args.patch = f.patch
     if args.head_scale is None:
         args.head_scale = f.start_head_scale
     scale = SCALES["default"]
     cb = concept_data(args.concept, params, scale["val_limit"])
+    if args.batch:
+        scale = {**scale, "batch": args.batch}
     job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
     spec = spec_for({n: args.rank for n in adaptable_layers(cb.base)}, s)
     cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g, **losses(args, job["cfg"])})
@@ -121,7 +129,7 @@ def main() -> None:
         trainable = trainable_parameters(G)
         curve = train_curve(
             G,
-            cb.pairs.subset(job["subset"]),
+            patch_pairs(cb.pairs.subset(job["subset"]), args.patch),
             cfg,
             steps,
             scale["eval_every"],
@@ -142,6 +150,8 @@ def main() -> None:
             **losses(args, job["cfg"]),
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
             **({"all_pairs": True} if args.all_pairs else {}),
+            **({"patch": args.patch} if args.patch else {}),
+            "batch": cfg.batch_size,
             "trainable_params": trainable,
             "split": "val",
             **best_of(curve),

@@ -54,7 +54,14 @@ import torch
 
 from bench.common import RESULTS, ConceptBench, code_version, machine, train_curve
 from bench.concept_summary import FAMILY, METHODS, job_id, markdown, plot, summarise
-from pipeline.adapt.lora import adaptable_layers, add_lora_spec, round_to, spec_ranks, trainable_parameters
+from pipeline.adapt.lora import (
+    adaptable_layers,
+    add_lora_spec,
+    patch_pairs,
+    round_to,
+    spec_ranks,
+    trainable_parameters,
+)
 from pipeline.adapt.ranks import count, random_ranks, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
@@ -162,6 +169,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     start = 1.0 if method == "from_base" else fcfg.start_head_scale
     if shares_training and start != 1.0:
         what["start_head_scale"] = start
+    # finetune_lora's training windows (runs on whole crops keep their keys)
+    patch = fcfg.patch if (adapter or shares_training) else 0
+    if patch:
+        what["patch"] = patch
     # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it),
     # and under "full_rank" the full fine-tune is that training itself, read untruncated
     shared = {**what, "spec": None, "kind": "full_rank_truncated", "loraplus": 1.0, "store": fcfg.store}
@@ -177,6 +188,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "eval_every": scale["eval_every"],
         "family": family if shares_training else None,
         "start_head_scale": start if shares_training else 1.0,
+        "patch": patch,
     }
 
 
@@ -231,7 +243,7 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
     fcfg = params.finetune_lora
     G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"])
     cfg, steps = job["cfg"], job["steps"]
-    data = cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"])
+    data = cb.pairs if job["scratch"] else patch_pairs(cb.pairs.subset(job["subset"]), job["patch"])
     best: dict = {}
 
     def scores(model) -> dict:
@@ -285,7 +297,7 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     job = members[0][2]
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
     G, _ = build("full_ft", cb, seed, None, job["start_head_scale"])  # finetune_lora's start
-    data = cb.pairs.subset(job["subset"])
+    data = patch_pairs(cb.pairs.subset(job["subset"]), job["patch"])
     best: list[dict] = [{} for _ in members]
 
     def read(model, spec):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
+from pipeline.data.dataset import PairData
 from pipeline.model.train import Models, TrainConfig, build_models, fit
 
 
@@ -43,6 +45,10 @@ class FinetuneConfig(FrozenConfig):
     # body's features and gradients intact. The layer's change has rank <= 3 (3 output channels): an adapter of
     # rank >= 3 on `out` carries it exactly.
     start_head_scale: float = Field(1.0, ge=0.0, le=1.0)
+    # train on random `patch` x `patch` windows of the pairs (the same window of input and target; 0 = the whole
+    # crop): the generator is convolutional with attention that knows no positions, so it trains on windows and
+    # runs on whole images; a step costs about (patch / image_size)^2 of a whole-crop step. Scored on whole crops.
+    patch: int = Field(0, ge=0, multiple_of=16)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
     @model_validator(mode="after")
@@ -341,7 +347,7 @@ def finetune_concept(
     model, history, seconds = finetune(
         start,
         None if full_rank else spec,
-        pairs.subset(kept),
+        patch_pairs(pairs.subset(kept), cfg.patch),
         train_cfg,
         work,
         desc=f"finetune_lora {concept.name}",
@@ -359,6 +365,33 @@ def finetune_concept(
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)
     return model, history, facts
+
+
+def patch_pairs(pairs, size: int):
+    """`pairs` (a data.dataset.PairData) trained on random size x size windows (finetune_lora.patch); the pairs as
+    they are for size 0 or a size not smaller than the crops."""
+    if size <= 0 or size >= min(pairs.inputs.shape[-2:]):
+        return pairs
+    return PatchPairs(pairs.inputs, pairs.targets, pairs.text_rows, pairs.tokens, pairs.mask, pairs.names, size)
+
+
+@dataclass
+class PatchPairs(PairData):
+    """PairData whose batches are one random window per pair (the same for input and target), a pure function of
+    (seed, step) like PairData.batch."""
+
+    size: int = 0
+
+    def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
+        x, y, tokens, mask = super().batch(step, size, seed, flip)
+        p, (h, w) = self.size, x.shape[-2:]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step + 500_009)
+        top = torch.randint(h - p + 1, (len(x),), generator=g).tolist()
+        left = torch.randint(w - p + 1, (len(x),), generator=g).tolist()
+        windows = list(zip(top, left))
+        x = torch.stack([x[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(windows)])
+        y = torch.stack([y[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(windows)])
+        return x, y, tokens, mask
 
 
 class BestStep:
