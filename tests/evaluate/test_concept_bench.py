@@ -240,3 +240,39 @@ def test_the_summary_counts_runs_made_by_other_training_code(result):
         "not_recorded": len(runs) - 2,
     }
     assert "1 by other code" in markdown({**result, "runs": runs, "summary": s})
+
+
+def test_window_check_pairs_the_new_runs_with_the_set_aside_ones_of_the_earlier_plan(result):
+    """bench.window_check: the runs the current plan names against those an earlier plan named (now set aside),
+    on the same test crops and seeds."""
+    from bench.window_check import compare
+
+    keyed = []
+    for i, r in enumerate(result["runs"]):
+        if r["method"] in ("adapter", "full_ft"):
+            old = {**r, "key": f"old{i}"}  # whole crops: 0.01 better on every crop, slower
+            old.update(lpips_test=[x - 0.01 for x in r["lpips_test"]], seconds_to_best=40.0)
+            keyed += [{**r, "key": f"new{i}"}, old]
+    jobs_now = {job_id(r["concept"], r["method"], r["seed"], None): r["key"] for r in keyed if r["key"][:3] == "new"}
+    jobs_then = {job_id(r["concept"], r["method"], r["seed"], None): r["key"] for r in keyed if r["key"][:3] == "old"}
+    current = {
+        "concepts": ["a", "b"],
+        "references": result["references"],
+        "jobs": jobs_now,
+        "runs": [r for r in keyed if r["key"][:3] == "new"],
+        "set_aside": [r for r in keyed if r["key"][:3] == "old"],
+    }
+    out = compare(current, {"jobs": jobs_then})
+    assert out["concepts"] == ["a", "b"] and out["split"] == "test"
+    for e in out["per_concept"].values():
+        d = e["adapter"]["windows_minus_whole"]
+        assert d["mean"] == pytest.approx(0.01) and d["ci95"]["low"] == pytest.approx(0.01)
+        assert e["seeds"] == [0, 1, 2]
+        assert e["adapter"]["seconds_to_best"] == {"windows": [20.0] * 3, "whole": [40.0] * 3}
+        # the adapters close about 0.18 / 0.2 (windows) and 0.19 / 0.21 (whole crops) of the gap (the seed noise
+        # moves both a little); both are each plan's own adapter and full fine-tune
+        assert e["gap_closed"]["windows"]["mean"] == pytest.approx(0.18 / 0.2, abs=0.01)
+        assert e["gap_closed"]["whole"]["mean"] == pytest.approx(0.19 / 0.21, abs=0.01)
+        assert e["gap_closed"]["whole"]["mean"] > e["gap_closed"]["windows"]["mean"]
+    assert out["pooled"]["adapter_windows_minus_whole_lpips"] == pytest.approx(0.01)
+    assert compare({**current, "set_aside": []}, {"jobs": jobs_then})["concepts"] == []  # nothing to pair with
