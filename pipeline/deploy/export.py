@@ -165,7 +165,13 @@ def run_onnx(path: Path, images: list[np.ndarray], threads: int = 0) -> list[np.
 
 
 def onnx_outputs(path: Path, x: np.ndarray, threads: int = 0) -> np.ndarray:
-    return ort_session(path, threads).run(None, {"image": x.astype(np.float32)})[0]
+    """The model's outputs for the batch `x` from one onnxruntime session: as one batch, or one image per run
+    where the model's batch is fixed at 1."""
+    sess = ort_session(path, threads)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if sess.get_inputs()[0].shape[0] == 1 and len(x) > 1:
+        return np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
+    return sess.run(None, {"image": x})[0]
 
 
 # ----------------------------------------------------------------------------- lower precision

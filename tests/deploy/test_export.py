@@ -72,6 +72,8 @@ def test_fixed_and_dynamic_exports_match_torch(tmp_path, adapted):
         ref = merged(x).numpy()
     assert np.abs(onnx_outputs(fixed, x[:1].numpy()) - ref[:1]).max() < 1e-4
     assert np.abs(onnx_outputs(dynamic, x.numpy()) - ref).max() < 1e-4
+    assert len(x) > 1  # a batch through the fixed model: one image per run, in order
+    assert np.abs(onnx_outputs(fixed, x.numpy()) - ref).max() < 1e-4
 
 
 def _merged(model):
