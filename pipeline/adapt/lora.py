@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,18 +319,21 @@ def finetune_concept(
             f"allocation does not adapt it: add '{HEAD}' to the ranks (search_ranks) or set start_head_scale 1"
         )
     pairs = concept.pairs
-    kept = choose_subset(pairs.inputs, cfg.subset, cfg.subset_fraction, cfg.subset_features, cfg.train.seed)
+    # LPIPS features of the inputs, once: the k-means subset and its coverage figures
+    feats = image_features(pairs.inputs, "lpips") if cfg.subset != "all" and cfg.subset_features == "lpips" else None
+    kept = choose_subset(
+        pairs.inputs, cfg.subset, cfg.subset_fraction, cfg.subset_features, cfg.train.seed, feats=feats
+    )
     facts = {
         "pairs_total": len(pairs.inputs),
         "pairs_used": len(kept),
         "subset": cfg.subset,
         "subset_fraction": cfg.subset_fraction,
     }
-    if cfg.subset != "all" and len(kept) < len(pairs.inputs):
-        feats = image_features(pairs.inputs, cfg.subset_features) if cfg.subset_features == "lpips" else None
-        if feats is not None:  # how well the kept inputs cover all inputs, vs a random subset of the same size
-            facts["subset_coverage"] = coverage(feats, kept)
-            facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
+    if feats is not None and len(kept) < len(pairs.inputs):
+        # how well the kept inputs cover all inputs, vs a random subset of the same size
+        facts["subset_coverage"] = coverage(feats, kept)
+        facts["random_subset_coverage"] = coverage(feats, random_subset(len(feats), len(kept), cfg.train.seed))
     train_cfg = cfg.train.model_copy(update={"lr_g": cfg.full_rank_lr_g}) if full_rank else cfg.train
     ship = None
     start = scaled_head_start(base, cfg.start_head_scale) if full_rank and cfg.start_head_scale != 1.0 else base
@@ -372,7 +376,7 @@ def patch_pairs(pairs, size: int):
     they are for size 0 or a size not smaller than the crops."""
     if size <= 0 or size >= min(pairs.inputs.shape[-2:]):
         return pairs
-    return PatchPairs(pairs.inputs, pairs.targets, pairs.text_rows, pairs.tokens, pairs.mask, pairs.names, size)
+    return PatchPairs(**{f.name: getattr(pairs, f.name) for f in dataclasses.fields(PairData)}, size=size)
 
 
 @dataclass
@@ -388,10 +392,9 @@ class PatchPairs(PairData):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step + 500_009)
         top = torch.randint(h - p + 1, (len(x),), generator=g).tolist()
         left = torch.randint(w - p + 1, (len(x),), generator=g).tolist()
-        windows = list(zip(top, left))
-        x = torch.stack([x[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(windows)])
-        y = torch.stack([y[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(windows)])
-        return x, y, tokens, mask
+        xy = torch.cat([x, y], dim=1)  # one cut for input and target
+        xy = torch.stack([xy[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(zip(top, left))])
+        return xy[:, : x.shape[1]], xy[:, x.shape[1] :], tokens, mask
 
 
 class BestStep:

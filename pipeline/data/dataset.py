@@ -119,9 +119,10 @@ def concept_condition(folder, encoder: str) -> tuple[torch.Tensor, torch.Tensor]
     """The text condition of a concept at inference: its prompt (first instruction), tokens (1, T, D) + mask.
 
     `folder` holds a prompts.json (base pairs) or is the prompts.json itself (data/prompts/<concept>/)."""
-    from pipeline.data.text import text_encoder
+    from pipeline.data.text import STORED, encode_items, stack_encodings
 
-    e = text_encoder(encoder).encode([concept_prompt(folder)])
+    pfile = prompts_file(folder)
+    e = stack_encodings(encode_items([concept_prompt(pfile)], encoder, pfile.parent / STORED))
     return e.tokens, e.mask
 
 
@@ -177,10 +178,9 @@ def load_pair_data(
 ) -> PairData:
     """Pairs of several concepts, each conditioned on its own instructions (its prompts.json: in the pairs
     folder, or given in `prompts_files`)."""
-    from pipeline.data.text import text_encoder
+    from pipeline.data.text import STORED, encode_items, stack_encodings
 
-    enc = text_encoder(encoder)
-    inputs, targets, rows, names, prompts = [], [], [], [], []
+    inputs, targets, rows, names, prompts, encoded = [], [], [], [], [], []
     for name, folder in folders.items():
         pfile = prompts_file((prompts_files or {}).get(name, folder))
         if not pfile.is_file():
@@ -188,6 +188,7 @@ def load_pair_data(
         instr = json.loads(pfile.read_text())["instructions"]
         first = len(prompts)
         prompts += instr
+        encoded += encode_items(instr, encoder, pfile.parent / STORED)
         for r in read_pairs(folder, split):
             a, b = load_pair(r)
             inputs.append(a)
@@ -199,7 +200,7 @@ def load_pair_data(
             f"no {split} pairs in {', '.join(map(str, folders.values()))}; check generate_pairs' "
             "metrics (every pair dropped?) or the pairs folders"
         )
-    e = enc.encode(prompts)
+    e = stack_encodings(encoded)
     to_t = lambda arr: torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     return PairData(to_t(inputs), to_t(targets), rows, e.tokens, e.mask, names)
 

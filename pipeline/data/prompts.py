@@ -103,11 +103,13 @@ def expand_concept(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig) 
 
 
 def write_prompts(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig, out: Path) -> dict:
-    """Write `out/prompts.json` and `out/embeddings.safetensors` (instruction tokens, mask, pooled vectors)."""
+    """Write `out/prompts.json` and `out/embeddings.safetensors` (instruction tokens, mask, pooled vectors; its
+    metadata names the encoder and the instructions, so later stages read the encodings instead of loading the
+    text model, and only while they match: text.encode_items)."""
     from safetensors.torch import save
 
     from pipeline.core.io import atomic_dir, atomic_write_bytes, atomic_write_json
-    from pipeline.data.text import text_encoder
+    from pipeline.data.text import STORED, stored_metadata, text_encoder
 
     record = expand_concept(name, concept, cfg)
     enc = text_encoder(cfg.text_encoder).encode(record["instructions"])
@@ -115,10 +117,10 @@ def write_prompts(name: str, concept: ConceptConfig, cfg: ExpandPromptsConfig, o
     with atomic_dir(out) as tmp:
         atomic_write_json(tmp / "prompts.json", record)
         atomic_write_bytes(
-            tmp / "embeddings.safetensors",
+            tmp / STORED,
             save(
                 {"tokens": enc.tokens.contiguous(), "mask": enc.mask.contiguous(), "pooled": enc.pooled.contiguous()},
-                metadata={"encoder": cfg.text_encoder},
+                metadata=stored_metadata(cfg.text_encoder, record["instructions"]),
             ),
         )
     return record

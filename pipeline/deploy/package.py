@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.core.metrics import lpips_distance
-from pipeline.core.tensors import image_to_array
+from pipeline.core.tensors import array_to_image, image_to_array
 from pipeline.data.dataset import concept_prompt, split_pairs
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
 from pipeline.deploy.export import (
@@ -149,11 +149,13 @@ def variants(
     calibration: list[np.ndarray],
     cfg: ExportOnnxConfig,
     threads: list[int],
+    fp32_out: np.ndarray | None = None,
 ) -> dict:
     """fp16 and int8 variants beside fp32: size, LPIPS against the fp32 outputs on `photos`, and onnxruntime
     latency when cfg.latency_runs > 0. int8 is calibrated on `calibration`, which should be other photos
-    (export_concept: val; `photos`: test)."""
-    fp32_imgs = run_onnx(fixed, photos)
+    (export_concept: val; `photos`: test). `fp32_out`: the fp32 model's raw outputs on `photos` where they
+    are already known (check_parity's), so it is not run again."""
+    fp32_imgs = run_onnx(fixed, photos) if fp32_out is None else [array_to_image(y) for y in fp32_out]
     paths = {"fp32": fixed}
     if cfg.quantize:
         paths["fp16"] = to_fp16(fixed, folder / "model_fp16.onnx")
@@ -235,7 +237,7 @@ def export_concept(
         save_file(adapter_artifact(adapter, model.tokens, model.mask), str(tmp / "adapter.safetensors"))
         m["adapter_artifact"] = check_artifact(tmp / "adapter.safetensors", base_onnx, fixed, x, fixed_out)
         # 4. lower-precision variants and the model card
-        m["variants"] = variants(fixed, tmp, photos, calibration, cfg, threads)
+        m["variants"] = variants(fixed, tmp, photos, calibration, cfg, threads, fixed_out)
         if cfg.opencv:  # a second ONNX consumer: every file, and the base model patched with this adapter
             files = {"fp32": fixed, "dynamic_batch_fp32": dynamic}
             files.update({k: tmp / f"model_{k}.onnx" for k in ("fp16", "int8") if cfg.quantize})

@@ -17,6 +17,7 @@ SSIM and, with a CLIP model, the directional CLIP score per crop; KID and FID pe
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def cached_features(images: list[np.ndarray], cache: Path | None, code: str) -> 
     bootstrap count) computes none. Entries made by other code are removed on the next write, so the cache
     never outlives the code that wrote it, and only the newest FEATURE_CACHE_ENTRIES are kept. Without a
     folder, the features are computed."""
-    from pipeline.core.io import atomic_path
+    from pipeline.core.io import atomic_write_bytes
 
     if cache is None:
         return inception_features(images)
@@ -56,9 +57,9 @@ def cached_features(images: list[np.ndarray], cache: Path | None, code: str) -> 
         if not old.name.startswith(prefix + "-") or i >= FEATURE_CACHE_ENTRIES - 1:
             old.unlink(missing_ok=True)
     feats = inception_features(images)
-    with atomic_path(file) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, feats, allow_pickle=False)
+    buf = io.BytesIO()
+    np.save(buf, feats, allow_pickle=False)
+    atomic_write_bytes(file, buf.getvalue())
     return feats
 
 

@@ -106,6 +106,23 @@ def test_fid_kid_offline(crops128):
     assert np.isfinite(kid_diff) and kid_diff > kid_same
 
 
+def test_inception_through_onnxruntime_gives_the_torch_models_features(crops128):
+    """The feature extractor clean-fid is handed (onnxruntime) against the TorchScript model it is exported
+    from, on real crops resized as clean-fid does: the same features to float rounding, and the same KID."""
+    from cleanfid.resize import make_resizer
+
+    model = metrics.inception()
+    assert isinstance(model, metrics.OnnxInception)
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+    x = torch.from_numpy(np.stack([resize(c) for c in crops128[:8]])).permute(0, 3, 1, 2)
+    got, want = model(x).numpy(), metrics.OfflineInception()(x).numpy()
+    assert got.shape == want.shape == (8, 2048)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    assert metrics.kid_from_features(got[:4], got[4:]) == pytest.approx(
+        metrics.kid_from_features(want[:4], want[4:]), rel=1e-4
+    )
+
+
 def test_kid_of_two_sets_of_one_small_size_is_clean_fids_value_from_one_subset():
     """Sets of one size <= 1000: clean-fid's 100 subsets are reorderings of the whole sets, so computing one is
     the same figure; unequal sizes keep clean-fid's 100 random subsets (and its seeded draws)."""

@@ -35,3 +35,32 @@ def test_write_prompts_embeddings(tmp_path):
     assert t["pooled"].shape == (4, 384) and t["tokens"].shape[0] == 4 and t["mask"].sum() > 4
     sims = t["pooled"] @ t["pooled"].T  # paraphrases of one edit are close in MiniLM space
     assert float(sims.min()) > 0.6
+
+
+@pytest.mark.slow
+def test_later_stages_read_the_stored_encodings_and_only_while_they_match(tmp_path, monkeypatch):
+    """concept_condition and load_pair_data take expand_prompts' stored encodings (no text model loads), equal to
+    encoding afresh; an edited prompts.json or another encoder is encoded afresh, never served stale."""
+    import torch
+
+    from pipeline.data import text
+    from pipeline.data.dataset import concept_condition
+
+    concept = ConceptConfig(prompt="make it winter with falling snow", teacher={"kind": "filters", "op": "winter"})
+    write_prompts("winter", concept, ExpandPromptsConfig(n_prompts=4), tmp_path / "p")
+    pfile = tmp_path / "p" / "prompts.json"
+    fresh = text.text_encoder("minilm").encode(json.loads(pfile.read_text())["instructions"][:1])
+
+    loads = []
+    real = text.text_encoder
+    monkeypatch.setattr(text, "text_encoder", lambda name="minilm": loads.append(name) or real(name))
+    tokens, mask = concept_condition(pfile, "minilm")
+    assert loads == [] and torch.equal(tokens, fresh.tokens) and torch.equal(mask, fresh.mask)
+
+    record = json.loads(pfile.read_text())
+    record["instructions"][0] = "make it a sunny summer day"  # edited by hand after expand_prompts
+    pfile.write_text(json.dumps(record))
+    tokens, _ = concept_condition(pfile, "minilm")
+    assert loads == ["minilm"]
+    assert torch.equal(tokens, real("minilm").encode(["make it a sunny summer day"]).tokens)
+    assert text.stored_items(tmp_path / "p" / "embeddings.safetensors", "openai/clip-vit-base-patch32") == {}

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pipeline.adapt.lora import add_lora_spec, lora_spec, round_to, save_adapter
+from pipeline.core.tensors import image_to_array
 from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
 from pipeline.deploy.export import ExportError, ImageOnly, check_onnx, export_onnx, onnx_outputs, to_fp16, to_int8
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
@@ -120,6 +121,22 @@ def test_fp16_and_int8_variants_stay_close(tmp_path, adapted):
     assert np.abs(onnx_outputs(int8, x) - ref).mean() < 0.25 * spread
     assert int8.stat().st_size < 0.6 * fp32.stat().st_size and fp16.stat().st_size < 0.7 * fp32.stat().st_size
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pre.onnx"))
+
+
+def test_variants_take_the_known_fp32_outputs_and_report_the_same(tmp_path, adapted):
+    """export_concept hands variants() check_parity's fp32 outputs instead of running fp32 again: same record."""
+    from pipeline.deploy.package import ExportOnnxConfig, variants
+
+    model, _ = adapted
+    tokens = torch.randn(1, 5, 384, generator=torch.Generator().manual_seed(0))
+    fp32 = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 5)), tmp_path / "model.onnx", 32)
+    photos = [((_x(1, seed=s)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8) for s in range(4)]
+    calib = [((_x(1, seed=s)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8) for s in range(4, 8)]
+    x = np.concatenate([image_to_array(im) for im in photos])
+    cfg = ExportOnnxConfig(size=32)
+    rerun = variants(fp32, tmp_path, photos, calib, cfg, [1])
+    known = variants(fp32, tmp_path, photos, calib, cfg, [1], onnx_outputs(fp32, x))
+    assert known == rerun and set(known) == {"fp32", "fp16", "int8"} and known["int8"]["lpips_vs_fp32"] > 0
 
 
 def test_bad_files_give_clear_errors(tmp_path, adapted):
