@@ -37,7 +37,7 @@ def run(params, paths, concept: str) -> None:
     before = evaluate_concept(base, paths.pairs, meta["text_encoder"], **score)
     with work_folder(paths.work, c, *key) as work:
         model, history, facts = finetune_concept(base, spec, data, cfg, work)
-    after = evaluate_concept(model, paths.pairs, meta["text_encoder"], **score)
+    after = evaluate_concept(model, paths.pairs, meta["text_encoder"], **score, identity=before["identity"])
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", f"finetune_lora {c}")
     write_samples(
         model,

@@ -46,7 +46,7 @@ def _write(G, history, seconds, params, paths, sel, folders, world) -> None:
         log.info("train_base: trained data-parallel on %d processes", world)
     write_history(history, paths.reports / "losses.csv", paths.reports / "curves.png", "train_base")
     everyone = {**folders, **{op: paths.pairs / op for op in sel["calibration"]}}
-    quality = evaluate_concepts(G, everyone, encoder, split="test")  # reported, chooses nothing
+    quality = evaluate_concepts(G, everyone, encoder, split="test", limit=cfg.report_limit)  # reported, chooses nothing
     write_samples(G, folders, encoder, paths.reports / "samples.png", split="test")
     save_generator(
         G,

@@ -51,9 +51,9 @@ class ExportOnnxConfig(FrozenConfig):
     size: int = Field(256, ge=16, le=2048)  # the fixed input side; 256 as in the paper
     opset: int = Field(17, ge=13, le=21)
     parity_tol: float = Field(1e-3, gt=0)  # max |onnxruntime - torch| on test photos (fp32)
-    parity_images: int = Field(16, ge=1)  # test crops, spread over all test photos, for parity and variants
+    parity_images: int = Field(8, ge=1)  # test crops, spread over all test photos, for parity and variants
     quantize: bool = True  # also write fp16 and int8 (static, calibrated) variants
-    calibration_images: int = Field(32, ge=1)  # int8 calibration: val crops, spread over all val photos
+    calibration_images: int = Field(16, ge=1)  # int8 calibration: val crops, spread over all val photos
     latency_runs: int = Field(0, ge=0)  # onnxruntime latency per variant and thread count (0: not measured here;
     # the architecture's latency is one figure for every concept: python -m bench.generator_latency)
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)

@@ -34,14 +34,17 @@ def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict
     }
 
 
-def evaluate_concept(G: nn.Module, folder, encoder: str, *, split: str, limit: int = 0, prompts=None, seed=0) -> dict:
+def evaluate_concept(
+    G: nn.Module, folder, encoder: str, *, split: str, limit: int = 0, prompts=None, seed=0, identity=None
+) -> dict:
     """One concept on one split (`val` when the figure chooses something, `test` when it is reported): the
     student's and the identity mapping's LPIPS/PSNR/SSIM vs the teacher, on all the split's pairs or at most
-    `limit` spread over all its photos (dataset.spread_sample)."""
+    `limit` spread over all its photos (dataset.spread_sample). `identity`: the identity's figures from an
+    earlier call on the same crops, reused (they do not depend on G)."""
     inputs, teacher, _ = split_pairs(folder, split, limit, seed)
     tokens, mask = concept_condition(prompts if prompts is not None else folder, encoder)
     student = paired_quality(run_generator(G, inputs, tokens, mask), teacher)
-    identity = paired_quality(inputs, teacher)
+    identity = identity if identity is not None else paired_quality(inputs, teacher)
     return {
         "split": split,
         "student": student,

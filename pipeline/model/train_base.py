@@ -18,6 +18,8 @@ class TrainBaseConfig(FrozenConfig):
 
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    report_limit: int = Field(48, ge=0)  # test crops per concept in the base's quality report, spread over all its
+    # test photos (0 = all); the report chooses nothing
 
 
 def build_generator(cfg: TrainBaseConfig, text_dim: int) -> E2GANGenerator:
