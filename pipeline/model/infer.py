@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,13 +17,25 @@ from pipeline.data.dataset import ConceptData, concept_condition, split_pairs
 def run_generator(
     G: nn.Module, images: list[np.ndarray], tokens: torch.Tensor, mask: torch.Tensor, batch: int = 16
 ) -> list[np.ndarray]:
-    """Apply G to RGB uint8 images with one text condition (tokens (1, T, D), mask (1, T)); uint8 outputs."""
+    """Apply G to RGB uint8 images with one text condition (tokens (1, T, D), mask (1, T)); uint8 outputs.
+    A peft model runs merged (inference_model): as it ships, and faster."""
     G.eval()
+    G = inference_model(G)
     out = []
     for i in range(0, len(images), batch):
         x = images_to_tensor(images[i : i + batch])
         out += tensor_to_images(G(x, tokens.expand(len(x), -1, -1), mask.expand(len(x), -1)))
     return out
+
+
+def inference_model(G: nn.Module) -> nn.Module:
+    """`G` for inference only: a peft model (anything with `merge_and_unload`) as a merged deep copy, which
+    gives its outputs to float rounding (at most one level of 255 seen) in about 2/3 of the time of the
+    unmerged LoRA layers, and is what ships; `G` itself stays unmerged (training goes on). Other modules as
+    they are."""
+    if callable(getattr(G, "merge_and_unload", None)):
+        return copy.deepcopy(G).merge_and_unload().eval()
+    return G
 
 
 def paired_quality(outputs: list[np.ndarray], teacher: list[np.ndarray]) -> dict[str, float]:

@@ -353,3 +353,28 @@ def test_patch_windows_cut_the_same_window_of_input_and_target_and_resume_exactl
     assert len(windows) > 1
     with pytest.raises(ValueError, match="multiple of 16"):
         FinetuneConfig(patch=40)
+
+
+def test_run_generator_runs_a_peft_model_merged_and_leaves_it_unmerged():
+    """Scoring (run_generator) runs an adapter merged, as it ships: the unmerged model's outputs to one level of
+    255, and the model being trained keeps its LoRA layers and its train mode's weights untouched."""
+    import numpy as np
+
+    from pipeline.core.tensors import images_to_tensor, tensor_to_images
+    from pipeline.model.infer import inference_model, run_generator
+
+    model = add_lora(_base("film"), TARGETS, RANKS, init=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    images = [(torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy() for _ in range(3)]
+    tokens, mask = torch.randn(1, 5, 384, generator=g), torch.ones(1, 5)
+    with torch.no_grad():
+        want = tensor_to_images(model(images_to_tensor(images), tokens.expand(3, -1, -1), mask.expand(3, -1)))
+    got = run_generator(model, images, tokens, mask)
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, want)) <= 1
+    assert not hasattr(inference_model(model), "merge_and_unload")  # what ran was a plain merged module
+    assert any("lora_B" in n for n, _ in model.named_parameters())  # the trained model is still unmerged
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with model.disable_adapter(), torch.no_grad():  # and the adapter does act: without it the outputs differ
+        plain = tensor_to_images(model(images_to_tensor(images), tokens.expand(3, -1, -1), mask.expand(3, -1)))
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(plain, want)) > 1
