@@ -225,8 +225,20 @@ def test_ddp_on_two_processes_follows_the_one_process_run(tmp_path):
     init = shipped_generator().state_dict()
     moved = sum(float((w1[k] - init[k]).pow(2).sum()) for k in w1 if w1[k].is_floating_point()) ** 0.5
     gap = sum(float((w1[k] - w2[k]).pow(2).sum()) for k in w1 if w1[k].is_floating_point()) ** 0.5
-    print(f"DDP vs one process after {steps} steps: {gap / moved:.4f} of the update norm")
-    assert moved > 0 and gap / moved < DDP_DRIFT  # 0.019 measured here: float rounding
+    # the reference for float rounding on this CPU: the same one-process run on 2 threads instead of 1
+    threads2 = subprocess.run(
+        [sys.executable, "-m", "tests.model.train_worker", str(tmp_path / "t2"), str(tmp_path / "t2.st"), steps],
+        env={**env, "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert threads2.returncode == 0, threads2.stderr
+    w3 = load_file(str(tmp_path / "t2.st"))
+    rounding = sum(float((w1[k] - w3[k]).pow(2).sum()) for k in w1 if w1[k].is_floating_point()) ** 0.5
+    print(f"after {steps} steps, of the update norm: DDP vs one process {gap / moved:.4f}, 2 vs 1 threads "
+          f"{rounding / moved:.4f}")  # fmt: skip
+    # 0.019 and under DDP_DRIFT on an AMD EPYC; 0.148 on an Intel Xeon, where rounding alone drifts as far
+    assert moved > 0 and gap / moved < max(DDP_DRIFT, 3 * rounding / moved)
 
 
 class _NaNAfter(E2GANGenerator):
