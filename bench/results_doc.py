@@ -162,7 +162,7 @@ def ranks() -> list[str]:
     ]
 
 
-FT_COLS = "concept|trainable params|share of base|adapter bytes|train s|pairs used|LPIPS LoRA|LPIPS base|LPIPS identity"
+FT_COLS = "concept|trainable params|share of base|adapter bytes|train s|pairs used|val LPIPS adapter|val LPIPS identity"
 EV_COLS = (
     "concept|crops|LPIPS student|LPIPS base|LPIPS identity|Δ LPIPS vs base|KID student|KID identity|FID student|"
     "FID identity|PSNR|SSIM"
@@ -185,7 +185,7 @@ def _ft_row(c: str, m: dict) -> list:
         m["adapter_bytes"],
         m["train_seconds"],
         f"{m['pairs_used']}/{m['pairs_total']}",
-        *(f"{h[k]['lpips']:.3f}" for k in ("lora", "base", "identity")),
+        *(f"{h[k]['lpips']:.3f}" for k in ("lora", "identity")),
     ]
 
 

@@ -1,6 +1,7 @@
 """Layer importance: which layer groups of the base generator are worth adapting for a new concept.
 
-Two scorers, both on the calibration concepts (held back from the base, so they act like new targets):
+Two scorers, both on the calibration concepts (held back from the base, so they act like new targets), both
+training as finetune_lora does (on its `patch` windows of the crops; scored on whole crops):
 
 - probe: LoRA (rank `probe_rank`) on one group alone, fine-tuned for `probe_steps` on each calibration
   concept; the score is the LPIPS gain vs the teacher over the untouched base on the concept's `val`
@@ -25,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.adapt.lora import FinetuneConfig, adaptable_layers, finetune, lora_parameters, lora_spec
+from pipeline.adapt.lora import FinetuneConfig, adaptable_layers, finetune, lora_parameters, lora_spec, patch_pairs
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.io import run_recorded
@@ -131,7 +132,7 @@ def _probes(
         model, _, seconds = finetune(
             base,
             spec,
-            data[c].pairs,
+            patch_pairs(data[c].pairs, fcfg.patch),
             pcfg,
             work / "probe" / g / c,
             f"probe {g}/{c}",
@@ -163,7 +164,8 @@ def _full_finetunes(
     rel: dict[str, dict[str, float]] = {g: {} for g in groups}
     lpips: dict[str, float] = {}
     for c in data:
-        model, _, _ = finetune(base, None, data[c].pairs, fullcfg, work / "full" / c, f"full fine-tune {c}", perceptual)
+        pairs = patch_pairs(data[c].pairs, fcfg.patch)
+        model, _, _ = finetune(base, None, pairs, fullcfg, work / "full" / c, f"full fine-tune {c}", perceptual)
         after = _weights(model, layers)
         for n in layers:
             deltas[f"{c}/{n}"] = (after[n] - before[n]).contiguous()

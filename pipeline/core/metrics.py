@@ -96,7 +96,7 @@ class OfflineInception(nn.Module):
 
 class OnnxInception(nn.Module):
     """OfflineInception's graph and weights run by onnxruntime (exported in memory from the TorchScript file):
-    the same features to float rounding (tests/core/test_metrics.py), about 2.4x faster on a 2-core CPU."""
+    the same features to float rounding (tests/core/test_metrics.py), in less time than the torch model on CPU."""
 
     def __init__(self, torch_model: OfflineInception):
         import onnxruntime as ort

@@ -180,14 +180,13 @@ def load_pair_data(
     folder, or given in `prompts_files`)."""
     from pipeline.data.text import STORED, encode_items, stack_encodings
 
-    inputs, targets, rows, names, prompts, encoded = [], [], [], [], [], []
+    inputs, targets, rows, names, encoded = [], [], [], [], []
     for name, folder in folders.items():
         pfile = prompts_file((prompts_files or {}).get(name, folder))
         if not pfile.is_file():
             raise E2GANError(f"{pfile}: no prompts for concept {name!r}; run 'dvc repro expand_prompts@{name}'")
         instr = json.loads(pfile.read_text())["instructions"]
-        first = len(prompts)
-        prompts += instr
+        first = len(encoded)  # this concept's rows in the stacked encodings
         encoded += encode_items(instr, encoder, pfile.parent / STORED)
         for r in read_pairs(folder, split):
             a, b = load_pair(r)

@@ -58,6 +58,7 @@ class ExportOnnxConfig(FrozenConfig):
     # the architecture's latency is one figure for every concept: python -m bench.generator_latency)
     max_tokens: int = Field(32, ge=1)  # text tokens in the base ONNX model (prompts are padded and masked)
     opencv: bool = True  # every ONNX file must also run in OpenCV's DNN module and match onnxruntime:
+    opencv_images: int = Field(2, ge=1)  # ... on this many of the parity crops (each from another test photo)
     opencv_tol: float = Field(1e-3, gt=0)  # fp32 (and the adapter-patched base): max |OpenCV - onnxruntime|
     opencv_ratio: float = Field(1.5, gt=0)  # fp16, int8: OpenCV's mean |diff| to fp32 <= this x onnxruntime's ...
     opencv_floor: float = Field(1e-3, ge=0)  # ... + this
@@ -245,7 +246,8 @@ def export_concept(
                 files["base_patched_with_adapter"] = apply_artifact(
                     base_onnx, tmp / "adapter.safetensors", Path(td) / "patched.onnx"
                 )
-                m["opencv"] = check_opencv(files, x[:4], fixed_out[:4], cfg, f"export_onnx@{concept}")
+                n = cfg.opencv_images
+                m["opencv"] = check_opencv(files, x[:n], fixed_out[:n], cfg, f"export_onnx@{concept}")
         card = model_card(
             concept,
             concept_prompt(prompts),

@@ -167,7 +167,7 @@ def test_analyze_search_finetune(project):
         0.5 * m["pairs_total"]
     )
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
-    assert m["split"] == "val" and {"base", "lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
+    assert m["split"] == "val" and {"lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
     peft_model = PeftModel.from_pretrained(fresh, str(out)).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
