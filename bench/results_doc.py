@@ -596,6 +596,34 @@ def concept_bench() -> list[str]:
     return out
 
 
+HEAD_SCALE_CMD = (
+    "python -m bench.concept_bench --concepts watercolor,cartoon,winter --seeds 0,1 --random 0 "
+    "--methods adapter,from_base --out bench/results/concept_bench_head_scale.json"
+)
+
+
+def head_scale_bench() -> list[str]:
+    """The benchmark run that compares the shipped adapter's start (finetune_lora.start_head_scale, in its runs)
+    with the base as it is (`from_base`), paired on the same test crops and seeds."""
+    rel = "bench/results/concept_bench_head_scale.json"
+    b = load(rel)
+    if not b or not b.get("summary"):
+        return []
+    return [
+        "## The adapter's start (`finetune_lora.start_head_scale`)",
+        "",
+        provenance(rel, HEAD_SCALE_CMD),
+        "",
+        "The shipped adapter and the full fine-tune start from the base with its output layer scaled by params.yaml's "
+        "`finetune_lora.start_head_scale` at that commit (0.3); `from_base` is the same adapter trained from the "
+        "base as it is (1). Same protocol as the concept benchmark (test photos, val-best step, 95 % intervals over "
+        "test photos and seeds); no pix2pix, scratch or random rows.",
+        "",
+        (ROOT / "bench/results/concept_bench_head_scale.md").read_text().strip(),
+        "",
+    ]
+
+
 def pix2pix_note(runs: list[dict]) -> str:
     """Whether pix2pix's val-best was its last step (then its time to best is its whole budget)."""
     p2p = [r for r in runs if r.get("method") == "pix2pix"]
@@ -924,6 +952,7 @@ def main() -> None:
         mobile,
         tiling,
         concept_bench,
+        head_scale_bench,
         window_check,
         baselines,
         generator,
