@@ -597,7 +597,7 @@ def concept_bench() -> list[str]:
 
 
 HEAD_SCALE_CMD = (
-    "python -m bench.concept_bench --concepts watercolor,cartoon,winter --seeds 0,1 --random 0 "
+    "python -m bench.concept_bench --concepts watercolor,cartoon,winter,pop_art --seeds 0,1 --random 0 "
     "--methods adapter,from_base --out bench/results/concept_bench_head_scale.json"
 )
 
