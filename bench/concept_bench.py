@@ -263,7 +263,7 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
 def record(cb: ConceptBench, job: dict, method, seed, draw, n_pairs: int, G, adapter: bool, curve, store) -> dict:
     """One finished run: G (at its val-best step) scored on every test crop, with its curve and sizes."""
     at = min(curve, key=lambda r: r["lpips_val"])
-    outs = cb.outputs(merged(G.eval()), "test")
+    outs = cb.outputs(G.eval(), "test")  # run_generator runs a peft model merged
     return {
         "key": job["key"],
         "concept": cb.name,
@@ -311,7 +311,7 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
         out = {}
         for i, (_, _, jb) in enumerate(members):
             shipped = read(model, jb["spec"])
-            out[f"lpips_val_{i}"] = v = cb.lpips(merged(shipped), "val")
+            out[f"lpips_val_{i}"] = v = cb.lpips(shipped, "val")
             if not best[i] or v < best[i]["lpips_val"]:
                 best[i].update(lpips_val=v, model=shipped)
         return out
@@ -331,14 +331,6 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
         run = record(cb, jb, method, seed, draw, len(data.inputs), chosen, is_adapter, mine, store)
         runs.append({**run, "train_as": "full_rank", "family": jb["family"]})
     return runs
-
-
-def merged(G):
-    """A plain module computing what G does: a PeftModel's LoRA merged into a copy of its weights (faster to run;
-    equal up to float rounding), any other module as it is."""
-    if hasattr(G, "merge_and_unload"):
-        return copy.deepcopy(G).merge_and_unload().eval()
-    return G
 
 
 def spec_ranks_of(G) -> dict[str, int]:
