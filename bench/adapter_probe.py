@@ -22,10 +22,11 @@ from pathlib import Path
 
 from bench.common import RESULTS, code_version, train_curve
 from bench.concept_bench import SCALES, build, concept_data, job_config
-from pipeline.adapt.lora import adaptable_layers, patch_pairs, trainable_parameters
+from pipeline.adapt.lora import adaptable_layers, trainable_parameters
 from pipeline.adapt.ranks import spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json
+from pipeline.data.dataset import patch_pairs
 
 OUT = RESULTS / "adapter_probe.json"
 

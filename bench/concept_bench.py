@@ -57,7 +57,6 @@ from bench.concept_summary import FAMILY, METHODS, job_id, markdown, plot, summa
 from pipeline.adapt.lora import (
     adaptable_layers,
     add_lora_spec,
-    patch_pairs,
     round_to,
     spec_ranks,
     trainable_parameters,
@@ -66,6 +65,7 @@ from pipeline.adapt.ranks import count, random_ranks, spec_for
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
+from pipeline.data.dataset import patch_pairs
 from pipeline.model.nets.generator import E2GANGenerator
 from pipeline.model.nets.pix2pix import ResnetGenerator
 from pipeline.orchestrate.dvc import code_hash, stage_paths

@@ -26,12 +26,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.adapt.lora import FinetuneConfig, adaptable_layers, finetune, lora_parameters, lora_spec, patch_pairs
+from pipeline.adapt.lora import FinetuneConfig, adaptable_layers, finetune, lora_parameters, lora_spec
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.core.io import run_recorded
 from pipeline.core.plots import save_fig
-from pipeline.data.dataset import ConceptData
+from pipeline.data.dataset import ConceptData, patch_pairs
 from pipeline.model.infer import concept_lpips
 from pipeline.model.train import TrainConfig
 

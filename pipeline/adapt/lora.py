@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +13,7 @@ from torch import nn
 
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
-from pipeline.data.dataset import PairData
+from pipeline.data.dataset import patch_pairs
 from pipeline.model.train import Models, TrainConfig, build_models, fit
 
 
@@ -369,32 +367,6 @@ def finetune_concept(
     facts["train_seconds"] = round(seconds, 2)
     facts["trainable_params"] = trainable_parameters(model)
     return model, history, facts
-
-
-def patch_pairs(pairs, size: int):
-    """`pairs` (a data.dataset.PairData) trained on random size x size windows (finetune_lora.patch); the pairs as
-    they are for size 0 or a size not smaller than the crops."""
-    if size <= 0 or size >= min(pairs.inputs.shape[-2:]):
-        return pairs
-    return PatchPairs(**{f.name: getattr(pairs, f.name) for f in dataclasses.fields(PairData)}, size=size)
-
-
-@dataclass
-class PatchPairs(PairData):
-    """PairData whose batches are one random window per pair (the same for input and target), a pure function of
-    (seed, step) like PairData.batch."""
-
-    size: int = 0
-
-    def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
-        x, y, tokens, mask = super().batch(step, size, seed, flip)
-        p, (h, w) = self.size, x.shape[-2:]
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step + 500_009)
-        top = torch.randint(h - p + 1, (len(x),), generator=g).tolist()
-        left = torch.randint(w - p + 1, (len(x),), generator=g).tolist()
-        xy = torch.cat([x, y], dim=1)  # one cut for input and target
-        xy = torch.stack([xy[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(zip(top, left))])
-        return xy[:, : x.shape[1]], xy[:, x.shape[1] :], tokens, mask
 
 
 class BestStep:

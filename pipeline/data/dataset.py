@@ -5,7 +5,7 @@ condition)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -168,6 +168,32 @@ class PairData:
             x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
         rows = [self.text_rows[i][int(torch.randint(len(self.text_rows[i]), (1,), generator=g))] for i in idx.tolist()]
         return x, y, self.tokens[rows], self.mask[rows]
+
+
+def patch_pairs(pairs, size: int):
+    """`pairs` trained on random size x size windows (train_base.patch, finetune_lora.patch); the pairs as they
+    are for size 0 or a size not smaller than the crops."""
+    if size <= 0 or size >= min(pairs.inputs.shape[-2:]):
+        return pairs
+    return PatchPairs(**{f.name: getattr(pairs, f.name) for f in fields(PairData)}, size=size)
+
+
+@dataclass
+class PatchPairs(PairData):
+    """PairData whose batches are one random window per pair (the same for input and target), a pure function of
+    (seed, step) like PairData.batch."""
+
+    size: int = 0
+
+    def batch(self, step: int, size: int, seed: int, flip: bool) -> tuple[torch.Tensor, ...]:
+        x, y, tokens, mask = super().batch(step, size, seed, flip)
+        p, (h, w) = self.size, x.shape[-2:]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step + 500_009)
+        top = torch.randint(h - p + 1, (len(x),), generator=g).tolist()
+        left = torch.randint(w - p + 1, (len(x),), generator=g).tolist()
+        xy = torch.cat([x, y], dim=1)  # one cut for input and target
+        xy = torch.stack([xy[i, :, t : t + p, s : s + p] for i, (t, s) in enumerate(zip(top, left))])
+        return xy[:, : x.shape[1]], xy[:, x.shape[1] :], tokens, mask
 
 
 def load_pair_data(

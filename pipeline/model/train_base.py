@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from pipeline.core.frozen import FrozenConfig
-from pipeline.data.dataset import load_pair_data
+from pipeline.data.dataset import load_pair_data, patch_pairs
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
 from pipeline.model.train import Models, TrainConfig, build_models, fit
 
@@ -18,6 +18,9 @@ class TrainBaseConfig(FrozenConfig):
 
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # train on random `patch` x `patch` windows of the pairs (the same window of input and target; 0 = whole crops):
+    # a step sees (patch / image_size)^2 of a whole-crop step's pixels; every report runs on whole images
+    patch: int = Field(0, ge=0, multiple_of=16)
     report_limit: int = Field(48, ge=0)  # test crops per concept in the base's quality report, spread over all its
     # test photos (0 = all); the report chooses nothing
 
@@ -32,7 +35,7 @@ def train_base(
     folders: dict[str, Path], cfg: TrainBaseConfig, encoder: str, work: Path, on_log=None
 ) -> tuple[E2GANGenerator, list[dict]]:
     """Train one generator on all base concepts' training pairs; resumable through `work`."""
-    data = load_pair_data(folders, encoder)
+    data = patch_pairs(load_pair_data(folders, encoder), cfg.patch)
     G = build_generator(cfg, data.tokens.shape[-1])
     m: Models = build_models(G, cfg.train)
     history = fit(m, data, cfg.train, work, desc="train_base", on_log=on_log)

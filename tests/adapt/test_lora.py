@@ -327,8 +327,8 @@ def test_a_scaled_head_start_is_the_identity_at_zero_and_its_head_change_ships_e
 
 
 def test_patch_windows_cut_the_same_window_of_input_and_target_and_resume_exactly():
-    from pipeline.adapt.lora import FinetuneConfig, patch_pairs
-    from pipeline.data.dataset import PairData
+    from pipeline.adapt.lora import FinetuneConfig
+    from pipeline.data.dataset import PairData, patch_pairs
 
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (6, 3, 48, 48), generator=g, dtype=torch.uint8)
