@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import E2GANError
+from pipeline.core.tensors import to_signed
 from pipeline.data.dataset import PairData
 from pipeline.data.teachers.filters import FILTERS, apply_filter
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
@@ -61,3 +62,41 @@ def test_text_conditioning_selects_the_edit(crops128):
                 ref = targets[[20 * i + k for k in range(16, 20)]].float().div(127.5).sub(1)
                 err[i, j] = (out - ref).abs().mean()
     assert err[0, 0] < err[0, 1] and err[1, 1] < err[1, 0], err
+
+
+@pytest.mark.parametrize("patch, side", [(32, 32), (0, 64)])
+def test_train_base_trains_on_windows_of_the_pairs_when_patch_is_set(monkeypatch, tmp_path, patch, side):
+    """train_base.patch: every training batch is one window per pair (whole crops for 0), cut from the batch the
+    whole-crop pairs give for the same step; the returned generator runs on whole images."""
+    import pipeline.model.train_base as tb
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (6, 3, 64, 64), generator=g, dtype=torch.uint8)
+    pairs = PairData(imgs, 255 - imgs, [[0], [1]] * 3, torch.randn(2, 5, 8, generator=g), torch.ones(2, 5))
+    monkeypatch.setattr(tb, "load_pair_data", lambda folders, encoder: pairs)
+    seen = []
+    real_fit = tb.fit
+
+    def spy(m, data, cfg, work, **kw):
+        seen.append((data.batch(3, 4, cfg.seed, cfg.flip), pairs.batch(3, 4, cfg.seed, cfg.flip)))
+        return real_fit(m, data, cfg, work, **kw)
+
+    monkeypatch.setattr(tb, "fit", spy)
+    cfg = tb.TrainBaseConfig(
+        generator=GeneratorConfig(ngf=8, heads=2),
+        train=TrainConfig(steps=2, batch_size=2, lambda_lpips=0.0, ckpt_every=1),
+        patch=patch,
+    )
+    G, history = tb.train_base({"a": tmp_path}, cfg, "minilm", tmp_path / "work")
+    (x, y, tokens, _), (whole_x, whole_y, whole_tokens, _) = seen[0]
+    assert x.shape == y.shape == (4, 3, side, side) and torch.equal(tokens, whole_tokens)
+    for i in range(4):  # the same window of input and target, inside the whole-crop pair of that step
+        assert any(
+            torch.equal(whole_x[i, :, t : t + side, s : s + side], x[i])
+            and torch.equal(whole_y[i, :, t : t + side, s : s + side], y[i])
+            for t in range(65 - side)
+            for s in range(65 - side)
+        )
+    assert len(history) >= 1 and G(to_signed(imgs[:1]), pairs.tokens[:1], pairs.mask[:1]).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tb.TrainBaseConfig(patch=40)
