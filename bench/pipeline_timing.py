@@ -11,6 +11,11 @@ and merges its record into bench/results/pipeline_timing.json under its mode's n
 Python-level code only): its `top_costs` are the package functions with the most cumulative time (nested calls
 count in their callers too, so the list reads as where the time goes, outermost first). `full` sets `full_run_s`, `new-concept` sets `new_concept_s` and `noop` sets
 `noop_repro_s`; a record made at another commit or on another machine says so in its own `commit` and `cpu`.
+The top level holds the latest run of each mode; `machines` keeps, per CPU model, the latest run of each mode there
+(seconds, commit, date), so a run on another machine does not erase this one's figures.
+
+    python -m bench.pipeline_timing import --rev b83f2d8   # the records of the file at that git revision, into
+                                                            # `machines` where a machine has no record of that mode
 
 `new-concept` adds the filters concept `sepia` to params.yaml, runs `dvc repro --no-run-cache` on its stages (so
 an earlier run's outputs are not restored from DVC's run cache), then restores params.yaml and dvc.lock and
@@ -162,13 +167,53 @@ def time_new_concept(name: str, prompt: str) -> dict:
     return {"concept": name, **record}
 
 
+MODES = ("full", "new_concept", "noop", "repro")
+
+
+def summary(record: dict) -> dict:
+    """What `machines` keeps of a run: its figure and where it came from."""
+    return {k: record[k] for k in ("seconds", "commit", "date", "cores", "concept", "note") if k in record}
+
+
+def import_records(result: dict, source: dict) -> dict:
+    """Each run of `source` (its top-level records and its `machines`) into `result["machines"]`, where that machine
+    has no record of that mode yet. Returns what was added, {cpu: {mode: summary}}."""
+    machines, added = result.setdefault("machines", {}), {}
+    found = [(r["cpu"], m, summary(r)) for m in MODES if isinstance(r := source.get(m), dict) and r.get("cpu")]
+    found += [(cpu, m, r) for cpu, modes in source.get("machines", {}).items() for m, r in modes.items()]
+    for cpu, mode, rec in found:
+        if mode not in machines.setdefault(cpu, {}):
+            machines[cpu][mode] = rec
+            added.setdefault(cpu, {})[mode] = rec
+    return added
+
+
+def earlier_file(rev: str, path: Path) -> dict:
+    """The results file as committed at git revision `rev`."""
+    rel = path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    out = subprocess.run(["git", "show", f"{rev}:{rel}"], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"git show {rev}:{rel} failed: {out.stderr.strip()}; give a revision where the file exists")
+    return json.loads(out.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("repro", "full", "new-concept", "noop"))
+    ap.add_argument("mode", choices=("repro", "full", "new-concept", "noop", "import"))
     ap.add_argument("--repeats", type=int, default=3, help="noop: runs (the median is recorded)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--note", default=None, help="a caveat stored with the record (e.g. other load on the machine)")
+    ap.add_argument("--rev", default=None, help="import: the git revision whose results file to read")
     args = ap.parse_args(argv)
+    if args.mode == "import":
+        if not args.rev:
+            ap.error("import needs --rev (a git revision of the results file)")
+        result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        import_records(result, result)  # this file's own records first: they are the newer
+        added = import_records(result, earlier_file(args.rev, args.out))
+        atomic_write_json(args.out, dict(sorted(result.items())))
+        print(json.dumps(added, indent=1))
+        return 0
     commit = code_version()  # before the run: a repro rewrites dvc.lock
     if args.mode == "repro":
         record = timed_repro()
@@ -182,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     record.update(commit=commit, cpu=cpu_model(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
     if args.note:
         record["note"] = args.note
+    import_records(result, result)  # records from before `machines` existed
     result[args.mode.replace("-", "_")] = record
+    result.setdefault("machines", {}).setdefault(record["cpu"], {})[args.mode.replace("-", "_")] = summary(record)
     result.update(cores=os.cpu_count(), cpu=cpu_model())
     for mode, key in (("full", "full_run_s"), ("new_concept", "new_concept_s"), ("noop", "noop_repro_s")):
         if mode in result:

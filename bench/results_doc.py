@@ -856,6 +856,20 @@ def timing() -> list[str]:
         *[f"Note on the column {heads[k]}: {r['note']}." for k, r in runs.items() if r.get("note")],
         *([""] if any(r.get("note") for r in runs.values()) else []),
     ]
+    if t.get("machines"):
+        modes = (("full", "whole run (`full`)"), ("new_concept", "new concept"), ("noop", "no-op"))
+        out += [
+            "The latest run of each mode on each machine (`machines`; seconds, at commit):",
+            "",
+            *table(
+                ["CPU", *[h for _, h in modes]],
+                [
+                    [cpu, *[f"{r[m]['seconds']} s at {r[m]['commit']}" if m in r else "–" for m, _ in modes]]
+                    for cpu, r in sorted(t["machines"].items())
+                ],
+            ),
+            "",
+        ]
     if "new_concept" in t:
         n = t["new_concept"]
         parts = ", ".join(

@@ -215,3 +215,17 @@ def test_a_stage_runs_under_cprofile_when_asked_and_its_top_costs_are_read(tmp_p
     assert {"function": "pipeline/core/slug.py:check_slug", "calls": 300} == {
         k: v for k, v in next(c for c in costs if c["function"].endswith(":check_slug")).items() if k != "seconds"
     }
+
+
+def test_pipeline_timing_keeps_each_machines_latest_runs():
+    """bench.pipeline_timing: a run on one machine never erases another machine's figures; an import adds only the
+    modes a machine has no record of (the file's own, newer, records win)."""
+    from bench.pipeline_timing import import_records, summary
+
+    xeon = {"cpu": "Xeon", "seconds": 1118.5, "commit": "aaa", "date": "d1", "cores": 2, "stages": {"x": 1.0}}
+    result = {"full": {**xeon, "cpu": "EPYC", "seconds": 1148.7, "commit": "bbb"}}
+    assert import_records(result, result) == {"EPYC": {"full": summary(result["full"])}}
+    added = import_records(result, {"full": xeon, "noop": {**xeon, "seconds": 2.1}, "machines": {"EPYC": {"noop": {}}}})
+    assert added == {"Xeon": {"full": summary(xeon), "noop": {**summary(xeon), "seconds": 2.1}}, "EPYC": {"noop": {}}}
+    assert result["machines"]["EPYC"]["full"]["seconds"] == 1148.7  # not replaced by the older file's
+    assert "stages" not in result["machines"]["Xeon"]["full"] and import_records(result, {"full": xeon}) == {}
