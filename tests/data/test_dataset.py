@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.core.images import save_png
-from pipeline.data.dataset import DataError, photo_of, split_pairs, spread_sample
+from pipeline.data.dataset import DataError, PairData, patch_pairs, photo_of, split_pairs, spread_sample
 
 
 def _rows(n_photos: int, crops: int) -> list[dict]:
@@ -83,3 +84,27 @@ def test_a_folder_without_the_split_says_how_to_remake_it(tmp_path):
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match="no val pairs.*rerun prepare_sources and generate_pairs"):
         split_pairs(folder, "val")
+
+
+def test_patch_windows_cut_the_same_window_of_input_and_target_and_resume_exactly():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (6, 3, 48, 48), generator=g, dtype=torch.uint8)
+    pairs = PairData(imgs, 255 - imgs, [[0], [1]] * 3, torch.randn(2, 5, 8, generator=g), torch.ones(2, 5))
+    assert patch_pairs(pairs, 0) is pairs and patch_pairs(pairs, 48) is pairs  # whole crops: the pairs as they are
+    patched = patch_pairs(pairs, 16)
+    x, y, tokens, mask = patched.batch(7, 4, 3, True)
+    whole_x, whole_y, whole_tokens, _ = pairs.batch(7, 4, 3, True)  # the same pairs, flips and prompts
+    assert x.shape == y.shape == (4, 3, 16, 16) and torch.equal(tokens, whole_tokens)
+    for i in range(4):  # each window is one window of its pair, the same place in input and target
+        where = [
+            (t, s)
+            for t in range(33)
+            for s in range(33)
+            if torch.equal(whole_x[i, :, t : t + 16, s : s + 16], x[i])
+            and torch.equal(whole_y[i, :, t : t + 16, s : s + 16], y[i])
+        ]
+        assert where
+    again = patch_pairs(pairs, 16).batch(7, 4, 3, True)  # a pure function of (seed, step): resuming needs no state
+    assert all(torch.equal(a, b) for a, b in zip(again, (x, y, tokens, mask)))
+    windows = {tuple(patched.batch(s, 4, 3, False)[0][:, 0, 0, 0].tolist()) for s in range(8)}
+    assert len(windows) > 1

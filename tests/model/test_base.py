@@ -8,7 +8,7 @@ import torch
 
 from pipeline.core.errors import E2GANError
 from pipeline.core.tensors import to_signed
-from pipeline.data.dataset import PairData
+from pipeline.data.dataset import PairData, patch_pairs
 from pipeline.data.teachers.filters import FILTERS, apply_filter
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
 from pipeline.model.select_base import SelectBaseConfig, select_base
@@ -66,8 +66,8 @@ def test_text_conditioning_selects_the_edit(crops128):
 
 @pytest.mark.parametrize("patch, side", [(32, 32), (0, 64)])
 def test_train_base_trains_on_windows_of_the_pairs_when_patch_is_set(monkeypatch, tmp_path, patch, side):
-    """train_base.patch: every training batch is one window per pair (whole crops for 0), cut from the batch the
-    whole-crop pairs give for the same step; the returned generator runs on whole images."""
+    """train_base.patch: the base trains on patch_pairs' windows of its pairs (whole crops for 0; the windows
+    themselves: tests/data/test_dataset.py); the returned generator runs on whole images."""
     import pipeline.model.train_base as tb
 
     g = torch.Generator().manual_seed(0)
@@ -78,7 +78,7 @@ def test_train_base_trains_on_windows_of_the_pairs_when_patch_is_set(monkeypatch
     real_fit = tb.fit
 
     def spy(m, data, cfg, work, **kw):
-        seen.append((data.batch(3, 4, cfg.seed, cfg.flip), pairs.batch(3, 4, cfg.seed, cfg.flip)))
+        seen.append(data.batch(3, 4, cfg.seed, cfg.flip))
         return real_fit(m, data, cfg, work, **kw)
 
     monkeypatch.setattr(tb, "fit", spy)
@@ -88,15 +88,10 @@ def test_train_base_trains_on_windows_of_the_pairs_when_patch_is_set(monkeypatch
         patch=patch,
     )
     G, history = tb.train_base({"a": tmp_path}, cfg, "minilm", tmp_path / "work")
-    (x, y, tokens, _), (whole_x, whole_y, whole_tokens, _) = seen[0]
-    assert x.shape == y.shape == (4, 3, side, side) and torch.equal(tokens, whole_tokens)
-    for i in range(4):  # the same window of input and target, inside the whole-crop pair of that step
-        assert any(
-            torch.equal(whole_x[i, :, t : t + side, s : s + side], x[i])
-            and torch.equal(whole_y[i, :, t : t + side, s : s + side], y[i])
-            for t in range(65 - side)
-            for s in range(65 - side)
-        )
+    x, y, tokens, mask = seen[0]
+    assert x.shape == y.shape == (4, 3, side, side)
+    windows = patch_pairs(pairs, patch).batch(3, 4, cfg.train.seed, cfg.train.flip)  # the one window code
+    assert all(torch.equal(a, b) for a, b in zip((x, y, tokens, mask), windows))
     assert len(history) >= 1 and G(to_signed(imgs[:1]), pairs.tokens[:1], pairs.mask[:1]).shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="multiple of 16"):
         tb.TrainBaseConfig(patch=40)
