@@ -31,6 +31,7 @@ class FinetuneConfig(FrozenConfig):
     # every this many steps (and at the end) the adapter is scored on `select_limit` val crops spread over all
     # val photos, and the best step is the one shipped (a GAN's last step is not its best); 0 = the last step
     select_every: int = Field(0, ge=0)
+    select_from: int = Field(0, ge=0)  # the first step scored (the last step always is)
     select_limit: int = Field(48, ge=1)
     # how the adapter learns. "full_rank": every weight of a copy of the base trains (at `full_rank_lr_g`) and what ships
     # is truncated_adapter of it: each adapted layer's change as its rank-r truncated SVD (the ranks of search_ranks'
@@ -244,17 +245,112 @@ def save_adapter_folder(peft_model, spec: dict, card: dict, out: Path, dtype: st
 
 
 def load_adapter(base: nn.Module, folder: Path, merge: bool = False) -> nn.Module:
-    """PeftModel.from_pretrained on a base generator; with `merge`, the merged plain nn.Module."""
-    from peft import PeftModel
-
+    """PeftModel.from_pretrained on a base generator; with `merge`, the merged plain nn.Module (merged_adapter:
+    read from the files without importing peft where the adapter is plain LoRA, as this project saves it)."""
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise E2GANError(f"{folder}: no adapter_config.json; run 'dvc repro finetune_lora' for this concept")
+    if merge and plain_lora(read_adapter(folder)[0]):
+        return merged_adapter(base, folder)
+    from peft import PeftModel
+
     try:
         model = PeftModel.from_pretrained(base, str(folder))
     except (ValueError, RuntimeError, OSError) as e:
         raise E2GANError(f"{folder}: adapter does not load on this base ({str(e).splitlines()[0]})") from None
     return model.merge_and_unload() if merge else model
+
+
+PEFT_PREFIX, LORA_A, LORA_B = "base_model.model.", ".lora_A.weight", ".lora_B.weight"  # peft's saved names
+# adapter_config options that change what a merge computes beyond W + scale * B @ A (and the biases): an adapter
+# with any of them set merges through peft itself
+NOT_PLAIN = (
+    "use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication", "trainable_token_indices",
+    "target_parameters", "alora_invocation_tokens", "arrow_config", "use_bdlora", "use_qalora",
+)  # fmt: skip
+
+
+def plain_lora(cfg: dict) -> bool:
+    """Whether a saved adapter's config is plain LoRA (merged_adapter computes its merge exactly)."""
+    return cfg.get("peft_type") == "LORA" and not any(cfg.get(k) for k in NOT_PLAIN)
+
+
+def read_adapter(folder: Path, error: type[E2GANError] = E2GANError):
+    """A saved peft LoRA adapter as tensors: (its config, {layer: (A, B, scale)} with scale = alpha / r, or
+    alpha / sqrt(r) with rslora, {base layer's bias name: the trained bias}). `error` (an E2GANError class) names
+    the fix when the files are missing, unreadable or incomplete."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+    except FileNotFoundError as e:
+        raise error(
+            f"{folder}: no adapter ({Path(e.filename).name} missing); run 'dvc repro finetune_lora' for this concept"
+        ) from None
+    except Exception as e:  # safetensors and json raise their own errors for corrupt files
+        raise error(
+            f"{folder}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
+            "delete the folder and rerun 'dvc repro finetune_lora'"
+        ) from None
+    ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
+    alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
+    # the layers from the weights: peft saves 20+ target modules as shortest unique suffixes ('norm2.to_shift'),
+    # so adapter_config.json does not name every layer in full
+    pre = PEFT_PREFIX
+    names = {k[len(pre) : -len(s)] for k in weights for s in (LORA_A, LORA_B) if k.startswith(pre) and k.endswith(s)}
+    if not names:
+        raise error(f"{folder}: the adapter holds no LoRA weights; rerun 'dvc repro finetune_lora'")
+    layers = {}
+    for layer in sorted(names):
+        a, b = weights.get(pre + layer + LORA_A), weights.get(pre + layer + LORA_B)
+        if a is None or b is None:
+            raise error(
+                f"{folder}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; the adapter is incomplete"
+            )
+        r = ranks.get(layer, cfg["r"])
+        layers[layer] = (
+            a.float(),
+            b.float(),
+            alphas.get(layer, cfg["lora_alpha"]) / (r**0.5 if cfg.get("use_rslora") else r),
+        )
+    biases = {  # bias="all": the trained biases, by the base layer's name
+        k[len(pre) :].replace(".base_layer.", "."): v.float()
+        for k, v in weights.items()
+        if k.startswith(pre) and k.endswith(".bias") and ".lora_" not in k
+    }
+    return cfg, layers, biases
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The merged weight change of one LoRA layer: scale * B @ A, in the layer's weight shape (float64)."""
+    return (scale * (b.flatten(1).double() @ a.flatten(1).double())).reshape(shape)
+
+
+@torch.no_grad()
+def merged_adapter(base: nn.Module, folder: Path) -> nn.Module:
+    """`base` (changed in place and returned) with the plain LoRA adapter in `folder` merged in: each layer's
+    weight + scale * B @ A and the trained biases, what peft's merge_and_unload computes, read from the files
+    without importing peft (which imports a transformers model: seconds in every stage that only runs a student).
+    An E2GANError when a layer or bias does not fit the base."""
+    cfg, layers, biases = read_adapter(folder)
+    if not plain_lora(cfg):
+        raise E2GANError(f"{folder}: not a plain LoRA adapter; load it with load_adapter(merge=True)")
+    params = dict(base.named_parameters())
+    for layer, (a, b, scale) in layers.items():
+        w = params.get(f"{layer}.weight")
+        if w is None or a.shape[0] != b.shape[1] or b.shape[0] * a[0].numel() != w.numel():
+            raise E2GANError(f"{folder}: LoRA layer {layer!r} does not fit this base; the adapter is for another base")
+        w.copy_((w.double() + lora_delta(a, b, scale, w.shape)).to(w.dtype))
+    for name, v in biases.items():
+        p = params.get(name)
+        if p is None or p.shape != v.shape:
+            raise E2GANError(f"{folder}: bias {name!r} does not fit this base; the adapter is for another base")
+        p.copy_(v.to(p.dtype))
+    return base.eval()
 
 
 def finetune(
@@ -268,14 +364,15 @@ def finetune(
     evaluate=None,
     eval_every: int = 0,
     loraplus_ratio: float = 1.0,
+    eval_from: int = 0,
 ):
     """Train a copy of `base` on `data` with the shared loop: LoRA per `spec`, or every weight when spec is None.
 
     Returns (model, history, seconds); the model is a PeftModel when a spec is given. `evaluate` and
-    `eval_every` go to `fit` (an untimed evaluation hook)."""
+    `eval_every` / `eval_from` go to `fit` (an untimed evaluation hook)."""
     t0 = time.perf_counter()
     m = finetune_models(base, spec, cfg, loraplus_ratio)
-    history = fit(m, data, cfg, work, desc=desc, perceptual=perceptual, evaluate=evaluate, eval_every=eval_every)
+    history = fit(m, data, cfg, work, desc, perceptual, evaluate=evaluate, eval_every=eval_every, eval_from=eval_from)
     return (m.ema if m.ema is not None else m.G).eval(), history, time.perf_counter() - t0
 
 
@@ -355,6 +452,7 @@ def finetune_concept(
         desc=f"finetune_lora {concept.name}",
         evaluate=best,
         eval_every=cfg.select_every,
+        eval_from=cfg.select_from,
         loraplus_ratio=cfg.loraplus_ratio,
     )
     if ship is not None:

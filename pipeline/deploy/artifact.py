@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from pipeline.adapt.lora import lora_delta, plain_lora, read_adapter
 from pipeline.core.io import atomic_path
 from pipeline.deploy.export import ExportError, check_onnx
 
@@ -17,46 +17,14 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
     """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
     factors and scale (alpha / r), every bias the adapter trained (`<layer>.bias`, the whole new vector), plus
     the concept's text tokens and mask. Stored as float32 (an fp16 adapter's values, exactly)."""
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    try:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-        weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    except FileNotFoundError as e:
-        raise ExportError(
-            f"{adapter_dir}: no adapter ({Path(e.filename).name} missing); "
-            "run 'dvc repro finetune_lora' for this concept"
-        ) from None
-    except Exception as e:  # safetensors raises its own errors for corrupt files
-        raise ExportError(
-            f"{adapter_dir}: the adapter cannot be read ({str(e).splitlines()[0][:200]}); "
-            "delete the folder and rerun 'dvc repro finetune_lora'"
-        ) from None
-    ranks = {k.strip("^$"): v for k, v in cfg.get("rank_pattern", {}).items()}
-    alphas = {k.strip("^$"): v for k, v in cfg.get("alpha_pattern", {}).items()}
+    cfg, layers, biases = read_adapter(adapter_dir, ExportError)
+    if not plain_lora(cfg):
+        raise ExportError(f"{adapter_dir}: not a plain LoRA adapter (e.g. DoRA); an artifact holds LoRA factors only")
     out: dict[str, torch.Tensor] = {"tokens": tokens.contiguous(), "mask": mask.contiguous()}
-    # the layers from the weights: peft saves 20+ target modules as shortest unique suffixes
-    # ('norm2.to_shift'), so adapter_config.json does not name every layer in full
-    pre, suf_a, suf_b = "base_model.model.", ".lora_A.weight", ".lora_B.weight"
-    layers = sorted(
-        {k[len(pre) : -len(suf)] for k in weights for suf in (suf_a, suf_b) if k.startswith(pre) and k.endswith(suf)}
-    )
-    if not layers:
-        raise ExportError(f"{adapter_dir}: the adapter holds no LoRA weights; rerun 'dvc repro finetune_lora'")
-    for layer in layers:
-        a, b = weights.get(pre + layer + suf_a), weights.get(pre + layer + suf_b)
-        if a is None or b is None:
-            raise ExportError(
-                f"{adapter_dir}: no LoRA {'A' if a is None else 'B'} weights for {layer!r}; the adapter is incomplete"
-            )
-        r = ranks.get(layer, cfg["r"])
-        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.float().contiguous(), b.float().contiguous()
-        scale = alphas.get(layer, cfg["lora_alpha"]) / (r**0.5 if cfg.get("use_rslora") else r)
+    for layer, (a, b, scale) in layers.items():
+        out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
         out[f"{layer}.scale"] = torch.tensor([scale], dtype=torch.float32)
-    for k, v in weights.items():  # bias="all": the trained biases, by the base layer's name
-        if k.startswith(pre) and k.endswith(".bias") and ".lora_" not in k:
-            out[k[len(pre) :].replace(".base_layer.", ".")] = v.float().contiguous()  # a LoRA layer's own bias
+    out.update({k: v.contiguous() for k, v in biases.items()})  # a LoRA layer's own bias by the base layer's name
     return out
 
 
@@ -69,11 +37,6 @@ def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[t
     pm = torch.zeros(mask.shape[0], length, dtype=mask.dtype)
     pt[:, :t], pm[:, :t] = tokens, mask
     return pt, pm
-
-
-def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """The merged weight change of one LoRA layer: scale * B @ A, in the layer's weight shape."""
-    return (scale * (b.flatten(1).double() @ a.flatten(1).double())).reshape(shape)
 
 
 def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:

@@ -340,12 +340,14 @@ def fit(
     on_log: Callable[[dict], None] | None = None,
     evaluate: EvalHook | None = None,
     eval_every: int = 0,
+    eval_from: int = 0,
 ) -> list[dict]:
     """Train for cfg.steps, resuming from `work/last.pt` if present; returns the loss history.
 
     A checkpoint is written every `ckpt_every` steps and at the end. A non-finite loss stops training
     with a TrainingError; the last good checkpoint stays in place. With `evaluate`, the hook is called
-    every `eval_every` steps and at the end (rank 0 only); its time is not counted as training time.
+    every `eval_every` steps from step `eval_from` on, and at the end (rank 0 only); its time is not counted as
+    training time.
     """
     # 1. device, losses, processes, and the checkpoint to resume from
     work.mkdir(parents=True, exist_ok=True)
@@ -383,7 +385,11 @@ def fit(
                 if rank == 0:
                     save_checkpoint(ckpt, m, step, history)
                 _barrier(world)
-            if evaluate is not None and rank == 0 and (step == cfg.steps or (eval_every and step % eval_every == 0)):
+            if (
+                evaluate is not None
+                and rank == 0
+                and (step == cfg.steps or (eval_every and step % eval_every == 0 and step >= eval_from))
+            ):
                 _run_hook(evaluate, m, dev, step, clock)
     if rank == 0:
         log.info("%s: %d steps in %.1f s", desc, cfg.steps, clock.train_seconds())

@@ -14,6 +14,7 @@ from pipeline.adapt.lora import (
     load_adapter,
     lora_parameters,
     lora_spec,
+    merged_adapter,
     round_to,
     save_adapter,
     spec_ranks,
@@ -356,3 +357,39 @@ def test_run_generator_runs_a_peft_model_merged_and_leaves_it_unmerged():
     with model.disable_adapter(), torch.no_grad():  # and the adapter does act: without it the outputs differ
         plain = tensor_to_images(model(images_to_tensor(images), tokens.expand(3, -1, -1), mask.expand(3, -1)))
     assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(plain, want)) > 1
+
+
+def test_merged_adapter_is_peft_merge_without_peft(tmp_path):
+    """The direct merge (read from the files: no peft import) gives peft's merge_and_unload weights: per-layer
+    ranks and alphas, rank-stabilised scaling, trained biases, fp16 storage, conv and linear layers; a layer or
+    bias that does not fit the base, and adapters that are not plain LoRA, are refused by name."""
+    import json
+
+    spec = lora_spec({"ds.conv": 2, "us.conv": 4, "tb.mlp.fc1": 3, "down.0.conv": 4}, 2.0, rslora=True, bias="all")
+    model = add_lora_spec(_base("film"), spec)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_adapter(model, tmp_path / "a", "float16")
+    from peft import PeftModel
+
+    want = PeftModel.from_pretrained(_base("film"), str(tmp_path / "a")).merge_and_unload().state_dict()
+    got = merged_adapter(_base("film"), tmp_path / "a").state_dict()
+    assert want.keys() == got.keys()
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst < 1e-6
+    changed = [k for k in want if not torch.equal(want[k], _base("film").state_dict()[k])]
+    assert any(k.endswith(".weight") for k in changed) and any(k.endswith(".bias") for k in changed)
+    x, t = _inputs()
+    with torch.no_grad():  # load_adapter(merge=True) takes this path and computes the unmerged model's outputs
+        ref = load_adapter(_base("film"), tmp_path / "a")(x, t)
+        assert torch.allclose(load_adapter(_base("film"), tmp_path / "a", merge=True)(x, t), ref, atol=1e-5)
+    small = E2GANGenerator(GeneratorConfig(ngf=16, heads=2, residual=False, norm="film", skip=True))
+    with pytest.raises(E2GANError, match="does not fit this base; the adapter is for another base"):
+        merged_adapter(small, tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(E2GANError, match="not a plain LoRA adapter"):
+        merged_adapter(_base("film"), tmp_path / "a")

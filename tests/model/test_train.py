@@ -311,3 +311,21 @@ def test_pairs_with_missing_or_mismatched_files(tmp_path, crops128):
     os.remove(folder / "edited" / "1.png")
     with pytest.raises(E2GANError, match=r"edited/1.png is listed in metadata.jsonl but missing"):
         load_pair_data({"c": folder}, "minilm")
+
+
+@pytest.mark.parametrize("every, start, want", [(2, 0, [2, 4, 6, 7]), (2, 4, [4, 6, 7]), (3, 7, [7]), (0, 0, [7])])
+def test_evaluation_hook_runs_every_n_steps_from_its_first_step_and_at_the_end(tmp_path, every, start, want):
+    """finetune_lora's best-step scoring (select_every / select_from): the hook sees the steps it is due at,
+    the last one always, each once, and the model as it is at that step (its weights change between calls)."""
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+    cfg = TrainConfig(steps=7, batch_size=4, ndf=8, ckpt_every=100)
+    seen, weights = [], []
+
+    def hook(model, step, seconds):
+        seen.append(step)
+        weights.append(next(model.parameters()).detach().clone())
+
+    fit(build_models(G, cfg), tiny_data(), cfg, tmp_path, evaluate=hook, eval_every=every, eval_from=start)
+    assert seen == want
+    assert all(not torch.equal(a, b) for a, b in zip(weights, weights[1:]))
