@@ -34,7 +34,8 @@ def run(params, paths, concept: str) -> None:
         paths.prompts.read_text(),
     )
     with work_folder(paths.work, c, *key) as work:
-        model, history, facts = finetune_concept(base, spec, data, cfg, work)
+        features = (paths.work / "features", code_hash("finetune_lora"))  # shared by every concept
+        model, history, facts = finetune_concept(base, spec, data, cfg, work, features)
     # the stored adapter on val (a choice: never test); the base without it is evaluate@C's, on test
     score = dict(split="val", limit=cfg.eval_limit, prompts=paths.prompts, seed=cfg.train.seed)
     after = evaluate_concept(model, paths.pairs, meta["text_encoder"], **score)

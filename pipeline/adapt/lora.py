@@ -399,12 +399,14 @@ def with_loraplus(m: Models, cfg: TrainConfig, ratio: float) -> Models:
 
 
 def finetune_concept(
-    base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, work: Path
+    base: nn.Module, spec: dict, concept, cfg: FinetuneConfig, work: Path, features: tuple[Path, str] | None = None
 ) -> tuple[nn.Module, list[dict], dict]:
     """finetune_lora@C: the adapter of `spec` for one concept, on its subset of pairs, with the shared loop:
     trained at full rank and truncated (cfg.train_as "full_rank"), or as LoRA factors on the frozen base ("lora").
 
-    `concept` is a data.dataset.ConceptData. Returns (the PeftModel, the loss history, facts for the metrics)."""
+    `concept` is a data.dataset.ConceptData. `features`: (a folder, the code hash) where the subset's image
+    features are kept by the inputs' content (io.cached_arrays): every concept's training inputs are crops of
+    the same photos, so they are computed once. Returns (the PeftModel, the loss history, facts for the metrics)."""
     from pipeline.adapt.subset import choose_subset, coverage, image_features, random_subset
 
     full_rank = cfg.train_as == "full_rank"
@@ -415,7 +417,13 @@ def finetune_concept(
         )
     pairs = concept.pairs
     # LPIPS features of the inputs, once: the k-means subset and its coverage figures
-    feats = image_features(pairs.inputs, "lpips") if cfg.subset != "all" and cfg.subset_features == "lpips" else None
+    feats = None
+    if cfg.subset != "all" and cfg.subset_features == "lpips":
+        from pipeline.core.io import cached_arrays
+
+        cache, code = features or (None, "")
+        x = pairs.inputs
+        feats = cached_arrays([x.numpy()], cache, code, lambda _: image_features(x, "lpips"), rows=len(x))
     kept = choose_subset(
         pairs.inputs, cfg.subset, cfg.subset_fraction, cfg.subset_features, cfg.train.seed, feats=feats
     )

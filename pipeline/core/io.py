@@ -91,6 +91,45 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def cached_arrays(
+    arrays: list, cache: Path | None, code: str, compute: Callable, entries: int = 64, rows: int | None = None
+):
+    """`compute(arrays)` (an array), kept in the folder `cache` under a key of the arrays' exact bytes and `code`
+    (the calling stage's code hash): what every concept computes from the same inputs is computed once. Entries
+    made by other code are removed on the next write, so the cache never outlives the code that wrote it, and only
+    the newest `entries` are kept; an unreadable entry, or one without the `rows` the caller expects, is computed
+    again. Without a folder, it is computed."""
+    import io
+
+    import numpy as np
+
+    if cache is None:
+        return compute(arrays)
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.shape}|{a.dtype}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    prefix = code[:16]
+    file = Path(cache) / f"{prefix}-{h.hexdigest()[:32]}.npy"
+    try:
+        out = np.load(file, allow_pickle=False)
+        if rows is None or out.shape[0] == rows:
+            file.touch()  # recently used: kept longest
+            return out
+    except (OSError, ValueError):  # not there (or removed meanwhile) or unreadable: computed again
+        pass
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    kept = sorted(Path(cache).glob("*.npy"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for i, old in enumerate(kept):  # other code's entries (never read again) and all but the newest few
+        if not old.name.startswith(prefix + "-") or i >= entries - 1:
+            old.unlink(missing_ok=True)
+    out = np.asarray(compute(arrays))
+    buf = io.BytesIO()
+    np.save(buf, out, allow_pickle=False)
+    atomic_write_bytes(file, buf.getvalue())
+    return out
+
+
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (work-folder keys)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

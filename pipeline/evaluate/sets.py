@@ -16,8 +16,6 @@ SSIM and, with a CLIP model, the directional CLIP score per crop; KID and FID pe
 
 from __future__ import annotations
 
-import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -28,39 +26,13 @@ FEATURE_CACHE_ENTRIES = 64  # feature sets kept (about 1.2 MB each for 152 crops
 
 
 def cached_features(images: list[np.ndarray], cache: Path | None, code: str) -> np.ndarray:
-    """`inception_features(images)`, kept in the folder `cache` under a key of the images' exact bytes and
-    `code` (the evaluating stage's code hash): every concept is scored on the same test inputs, so the
+    """`inception_features(images)`, kept in the folder `cache` by the images' exact bytes and `code` (the
+    evaluating stage's code hash; io.cached_arrays): every concept is scored on the same test inputs, so the
     identity's features are computed once for all of them, and a rerun that changes no image (e.g. another
-    bootstrap count) computes none. Entries made by other code are removed on the next write, so the cache
-    never outlives the code that wrote it, and only the newest FEATURE_CACHE_ENTRIES are kept. Without a
-    folder, the features are computed."""
-    from pipeline.core.io import atomic_write_bytes
+    bootstrap count) computes none. Without a folder, the features are computed."""
+    from pipeline.core.io import cached_arrays
 
-    if cache is None:
-        return inception_features(images)
-    h = hashlib.sha256()
-    for im in images:
-        h.update(f"{im.shape}|{im.dtype}|".encode())
-        h.update(np.ascontiguousarray(im).tobytes())
-    prefix = code[:16]
-    file = Path(cache) / f"{prefix}-{h.hexdigest()[:32]}.npy"
-    try:
-        feats = np.load(file, allow_pickle=False)
-        if feats.shape[0] == len(images):
-            file.touch()  # recently used: kept longest
-            return feats
-    except (OSError, ValueError):  # not there (or removed meanwhile) or unreadable: computed again
-        pass
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    kept = sorted(Path(cache).glob("*.npy"), key=lambda f: f.stat().st_mtime, reverse=True)
-    for i, old in enumerate(kept):  # other code's entries (never read again) and all but the newest few
-        if not old.name.startswith(prefix + "-") or i >= FEATURE_CACHE_ENTRIES - 1:
-            old.unlink(missing_ok=True)
-    feats = inception_features(images)
-    buf = io.BytesIO()
-    np.save(buf, feats, allow_pickle=False)
-    atomic_write_bytes(file, buf.getvalue())
-    return feats
+    return cached_arrays(images, cache, code, lambda ims: inception_features(ims), FEATURE_CACHE_ENTRIES, len(images))
 
 
 def _photo_crops(photos: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:

@@ -178,11 +178,16 @@ def test_analyze_search_finetune(project):
         plain = base.eval()(x, t)
     assert torch.allclose(adapted, merged, atol=1e-5) and not torch.allclose(adapted, plain, atol=1e-4)
 
-    # 4. the same stage again into a fresh folder: bit-for-bit the same adapter (seeded CPU run)
-    p = _stage(
-        project, "finetune_lora", "demo", out="models/lora_again", reports="reports/again", work="data/.work/again"
-    )
+    # 4. the same stage again into a fresh folder: bit-for-bit the same adapter (seeded CPU run), its subset's
+    # image features read from the shared cache that the first run wrote (the training inputs are the same)
+    cache = project / "data/.work/finetune_lora/features"
+    entries = sorted(cache.glob("*.npy"))
+    assert len(entries) == 1
+    p = _stage(project, "finetune_lora", "demo", out="models/lora_again", reports="reports/again")
     assert p.returncode == 0, p.stderr
+    assert sorted(cache.glob("*.npy")) == entries
+    again = json.loads((project / "reports/again/metrics.json").read_text())
+    assert again["subset_coverage"] == m["subset_coverage"] and again["pairs_used"] == m["pairs_used"]
     assert (out / "adapter_model.safetensors").read_bytes() == (
         project / "models/lora_again/adapter_model.safetensors"
     ).read_bytes()
