@@ -5,7 +5,7 @@ crops), with 95 % intervals from a bootstrap over test photos and training seeds
 same crops (the figures: bench/concept_summary.py).
 
 Per concept and seed:
-  pix2pix        pix2pix ResNet-9 from scratch, all training pairs
+  pix2pix        pix2pix ResNet-9 from scratch, all training pairs (on the same windows as every other method)
   e2gan_scratch  the E²GAN generator from scratch (random init), all training pairs
   full_ft        full fine-tune of the base, the adapter's data subset and start (finetune_lora.start_head_scale)
   adapter        the shipped adapter: search_ranks' spec (models/ranks/lora.json), finetune_lora's settings and subset
@@ -14,8 +14,8 @@ Per concept and seed:
   uniform        one rank on the crucial layers, at about the shipped adapter's LoRA parameters
   uniform_all    one rank on every adaptable layer, at about the same parameters
   lora           the shipped adapter's layers and ranks, its LoRA factors trained directly (train_as "lora")
-and per concept `--random` allocations of the shipped adapter's layers at its parameter count (draw d is
-trained with seed d mod the number of seeds). Adapters train as finetune_lora does (`train_as`): with
+(`from_base` and `lora` only with --methods), and per concept `--random` allocations of the shipped adapter's
+layers at its parameter count (draw d is trained with seed d mod the number of seeds). Adapters train as finetune_lora does (`train_as`): with
 "full_rank", every adapter job of a concept and seed is read from one full-rank fine-tune of the base, each
 through its own spec's truncated adapter (its val curve, its val-best step on test). Two methods that train the
 same thing (e.g. `uniform_all` when the shipped adapter is one rank on every layer) share one run.
@@ -27,6 +27,7 @@ pool: their prompts and pairs are made here with the pipeline's own stages' code
     python -m bench.concept_bench --scale smoke         # a few steps: checks the plumbing in minutes
     python -m bench.concept_bench --methods pix2pix     # train only these (and the adapter, full fine-tune)
     python -m bench.concept_bench --summary-only        # rewrite the summary, table and plot from the runs
+    python -m bench.concept_bench --reuse bench/results/concept_bench_window_base.json  # take over its runs
 
 Every finished run is written to bench/results/concept_bench.json at once (with the summary, a markdown table
 and a plot), so a killed benchmark resumes where it stopped. Each run carries a key of everything that decides
@@ -71,10 +72,20 @@ from pipeline.model.nets.pix2pix import ResnetGenerator
 from pipeline.orchestrate.dvc import code_hash, stage_paths
 
 SCALES = {
-    # fine-tunes (full_ft, adapter, uniform, random) run finetune_lora.train.steps unless `lora_steps` is set
-    "default": {"scratch_steps": 240, "lora_steps": 0, "batch": 4, "eval_every": 30, "val_limit": 48},
-    "smoke": {"scratch_steps": 4, "lora_steps": 4, "batch": 2, "eval_every": 2, "val_limit": 8},
-}
+    # fine-tunes (full_ft, adapter, uniform, random) run finetune_lora.train.steps unless `lora_steps` is set, on
+    # finetune_lora.patch windows, scored on val every `eval_every` steps; the models from scratch (pix2pix,
+    # e2gan_scratch) run `scratch_steps` on `scratch_patch` windows of all training pairs (0 = whole crops), scored
+    # every `scratch_eval_every` steps
+    "default": {
+        "scratch_steps": 240, "scratch_patch": 96, "scratch_eval_every": 60, "lora_steps": 0, "batch": 4,
+        "eval_every": 30, "val_limit": 48,
+    },
+    "smoke": {
+        "scratch_steps": 4, "scratch_patch": 0, "scratch_eval_every": 2, "lora_steps": 4, "batch": 2, "eval_every": 2,
+        "val_limit": 8,
+    },
+}  # fmt: skip
+DEFAULT_METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
 
 
 def concept_data(name: str, params, val_limit: int) -> ConceptBench:
@@ -159,7 +170,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "subset": hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16],
         "loraplus": fcfg.loraplus_ratio if adapter else 1.0,
         "store": fcfg.store if adapter else "float32",
-        "eval_every": scale["eval_every"],
+        "eval_every": scale["scratch_eval_every"] if scratch else scale["eval_every"],
         "val_limit": scale["val_limit"],
         "data": data_key(cb),
     }
@@ -169,8 +180,9 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     start = 1.0 if method == "from_base" else fcfg.start_head_scale
     if shares_training and start != 1.0:
         what["start_head_scale"] = start
-    # finetune_lora's training windows (runs on whole crops keep their keys)
-    patch = fcfg.patch if (adapter or shares_training) else 0
+    # finetune_lora's training windows, or the scale's for the models from scratch (runs on whole crops keep
+    # their keys)
+    patch = scale.get("scratch_patch", 0) if scratch else fcfg.patch if (adapter or shares_training) else 0
     if patch:
         what["patch"] = patch
     # full-rank jobs of one concept and seed share one training (their specs only decide what is read from it),
@@ -185,7 +197,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "steps": steps,
         "subset": subset,
         "scratch": scratch,
-        "eval_every": scale["eval_every"],
+        "eval_every": what["eval_every"],
         "family": family if shares_training else None,
         "start_head_scale": start if shares_training else 1.0,
         "patch": patch,
@@ -243,7 +255,7 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
     fcfg = params.finetune_lora
     G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"])
     cfg, steps = job["cfg"], job["steps"]
-    data = cb.pairs if job["scratch"] else patch_pairs(cb.pairs.subset(job["subset"]), job["patch"])
+    data = patch_pairs(cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"]), job["patch"])
     best: dict = {}
 
     def scores(model) -> dict:
@@ -377,6 +389,18 @@ def plan(concepts: list[str], seeds: list[int], n_random: int) -> list[tuple[str
     return jobs
 
 
+def reusable(runs: list[dict], keys: set[str], other: dict, name: str) -> list[dict]:
+    """The runs of another results file (`other`, called `name`) that a job of this plan has (the same key: the
+    same spec, settings, data subset, base and pairs) and `runs` lacks, each marked with where it came from."""
+    have = {r.get("key") for r in runs}
+    taken, seen = [], set()
+    for r in other.get("runs", []):
+        if r.get("key") in keys - have - seen:
+            taken.append({**r, "reused_from": name})
+            seen.add(r["key"])
+    return taken
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", default="watercolor,cartoon,winter,pop_art")
@@ -384,8 +408,16 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=5, help="random allocations per concept")
     ap.add_argument(
         "--methods",
-        default=",".join((*METHODS, "random")),
-        help="the methods to plan (the adapter and the full fine-tune always run: every figure is relative to them)",
+        default=",".join((*DEFAULT_METHODS, "random")),
+        help="the methods to plan (the adapter and the full fine-tune always run: every figure is relative to them; "
+        f"also: {', '.join(m for m in METHODS if m not in DEFAULT_METHODS)})",
+    )
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="another results file whose runs this plan also has (the same key) are taken over instead of trained",
     )
     ap.add_argument("--scale", choices=sorted(SCALES), default="default")
     ap.add_argument("--out", type=Path, default=RESULTS / "concept_bench.json")
@@ -444,6 +476,10 @@ def main() -> None:
     if stale:  # made on another base, other pairs or settings: never mixed into the figures, kept aside
         print(f"{len(stale)} runs in {args.out} match no job of this plan (other base, data or settings): set aside")
         result["runs"] = [r for r in result["runs"] if r.get("key") in keys]
+    for other in args.reuse:  # e.g. a focused benchmark's runs of the same design, base and data
+        taken = reusable(result["runs"], keys, json.loads(other.read_text()), other.name)
+        result["runs"] += taken
+        print(f"{len(taken)} runs taken over from {other}", flush=True)
     kept = {r.get("key") for r in result["runs"]}
     result["set_aside"] = [r for r in [*aside, *stale] if r.get("key") not in kept]
     done = {r["key"] for r in result["runs"]}

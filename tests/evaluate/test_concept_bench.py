@@ -276,3 +276,24 @@ def test_window_check_pairs_the_new_runs_with_the_set_aside_ones_of_the_earlier_
         assert e["gap_closed"]["whole"]["mean"] > e["gap_closed"]["windows"]["mean"]
     assert out["pooled"]["adapter_windows_minus_whole_lpips"] == pytest.approx(0.01)
     assert compare({**current, "set_aside": []}, {"jobs": jobs_then})["concepts"] == []  # nothing to pair with
+
+
+def test_models_from_scratch_train_on_the_scales_windows_and_runs_of_another_file_are_taken_over(tiny_bench):
+    """The default scale trains pix2pix and the generator from scratch on windows of all pairs, scored less often
+    than the fine-tunes; that is in their keys (whole-crop runs are not reused for them); a run of another results
+    file is taken over only when this plan has its key, once."""
+    from bench.concept_bench import SCALES, job_config, reusable
+
+    cb, params = tiny_bench
+    scale = SCALES["default"]
+    jobs = {m: job_config(cb, m, 0, None, scale, params) for m in ("pix2pix", "e2gan_scratch", "full_ft")}
+    assert jobs["pix2pix"]["patch"] == jobs["e2gan_scratch"]["patch"] == scale["scratch_patch"] == 96
+    assert jobs["pix2pix"]["eval_every"] == scale["scratch_eval_every"] != jobs["full_ft"]["eval_every"]
+    assert jobs["pix2pix"]["subset"] == list(range(len(cb.pairs.inputs)))  # every training pair
+    whole = job_config(cb, "pix2pix", 0, None, {**scale, "scratch_patch": 0}, params)
+    assert whole["patch"] == 0 and whole["key"] != jobs["pix2pix"]["key"]
+    keys = {j["key"] for j in jobs.values()}
+    other = {"runs": [{"key": jobs["pix2pix"]["key"], "x": 1}, {"key": jobs["pix2pix"]["key"], "x": 2}, {"key": "z"}]}
+    taken = reusable([{"key": jobs["full_ft"]["key"]}], keys, other, "other.json")
+    assert taken == [{"key": jobs["pix2pix"]["key"], "x": 1, "reused_from": "other.json"}]
+    assert reusable([{"key": jobs["pix2pix"]["key"]}], keys, other, "other.json") == []
