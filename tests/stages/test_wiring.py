@@ -229,3 +229,20 @@ def test_pipeline_timing_keeps_each_machines_latest_runs():
     assert added == {"Xeon": {"full": summary(xeon), "noop": {**summary(xeon), "seconds": 2.1}}, "EPYC": {"noop": {}}}
     assert result["machines"]["EPYC"]["full"]["seconds"] == 1148.7  # not replaced by the older file's
     assert "stages" not in result["machines"]["Xeon"]["full"] and import_records(result, {"full": xeon}) == {}
+
+
+def test_pipeline_timing_new_concept_records_the_median_of_fresh_runs(tmp_path, monkeypatch):
+    """new-concept runs the concept afresh --repeats times and records the median run whole (its stages and
+    costs), with every run's seconds beside it."""
+    import json
+
+    from bench import pipeline_timing
+
+    runs = iter([{"seconds": s, "stages": {"evaluate@sepia": s / 3}} for s in (182.7, 168.2, 175.0)])
+    monkeypatch.setattr(pipeline_timing, "time_new_concept", lambda name, prompt: {"concept": name, **next(runs)})
+    out = tmp_path / "timing.json"
+    assert pipeline_timing.main(["new-concept", "--repeats", "3", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["new_concept_s"] == 175.0 and got["new_concept"]["runs_s"] == [182.7, 168.2, 175.0]
+    assert got["new_concept"]["stages"] == {"evaluate@sepia": 175.0 / 3} and got["new_concept"]["concept"] == "sepia"
+    assert got["machines"][got["cpu"]]["new_concept"]["seconds"] == 175.0
