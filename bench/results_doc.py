@@ -875,9 +875,14 @@ def timing() -> list[str]:
         parts = ", ".join(
             f"{k.split('@')[0]} {v} s" for k, v in sorted(n["stages"].items(), key=lambda kv: rank(kv[0]))
         )
+        spread = (
+            f" (the median of {len(n['runs_s'])} fresh runs: {', '.join(f'{x} s' for x in n['runs_s'])})"
+            if len(n.get("runs_s", [])) > 1
+            else ""
+        )
         out += [
             f"A new concept (`{n['concept']}` added to params.yaml, `new-concept`, commit {n['commit']}): "
-            f"**{n['seconds']} s** end to end: {parts}.",
+            f"**{n['seconds']} s** end to end{spread}: {parts}.",
             "",
         ]
     if "noop" in t:
