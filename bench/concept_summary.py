@@ -259,6 +259,27 @@ def code_of_runs(runs: list[dict]) -> dict:
     }
 
 
+def plan_cost(runs: list[dict]) -> dict:
+    """The wall time the runs took to make (training, val scoring, test scoring), each job once: the members of a
+    full-rank family share one job, and a run taken over from another file counts with its time there. Seconds by
+    kind of job ("fine-tunes of the base" for the families) and in all, with the machines they ran on."""
+    jobs: dict = {}
+    for r in runs:
+        if r.get("job_wall_seconds") is None:
+            continue
+        kind = "fine-tunes of the base" if r.get("family") else r["method"]
+        jobs.setdefault((r.get("family") or r.get("key"), r.get("reused_from")), (kind, r["job_wall_seconds"]))
+    by: dict[str, float] = {}
+    for kind, sec in jobs.values():
+        by[kind] = by.get(kind, 0.0) + sec
+    return {
+        "seconds": round(sum(by.values()), 1),
+        "by_kind": {k: round(v, 1) for k, v in sorted(by.items())},
+        "jobs": len(jobs),
+        "machines": sorted({r["machine"] for r in runs if r.get("machine")}),
+    }
+
+
 def summarise(result: dict) -> dict:
     rows, refs = method_runs(result), result["references"]
     photos = next(iter(refs.values()))["photos"] if refs else []
@@ -292,6 +313,7 @@ def summarise(result: dict) -> dict:
         "detail": per,
     }
     summary["code"] = code_of_runs([r for r in rows if r["concept"] in per])
+    summary["cost"] = plan_cost(result["runs"])
     ratios = [e["time_ratio_vs_pix2pix"] for e in per.values() if "time_ratio_vs_pix2pix" in e]
     if ratios:
         summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
@@ -352,6 +374,14 @@ def markdown(result: dict) -> str:
         out.append(
             f"| {c} | **gap closed** | | {g['mean']:.1%} [{g['ci95']['low']:.1%}, {g['ci95']['high']:.1%}] ({by_seed}){extra} | | |"
         )
+    cost = s.get("cost")
+    if cost and cost["jobs"]:
+        kinds = ", ".join(f"{k} {v / 3600:.2f} h" for k, v in cost["by_kind"].items())
+        out += [
+            "",
+            f"Wall time of the {cost['jobs']} jobs that made these runs: {cost['seconds'] / 3600:.2f} h ({kinds}), "
+            f"on {'; '.join(cost['machines'])}.",
+        ]
     code = s.get("code")
     if code:
         out += [

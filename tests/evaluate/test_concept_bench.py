@@ -297,3 +297,24 @@ def test_models_from_scratch_train_on_the_scales_windows_and_runs_of_another_fil
     taken = reusable([{"key": jobs["full_ft"]["key"]}], keys, other, "other.json")
     assert taken == [{"key": jobs["pix2pix"]["key"], "x": 1, "reused_from": "other.json"}]
     assert reusable([{"key": jobs["pix2pix"]["key"]}], keys, other, "other.json") == []
+
+
+def test_the_plan_cost_counts_each_job_once():
+    """A full-rank family's members share one job's wall time; a run taken over from another file counts with its
+    time there; runs without a recorded time are left out."""
+    from bench.concept_summary import plan_cost
+
+    m = "cpu A, 2 cores, 2 threads"
+    runs = [
+        *({"method": x, "family": "f1", "key": x, "job_wall_seconds": 100.0, "machine": m} for x in ("a", "b", "c")),
+        {"method": "adapter", "family": "f1", "key": "k", "job_wall_seconds": 50.0, "reused_from": "o.json"},
+        {"method": "pix2pix", "family": None, "key": "p", "job_wall_seconds": 300.0, "machine": m},
+        {"method": "pix2pix", "family": None, "key": "q"},
+    ]
+    cost = plan_cost(runs)
+    assert cost == {
+        "seconds": 450.0,
+        "by_kind": {"fine-tunes of the base": 150.0, "pix2pix": 300.0},
+        "jobs": 3,
+        "machines": [m],
+    }
