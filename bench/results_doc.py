@@ -567,10 +567,16 @@ def concept_bench() -> list[str]:
     n_runs = len(b["runs"])
     jobs = b.get("jobs") or {}
     planned = len(set(jobs.values())) if jobs else n_runs  # distinct runs: methods that train the same thing share one
+    reused: dict[str, int] = {}
+    for r in b["runs"]:
+        if r.get("reused_from"):
+            reused[r["reused_from"]] = reused.get(r["reused_from"], 0) + 1
+    cmd = "python -m bench.concept_bench" + "".join(f" --reuse bench/results/{f}" for f in sorted(reused))
     out = [
         "## The concept benchmark (`bench.concept_bench`)",
         "",
-        provenance("bench/results/concept_bench.json", "python -m bench.concept_bench"),
+        provenance("bench/results/concept_bench.json", cmd)
+        + "".join(f" {n} runs were taken over from `{f}` (the same keys)." for f, n in sorted(reused.items())),
         "",
         f"Scale `{b['scale']}` ({b['settings']}), {b['resolution']}², {b['threads']} threads, device "
         f"{b['device']}; {n_runs} of {planned} distinct planned runs done (concepts {', '.join(s['concepts_done'])}, "
