@@ -54,16 +54,18 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
 
     G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
     subset = list(range(len(cb.pairs.inputs))) if args.all_pairs else job["subset"]
-    curve = train_curve(G, patch_pairs(cb.pairs.subset(subset), args.patch), cfg, steps, scale["eval_every"], scores)
+    data = patch_pairs(cb.pairs.subset(subset), args.patch)
+    curve = train_curve(G, data, cfg, steps, scale["eval_every"], scores, d_warmup=args.d_warmup)
     trainable = {f"r{r}": trainable_parameters(truncated_adapter(cb.base, G, spec, cond)) for r, spec in specs.items()}
     return curve, trainable
 
 
 def losses(args, cfg) -> dict:
-    """The loss weights of --lambda-gan / --lambda-lpips (the job's own where not given)."""
+    """The loss weights of --lambda-gan / --lambda-lpips / --lambda-l1 (the job's own where not given)."""
     return {
         "lambda_gan": cfg.lambda_gan if args.lambda_gan is None else args.lambda_gan,
         "lambda_lpips": cfg.lambda_lpips if args.lambda_lpips is None else args.lambda_lpips,
+        "lambda_l1": cfg.lambda_l1 if args.lambda_l1 is None else args.lambda_l1,
     }
 
 
@@ -98,6 +100,13 @@ def main() -> None:
     ap.add_argument("--all-pairs", action="store_true", help="--train-as full_rank: every pair, not the subset")
     ap.add_argument("--lambda-gan", type=float, default=None, help="default: finetune_lora.train.lambda_gan")
     ap.add_argument("--lambda-lpips", type=float, default=None, help="default: finetune_lora.train.lambda_lpips")
+    ap.add_argument("--lambda-l1", type=float, default=None, help="default: finetune_lora.train.lambda_l1")
+    ap.add_argument(
+        "--d-warmup",
+        type=int,
+        default=0,
+        help="--train-as full_rank: discriminator-only steps against the starting generator first (default 0)",
+    )
     ap.add_argument("--kid", action="store_true", help="--train-as full_rank: also each rank's KID on val")
     ap.add_argument(
         "--patch", type=int, default=None, help="training windows (0: whole crops; default finetune_lora.patch)"
@@ -151,6 +160,7 @@ def main() -> None:
             **losses(args, job["cfg"]),
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
             **({"all_pairs": True} if args.all_pairs else {}),
+            **({"d_warmup": args.d_warmup} if args.d_warmup else {}),
             **({"patch": args.patch} if args.patch else {}),
             "batch": cfg.batch_size,
             "trainable_params": trainable,

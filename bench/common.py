@@ -182,21 +182,48 @@ class ConceptBench:
         return choose_subset(self.pairs.inputs, strategy, f.subset_fraction, f.subset_features, f.train.seed)
 
 
-def train_curve(G, data, cfg, steps: int, eval_every: int, evaluate, loraplus_ratio: float = 1.0) -> list[dict]:
+def warm_discriminator(m, data, cfg, steps: int) -> float:
+    """`steps` discriminator-only updates on `data` (the teacher's pairs as real, the starting generator's
+    outputs as fake) before the generator's first step: a fine-tune otherwise starts against an untrained
+    PatchGAN. Returns the seconds it took (fit does not count them)."""
+    import time
+
+    from pipeline.model.nets.discriminator import GAN_LOSSES
+
+    d_loss, _ = GAN_LOSSES[cfg.gan_loss]
+    start, was_training = time.perf_counter(), m.G.training
+    m.G.eval()
+    for step in range(steps):
+        x, y, text, mask = data.batch(step, cfg.batch_size, cfg.seed, cfg.flip)
+        with torch.no_grad():
+            fake = m.G(x, text, mask)
+        m.opt_d.zero_grad(set_to_none=True)
+        d_loss(m.D(x, y), m.D(x, fake)).backward()
+        m.opt_d.step()
+    m.G.train(was_training)
+    return time.perf_counter() - start
+
+
+def train_curve(
+    G, data, cfg, steps: int, eval_every: int, evaluate, loraplus_ratio: float = 1.0, d_warmup: int = 0
+) -> list[dict]:
     """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` (a dict of scores, e.g.
-    ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). Returns
-    [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
+    ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). With `d_warmup`,
+    the discriminator first trains alone for that many steps (`warm_discriminator`, on the CPU; its seconds are
+    added to every point's train_seconds). Returns [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
     cfg = cfg.model_copy(update={"steps": steps, "ckpt_every": steps, "log_every": min(cfg.log_every, steps)})
     curve: list[dict] = []
+    models = with_loraplus(build_models(G, cfg), cfg, loraplus_ratio)
+    warm = warm_discriminator(models, data, cfg, d_warmup) if d_warmup else 0.0
 
     def hook(model, step: int, seconds: float) -> None:
-        curve.append({"step": step, "train_seconds": round(seconds, 2), **evaluate(model)})
+        curve.append({"step": step, "train_seconds": round(seconds + warm, 2), **evaluate(model)})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in curve[-1].items() if k not in ("step", "train_seconds"))
         print(f"  step {step}: {shown} after {seconds:.0f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="e2gan-bench-") as work:
         fit(
-            with_loraplus(build_models(G, cfg), cfg, loraplus_ratio),
+            models,
             data,
             cfg,
             Path(work),

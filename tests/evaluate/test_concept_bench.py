@@ -318,3 +318,49 @@ def test_the_plan_cost_counts_each_job_once():
         "jobs": 3,
         "machines": [m],
     }
+
+
+def test_discriminator_warm_up_trains_only_the_discriminator_and_is_timed(tiny_bench):
+    import torch
+
+    from bench.common import train_curve, warm_discriminator
+    from pipeline.model.nets.discriminator import GAN_LOSSES
+    from pipeline.model.train import build_models
+
+    cb, params = tiny_bench
+    cfg = params.finetune_lora.train.model_copy(update={"batch_size": 4})
+    m = build_models(cb.base, cfg)
+    g_before = {k: v.clone() for k, v in m.G.state_dict().items()}
+    d_before = {k: v.clone() for k, v in m.D.state_dict().items()}
+    d_loss = GAN_LOSSES[cfg.gan_loss][0]
+
+    def loss() -> float:
+        x, y, text, mask = cb.pairs.batch(0, 8, 0, False)
+        with torch.no_grad():
+            return float(d_loss(m.D(x, y), m.D(x, m.G(x, text, mask))))
+
+    start = loss()
+    seconds = warm_discriminator(m, cb.pairs, cfg, 30)
+    assert seconds > 0
+    assert all(torch.equal(v, g_before[k]) for k, v in m.G.state_dict().items())  # G untouched
+    assert any(not torch.equal(v, d_before[k]) for k, v in m.D.state_dict().items())
+    assert loss() < 0.5 * start  # D learnt to tell the teacher's pairs from G's outputs
+    # in a training curve: the warm-up changes what G learns, and its seconds count as training time
+    import copy
+
+    import bench.common as common
+
+    real = common.warm_discriminator
+    common_warm = lambda *a: real(*a) + 100.0  # noqa: E731 (a known amount on top of the real work)
+    trained = []
+    for w in (0, 30, 0):
+        G = copy.deepcopy(cb.base)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(common, "warm_discriminator", common_warm)
+            curve = train_curve(G, cb.pairs, cfg, 4, 2, lambda g: {}, d_warmup=w)
+        trained.append((G.state_dict(), curve))
+    same = lambda a, b: all(torch.equal(v, b[k]) for k, v in a.items())  # noqa: E731
+    assert same(trained[0][0], trained[2][0]) and not same(trained[0][0], trained[1][0])
+    assert [c["step"] for c in trained[1][1]] == [2, 4]
+    assert all(c["train_seconds"] >= 100.0 for c in trained[1][1])
+    assert all(c["train_seconds"] < 100.0 for c in trained[0][1])
