@@ -250,8 +250,10 @@ def load_adapter(base: nn.Module, folder: Path, merge: bool = False) -> nn.Modul
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise E2GANError(f"{folder}: no adapter_config.json; run 'dvc repro finetune_lora' for this concept")
-    if merge and plain_lora(read_adapter(folder)[0]):
-        return merged_adapter(base, folder)
+    if merge:
+        saved = read_adapter(folder)
+        if plain_lora(saved[0]):
+            return _merge(base, folder, *saved)
     from peft import PeftModel
 
     try:
@@ -336,7 +338,12 @@ def merged_adapter(base: nn.Module, folder: Path) -> nn.Module:
     weight + scale * B @ A and the trained biases, what peft's merge_and_unload computes, read from the files
     without importing peft (which imports a transformers model: seconds in every stage that only runs a student).
     An E2GANError when a layer or bias does not fit the base."""
-    cfg, layers, biases = read_adapter(folder)
+    return _merge(base, folder, *read_adapter(folder))
+
+
+@torch.no_grad()
+def _merge(base: nn.Module, folder: Path, cfg: dict, layers: dict, biases: dict) -> nn.Module:
+    """merged_adapter on read_adapter's (config, layers, biases) of `folder` (named in errors)."""
     if not plain_lora(cfg):
         raise E2GANError(f"{folder}: not a plain LoRA adapter; load it with load_adapter(merge=True)")
     params = dict(base.named_parameters())

@@ -385,7 +385,15 @@ def test_merged_adapter_is_peft_merge_without_peft(tmp_path):
     x, t = _inputs()
     with torch.no_grad():  # load_adapter(merge=True) takes this path and computes the unmerged model's outputs
         ref = load_adapter(_base("film"), tmp_path / "a")(x, t)
-        assert torch.allclose(load_adapter(_base("film"), tmp_path / "a", merge=True)(x, t), ref, atol=1e-5)
+        import pipeline.adapt.lora as lora
+
+        reads = []
+        real = lora.read_adapter
+        with pytest.MonkeyPatch.context() as mp:  # the files are read once
+            mp.setattr(lora, "read_adapter", lambda *a, **k: reads.append(a) or real(*a, **k))
+            merged = load_adapter(_base("film"), tmp_path / "a", merge=True)
+        assert len(reads) == 1
+        assert torch.allclose(merged(x, t), ref, atol=1e-5)
     small = E2GANGenerator(GeneratorConfig(ngf=16, heads=2, residual=False, norm="film", skip=True))
     with pytest.raises(E2GANError, match="does not fit this base; the adapter is for another base"):
         merged_adapter(small, tmp_path / "a")
