@@ -85,6 +85,9 @@ SCALES = {
         "val_limit": 8,
     },
 }  # fmt: skip
+# the default with three times the models-from-scratch budget: where pix2pix's val-best was the end of its 240 steps,
+# is it still improving, and what is its time to val-best then? (the fine-tunes' keys are the default's: --reuse)
+SCALES["long_scratch"] = {**SCALES["default"], "scratch_steps": 720}
 DEFAULT_METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
 
 
