@@ -663,7 +663,8 @@ def long_scratch_bench() -> list[str]:
         "pix2pix with three times the steps (`--scale long_scratch`)",
         "pix2pix trained for 720 steps instead of 240 (seed 0, cartoon and watercolor), scored every 60; the adapter "
         "and full fine-tune rows are the main file's runs, taken over by key. Is pix2pix still improving where the "
-        "benchmark's budget ends, and where does its time to val-best go?" + pix2pix_note((load(rel) or {}).get("runs", [])),
+        "benchmark's budget ends, and where does its time to val-best go?"
+        + pix2pix_note((load(rel) or {}).get("runs", [])),
         cmd="python -m bench.concept_bench --concepts cartoon,watercolor --seeds 0 --methods pix2pix --random 0 "
         f"--scale long_scratch --reuse bench/results/concept_bench.json --out {rel}",
     )
