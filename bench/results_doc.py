@@ -655,18 +655,23 @@ def window_base_bench() -> list[str]:
 
 
 def long_scratch_bench() -> list[str]:
-    """pix2pix with three times the benchmark's budget (`--scale long_scratch`), against the same adapter runs."""
+    """pix2pix with three times the benchmark's budget (`--scale long_scratch`), against the same adapter runs:
+    the steps, seeds and concepts as the file has them."""
     rel = "bench/results/concept_bench_long_scratch.json"
+    b = load(rel) or {}
+    if not b.get("summary"):
+        return []
+    concepts, seeds = b["concepts"], ",".join(map(str, b["seeds"]))
     return focused_bench(
         "concept_bench_long_scratch",
         "pix2pix",
         "pix2pix with three times the steps (`--scale long_scratch`)",
-        "pix2pix trained for 720 steps instead of 240 (seed 0, cartoon and watercolor), scored every 60; the adapter "
-        "and full fine-tune rows are the main file's runs, taken over by key. Is pix2pix still improving where the "
-        "benchmark's budget ends, and where does its time to val-best go?"
-        + pix2pix_note((load(rel) or {}).get("runs", [])),
-        cmd="python -m bench.concept_bench --concepts cartoon,watercolor --seeds 0 --methods pix2pix --random 0 "
-        f"--scale long_scratch --reuse bench/results/concept_bench.json --out {rel}",
+        f"pix2pix trained for {b['settings']['scratch_steps']} steps instead of 240 (seed {seeds}, "
+        f"{' and '.join(concepts)}), scored every {b['settings']['scratch_eval_every']}; the adapter and full fine-tune "
+        "rows are the main file's runs, taken over by key. Is pix2pix still improving where the benchmark's budget "
+        "ends, and where does its time to val-best go?" + pix2pix_note(b["runs"]),
+        cmd=f"python -m bench.concept_bench --concepts {','.join(concepts)} --seeds {seeds} --methods pix2pix "
+        f"--random 0 --scale long_scratch --reuse bench/results/concept_bench.json --out {rel}",
     )
 
 
