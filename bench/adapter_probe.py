@@ -6,6 +6,7 @@ steps. Nothing here reads test: it is for choosing, and the concept benchmark re
     python -m bench.adapter_probe --concept winter --rank 16          # does rank limit the adapter here?
     python -m bench.adapter_probe --concept winter --lr 0.005 --steps 300
     python -m bench.adapter_probe --concept winter --train-as full_rank --ranks 1,2,4,8   # truncation ranks
+    python -m bench.adapter_probe --concept cartoon --train-as full_rank --ranks 4 --kid --steps 900 --eval-every 60
 
 With `--train-as full_rank` (finetune_lora's default) one full-rank fine-tune of the base is scored at every
 evaluation both as it is and through the truncated adapter at each of `--ranks` (one rank on every adaptable
@@ -112,6 +113,9 @@ def main() -> None:
         "--patch", type=int, default=None, help="training windows (0: whole crops; default finetune_lora.patch)"
     )
     ap.add_argument("--batch", type=int, default=None, help="pairs per step (default: the benchmark's)")
+    ap.add_argument(
+        "--eval-every", type=int, default=None, help="score on val every this many steps (default: the benchmark's)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -128,6 +132,8 @@ def main() -> None:
     cb = concept_data(args.concept, params, scale["val_limit"])
     if args.batch:
         scale = {**scale, "batch": args.batch}
+    if args.eval_every:
+        scale = {**scale, "eval_every": args.eval_every}
     job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
     spec = spec_for({n: args.rank for n in adaptable_layers(cb.base)}, s)
     cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g, **losses(args, job["cfg"])})
@@ -163,6 +169,7 @@ def main() -> None:
             **({"d_warmup": args.d_warmup} if args.d_warmup else {}),
             **({"patch": args.patch} if args.patch else {}),
             "batch": cfg.batch_size,
+            "eval_every": scale["eval_every"],
             "trainable_params": trainable,
             "split": "val",
             **best_of(curve),
