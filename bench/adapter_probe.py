@@ -62,8 +62,10 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
 
 
 def losses(args, cfg) -> dict:
-    """The loss weights of --lambda-gan / --lambda-lpips / --lambda-l1 (the job's own where not given)."""
+    """The loss weights of --lambda-gan / --lambda-lpips / --lambda-l1 and the --lr-decay (the job's own where not
+    given)."""
     return {
+        "lr_decay": cfg.lr_decay if args.lr_decay is None else args.lr_decay,
         "lambda_gan": cfg.lambda_gan if args.lambda_gan is None else args.lambda_gan,
         "lambda_lpips": cfg.lambda_lpips if args.lambda_lpips is None else args.lambda_lpips,
         "lambda_l1": cfg.lambda_l1 if args.lambda_l1 is None else args.lambda_l1,
@@ -99,6 +101,9 @@ def main() -> None:
         help="--train-as full_rank: the base's output layer scaled by this first (default finetune_lora.start_head_scale)",
     )
     ap.add_argument("--all-pairs", action="store_true", help="--train-as full_rank: every pair, not the subset")
+    ap.add_argument(
+        "--lr-decay", choices=("constant", "linear", "cosine"), default=None, help="default: finetune_lora.train's"
+    )
     ap.add_argument("--lambda-gan", type=float, default=None, help="default: finetune_lora.train.lambda_gan")
     ap.add_argument("--lambda-lpips", type=float, default=None, help="default: finetune_lora.train.lambda_lpips")
     ap.add_argument("--lambda-l1", type=float, default=None, help="default: finetune_lora.train.lambda_l1")

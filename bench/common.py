@@ -188,18 +188,15 @@ def warm_discriminator(m, data, cfg, steps: int) -> float:
     PatchGAN. Returns the seconds it took (fit does not count them)."""
     import time
 
-    from pipeline.model.nets.discriminator import GAN_LOSSES
+    from pipeline.model.train import d_step
 
-    d_loss, _ = GAN_LOSSES[cfg.gan_loss]
     start, was_training = time.perf_counter(), m.G.training
     m.G.eval()
     for step in range(steps):
         x, y, text, mask = data.batch(step, cfg.batch_size, cfg.seed, cfg.flip)
         with torch.no_grad():
             fake = m.G(x, text, mask)
-        m.opt_d.zero_grad(set_to_none=True)
-        d_loss(m.D(x, y), m.D(x, fake)).backward()
-        m.opt_d.step()
+        d_step(m, x, y, fake, cfg)
     m.G.train(was_training)
     return time.perf_counter() - start
 

@@ -168,7 +168,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     what = {
         "kind": "lora" if adapter else method if scratch else "full_ft",
         "spec": spec,
-        "train": cfg.model_dump(),
+        "train": cfg.model_dump(exclude={"lr_decay"} if cfg.lr_decay == "constant" else None),  # keys from before it
         "steps": steps,
         "subset": hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16],
         "loraplus": fcfg.loraplus_ratio if adapter else 1.0,

@@ -56,6 +56,9 @@ class TrainConfig(FrozenConfig):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
+    lr_decay: Literal["constant", "linear", "cosine"] = (
+        "constant"  # both learning rates, from 1x at step 0 to 0 at `steps`
+    )
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"
     lambda_gan: float = Field(1.0, ge=0)
     lambda_l1: float = Field(100.0, ge=0)
@@ -149,15 +152,12 @@ def gan_step(
     perceptual: Callable | None = None,
 ) -> dict[str, float]:
     """One discriminator and one generator update (pix2pix, Isola et al. 2017, eq. 4). Returns the losses."""
-    d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.gan_loss]
+    _, g_loss_fn = GAN_LOSSES[cfg.gan_loss]
     fake = m.G(x, text, mask)
     losses: dict[str, torch.Tensor] = {}
     # 1. discriminator: real pairs vs generated pairs
     if cfg.lambda_gan > 0:
-        m.opt_d.zero_grad(set_to_none=True)
-        losses["d"] = d_loss_fn(m.D(x, y), m.D(x, fake.detach()))
-        losses["d"].backward()
-        m.opt_d.step()
+        losses["d"] = d_step(m, x, y, fake, cfg)
     # 2. generator: fool D, stay close to the teacher
     m.opt_g.zero_grad(set_to_none=True)
     total = torch.zeros((), device=x.device)
@@ -173,6 +173,29 @@ def gan_step(
     total.backward()
     m.opt_g.step()
     return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def d_step(m: Models, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """One discriminator update: the teacher's pairs (x, y) as real, (x, fake) as generated (no gradient reaches
+    the generator). Returns the loss."""
+    m.opt_d.zero_grad(set_to_none=True)
+    loss = GAN_LOSSES[cfg.gan_loss][0](m.D(x, y), m.D(x, fake.detach()))
+    loss.backward()
+    m.opt_d.step()
+    return loss
+
+
+def lr_schedulers(m: Models, cfg: TrainConfig, step: int) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """cfg.lr_decay as torch schedulers over both optimisers, positioned at `step` (a resumed run's optimisers
+    carry each group's initial rate); none for "constant"."""
+    if cfg.lr_decay == "constant":
+        return []
+
+    def factor(s: int) -> float:
+        done = min(s, cfg.steps) / cfg.steps
+        return 1.0 - done if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return [torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=step - 1) for opt in (m.opt_g, m.opt_d)]
 
 
 @torch.no_grad()
@@ -364,6 +387,7 @@ def fit(
         log.info("%s: resuming from step %d (%s)", desc, step, ckpt)
     m.G.train()
     stepper, resumed_from, clock, window = _stepper(m, dev, world), step, _Clock(dev), []
+    schedulers = lr_schedulers(m, cfg, step)
     # 2. the steps: update, log, checkpoint, evaluate
     with bar(desc, cfg.steps, unit="it", completed=step, visible=None if rank == 0 else False) as b:
         while step < cfg.steps:
@@ -371,6 +395,8 @@ def fit(
             if world > 1:
                 losses = _mean_over_ranks(losses, world)
             _check_finite(losses, desc, step, ckpt)
+            for sched in schedulers:
+                sched.step()
             if m.ema is not None:
                 update_ema(m.ema, m.G, cfg.ema)
             step += 1
