@@ -88,6 +88,10 @@ SCALES = {
 # the default with three times the models-from-scratch budget: where pix2pix's val-best was the end of its 240 steps,
 # is it still improving, and what is its time to val-best then? (the fine-tunes' keys are the default's: --reuse)
 SCALES["long_scratch"] = {**SCALES["default"], "scratch_steps": 720}
+# the default with four times the fine-tunes' steps (scored every 60): does a longer fine-tune close what the default's
+# 150 steps leave (cartoon's KID against the base, watercolor against the generator from scratch)? The models from
+# scratch keep the default's keys (--reuse takes them over)
+SCALES["long_finetune"] = {**SCALES["default"], "lora_steps": 600, "eval_every": 60}
 DEFAULT_METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
 
 
