@@ -364,3 +364,27 @@ def test_discriminator_warm_up_trains_only_the_discriminator_and_is_timed(tiny_b
     assert [c["step"] for c in trained[1][1]] == [2, 4]
     assert all(c["train_seconds"] >= 100.0 for c in trained[1][1])
     assert all(c["train_seconds"] < 100.0 for c in trained[0][1])
+
+
+def test_time_to_pix2pix_quality_reads_the_val_curves_seed_by_seed():
+    from bench.concept_summary import time_ratio
+
+    def curve(points):  # (step, seconds, val LPIPS)
+        return [{"step": s, "train_seconds": t, "lpips_val": v} for s, t, v in points]
+
+    p2p = [
+        dict(_run("a", "pix2pix", 0, [0.2], seconds=200.0), curve=curve([(60, 50, 0.40), (240, 200, 0.30)])),
+        dict(_run("a", "pix2pix", 1, [0.2], seconds=100.0), curve=curve([(60, 50, 0.35), (120, 100, 0.32)])),
+        dict(_run("a", "pix2pix", 2, [0.2], seconds=100.0), curve=curve([(60, 50, 0.10), (120, 100, 0.12)])),
+    ]
+    ad = [  # seed 0 first gets to 0.30 at 20 s, seed 1 to 0.32 at 10 s, seed 2 never gets to 0.10
+        dict(
+            _run("a", "adapter", 0, [0.1], seconds=30.0), curve=curve([(30, 10, 0.31), (60, 20, 0.30), (90, 30, 0.2)])
+        ),
+        dict(_run("a", "adapter", 1, [0.1], seconds=30.0), curve=curve([(30, 10, 0.31), (60, 20, 0.33)])),
+        dict(_run("a", "adapter", 2, [0.1], seconds=30.0), curve=curve([(30, 10, 0.2)])),
+    ]
+    m = time_ratio(ad, p2p)["time_to_pix2pix_quality"]
+    assert m["by_seed"] == pytest.approx({0: 20 / 200, 1: 10 / 100}) and m["never_reached"] == [2]
+    assert m["ratio"] == pytest.approx((0.1 + 0.1) / 2)
+    assert "time_to_pix2pix_quality" not in time_ratio([{k: v for k, v in r.items() if k != "curve"} for r in ad], p2p)
