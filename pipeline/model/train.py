@@ -56,9 +56,8 @@ class TrainConfig(FrozenConfig):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
-    lr_decay: Literal["constant", "linear", "cosine"] = (
-        "constant"  # both learning rates, from 1x at step 0 to 0 at `steps`
-    )
+    # linear / cosine: both learning rates from their value at step 0 down to 0 at `steps`
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"
     lambda_gan: float = Field(1.0, ge=0)
     lambda_l1: float = Field(100.0, ge=0)
@@ -187,9 +186,12 @@ def d_step(m: Models, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, cfg:
 
 def lr_schedulers(m: Models, cfg: TrainConfig, step: int) -> list[torch.optim.lr_scheduler.LRScheduler]:
     """cfg.lr_decay as torch schedulers over both optimisers, positioned at `step` (a resumed run's optimisers
-    carry each group's initial rate); none for "constant"."""
+    carry each group's initial rate; one saved without a schedule ran at its initial rate); none for "constant"."""
     if cfg.lr_decay == "constant":
         return []
+    for opt in (m.opt_g, m.opt_d):
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
 
     def factor(s: int) -> float:
         done = min(s, cfg.steps) / cfg.steps

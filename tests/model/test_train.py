@@ -372,3 +372,12 @@ def test_lr_decay_reaches_zero_and_resumes_bit_for_bit(tmp_path, decay):
     _assert_same_state(a, b, "state")
     const = tiny_run(tmp_path / "const", steps=8)
     assert any(not torch.equal(v, a["G"][k]) for k, v in const.state_dict().items())
+    # a checkpoint saved without a schedule resumes under one from its step (it ran at its initial rate)
+    tiny_run(tmp_path / "switch", steps=4)
+    state = torch.load(tmp_path / "switch" / "last.pt", weights_only=True)
+    assert "initial_lr" not in state["opt_g"]["param_groups"][0]
+    torch.manual_seed(0)
+    cfg8 = TrainConfig(steps=8, batch_size=4, ndf=8, ckpt_every=2, log_every=2, lr_decay=decay)
+    m = build_models(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), cfg8)
+    fit(m, tiny_data(), cfg8, tmp_path / "switch")
+    assert m.opt_g.param_groups[0]["initial_lr"] == cfg8.lr_g and m.opt_g.param_groups[0]["lr"] < 1e-12
