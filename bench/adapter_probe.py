@@ -42,7 +42,7 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
     specs = {r: spec_for({n: r for n in adaptable_layers(cb.base)}, params.search_ranks) for r in ranks}
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
     lr = args.lr or params.finetune_lora.full_rank_lr_g
-    cfg = job["cfg"].model_copy(update={"lr_g": lr, **losses(args, job["cfg"])})
+    cfg = job["cfg"].model_copy(update={"lr_g": lr, **overrides(args, job["cfg"])})
 
     def scores(m) -> dict:
         out = {"lpips_val_full": cb.lpips(m, "val")}
@@ -61,9 +61,9 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
     return curve, trainable
 
 
-def losses(args, cfg) -> dict:
-    """The loss weights of --lambda-gan / --lambda-lpips / --lambda-l1 and the --lr-decay (the job's own where not
-    given)."""
+def overrides(args, cfg) -> dict:
+    """The training settings a probe may change besides the rate: --lr-decay and the loss weights of --lambda-gan /
+    --lambda-lpips / --lambda-l1 (the job's own where not given)."""
     return {
         "lr_decay": cfg.lr_decay if args.lr_decay is None else args.lr_decay,
         "lambda_gan": cfg.lambda_gan if args.lambda_gan is None else args.lambda_gan,
@@ -141,7 +141,7 @@ def main() -> None:
         scale = {**scale, "eval_every": args.eval_every}
     job = job_config(cb, "lora" if args.train_as == "lora" else "adapter", args.seed, None, scale, params)
     spec = spec_for({n: args.rank for n in adaptable_layers(cb.base)}, s)
-    cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g, **losses(args, job["cfg"])})
+    cfg = job["cfg"].model_copy(update={"lr_g": args.lr or job["cfg"].lr_g, **overrides(args, job["cfg"])})
     steps = args.steps or job["steps"]
     if args.train_as == "full_rank":
         curve, trainable = full_rank_curve(cb, args, params, job, steps, scale)
@@ -168,7 +168,7 @@ def main() -> None:
             "loraplus_ratio": f.loraplus_ratio,
             "alpha_scale": s.alpha_scale,
             "steps": steps,
-            **losses(args, job["cfg"]),
+            **overrides(args, job["cfg"]),
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
             **({"all_pairs": True} if args.all_pairs else {}),
             **({"d_warmup": args.d_warmup} if args.d_warmup else {}),

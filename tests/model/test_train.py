@@ -337,7 +337,7 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("decay", ["linear", "cosine"])
 def test_lr_decay_reaches_zero_and_resumes_bit_for_bit(tmp_path, decay):
-    """With lr_decay both optimisers' rates follow the schedule (checked in the checkpoints), a run stopped
+    """With lr_decay both optimisers' rates follow the schedule (read at each evaluation), a run stopped
     mid-way resumes to the uninterrupted run's state bit for bit, and the schedule changes what is learned."""
     import math
 
