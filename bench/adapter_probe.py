@@ -7,6 +7,7 @@ steps. Nothing here reads test: it is for choosing, and the concept benchmark re
     python -m bench.adapter_probe --concept winter --lr 0.005 --steps 300
     python -m bench.adapter_probe --concept winter --train-as full_rank --ranks 1,2,4,8   # truncation ranks
     python -m bench.adapter_probe --concept cartoon --train-as full_rank --ranks 4 --kid --steps 900 --eval-every 60
+    python -m bench.adapter_probe --concept winter --train-as full_rank --ranks 4 --precision bf16
 
 With `--train-as full_rank` (finetune_lora's default) one full-rank fine-tune of the base is scored at every
 evaluation both as it is and through the truncated adapter at each of `--ranks` (one rank on every adaptable
@@ -62,10 +63,11 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
 
 
 def overrides(args, cfg) -> dict:
-    """The training settings a probe may change besides the rate: --lr-decay and the loss weights of --lambda-gan /
-    --lambda-lpips / --lambda-l1 (the job's own where not given)."""
+    """The training settings a probe may change besides the rate: --lr-decay, --precision and the loss weights of
+    --lambda-gan / --lambda-lpips / --lambda-l1 (the job's own where not given)."""
     return {
         "lr_decay": cfg.lr_decay if args.lr_decay is None else args.lr_decay,
+        "precision": cfg.precision if args.precision is None else args.precision,
         "lambda_gan": cfg.lambda_gan if args.lambda_gan is None else args.lambda_gan,
         "lambda_lpips": cfg.lambda_lpips if args.lambda_lpips is None else args.lambda_lpips,
         "lambda_l1": cfg.lambda_l1 if args.lambda_l1 is None else args.lambda_l1,
@@ -104,6 +106,7 @@ def main() -> None:
     ap.add_argument(
         "--lr-decay", choices=("constant", "linear", "cosine"), default=None, help="default: finetune_lora.train's"
     )
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: finetune_lora.train's")
     ap.add_argument("--lambda-gan", type=float, default=None, help="default: finetune_lora.train.lambda_gan")
     ap.add_argument("--lambda-lpips", type=float, default=None, help="default: finetune_lora.train.lambda_lpips")
     ap.add_argument("--lambda-l1", type=float, default=None, help="default: finetune_lora.train.lambda_l1")

@@ -92,6 +92,7 @@ SCALES["long_scratch"] = {**SCALES["default"], "scratch_steps": 720}
 # 150 steps leave (cartoon's KID against the base, watercolor against the generator from scratch)? The models from
 # scratch keep the default's keys (--reuse takes them over)
 SCALES["long_finetune"] = {**SCALES["default"], "lora_steps": 600, "eval_every": 60}
+LATER_DEFAULTS = {"lr_decay": "constant", "precision": "fp32"}  # TrainConfig settings newer than the first runs
 DEFAULT_METHODS = ("adapter", "full_ft", "searched", "uniform_all", "uniform", "pix2pix", "e2gan_scratch")
 
 
@@ -172,7 +173,8 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     what = {
         "kind": "lora" if adapter else method if scratch else "full_ft",
         "spec": spec,
-        "train": cfg.model_dump(exclude={"lr_decay"} if cfg.lr_decay == "constant" else None),  # keys from before it
+        # settings added later are in the key only when set away from their default (older runs keep their keys)
+        "train": cfg.model_dump(exclude={k for k, v in LATER_DEFAULTS.items() if getattr(cfg, k) == v}),
         "steps": steps,
         "subset": hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16],
         "loraplus": fcfg.loraplus_ratio if adapter else 1.0,

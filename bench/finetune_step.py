@@ -1,7 +1,9 @@
 """Where one training step of a new concept's fine-tune goes, on this machine: the pipeline's `gan_step` with
-finetune_lora's settings (batch, losses, the full-rank copy of the shipped base) timed whole and by part,
-and the same step in channels-last memory layout and at each thread count, all in one run as shares of the
-whole step. Synthetic pairs (a step's cost does not depend on the pixels).
+finetune_lora's settings (batch, training windows, losses, the full-rank copy of the shipped base) timed whole and
+by part, and the same step in channels-last memory layout, under `precision: bf16` (autocast) and at each thread
+count, all in one run as shares of the whole step; and pix2pix's ResNet-9 step (the concept benchmark's baseline)
+in fp32 and bf16, so that what bf16 does to the adapter's time against pix2pix's is read from one run. Synthetic
+pairs (a step's cost does not depend on the pixels).
 
     python -m bench.finetune_step [--repeats 8]   ->  bench/results/finetune_step.json
 
@@ -23,6 +25,7 @@ from bench.common import RESULTS, code_version, machine
 from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json
 from pipeline.model.checkpoint import load_generator
+from pipeline.model.nets.pix2pix import ResnetGenerator
 from pipeline.model.train import GAN_LOSSES, build_models, gan_step, lpips_loss
 from pipeline.orchestrate.dvc import stage_paths
 
@@ -38,18 +41,24 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def parts(repeats: int, channels_last: bool = False, whole_only: bool = False) -> dict:
+def parts(
+    repeats: int, channels_last: bool = False, whole_only: bool = False, precision: str = "fp32", pix2pix: bool = False
+) -> dict:
     params = load_params()
-    cfg = params.finetune_lora.train
+    cfg = params.finetune_lora.train.model_copy(update={"precision": precision})
     base_dir = stage_paths("finetune_lora", next(iter(params.concepts)))["base"]
     G, meta = load_generator(base_dir)
+    text_dim = G.cfg.text_dim
+    if pix2pix:
+        torch.manual_seed(0)
+        G = ResnetGenerator(ngf=64)
     G.train().requires_grad_(True)
     m = build_models(G, cfg)
     perceptual = lpips_loss()
-    b, s = cfg.batch_size, params.data.image_size
+    b, s = cfg.batch_size, params.finetune_lora.patch or params.data.image_size
     g = torch.Generator().manual_seed(0)
     x, y = (torch.rand(b, 3, s, s, generator=g) * 2 - 1 for _ in range(2))
-    text, mask = torch.randn(b, 8, G.cfg.text_dim, generator=g), torch.ones(b, 8, dtype=torch.bool)
+    text, mask = torch.randn(b, 8, text_dim, generator=g), torch.ones(b, 8, dtype=torch.bool)
     if channels_last:
         m.G.to(memory_format=torch.channels_last)
         m.D.to(memory_format=torch.channels_last)
@@ -100,8 +109,10 @@ def main() -> None:
     result = {
         "commit": code_version(),
         "machine": machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "batch": params.finetune_lora.train.batch_size,
-        "image_size": params.data.image_size,
+        "image_size": params.finetune_lora.patch or params.data.image_size,
         "steps": params.finetune_lora.train.steps,
         "repeats": args.repeats,
         "parts": parts(args.repeats),
@@ -109,6 +120,14 @@ def main() -> None:
     whole = result["parts"]["step_s"]
     result["channels_last"] = parts(args.repeats, channels_last=True)
     result["channels_last"]["vs_default"] = round(result["channels_last"]["step_s"] / whole, 3)
+    result["bf16"] = parts(args.repeats, whole_only=True, precision="bf16")
+    result["bf16"]["vs_default"] = round(result["bf16"]["step_s"] / whole, 3)
+    p32, p16 = (parts(args.repeats, whole_only=True, precision=p, pix2pix=True)["step_s"] for p in ("fp32", "bf16"))
+    result["pix2pix"] = {"fp32_step_s": p32, "bf16_step_s": p16, "bf16_vs_fp32": round(p16 / p32, 3)}
+    result["adapter_vs_pix2pix_step"] = {
+        "fp32": round(whole / p32, 3),
+        "bf16": round(result["bf16"]["step_s"] / p16, 3),
+    }
     result["threads"] = {}
     for t in sorted({1, threads}):
         torch.set_num_threads(t)

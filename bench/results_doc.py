@@ -976,11 +976,20 @@ def finetune_step() -> list[str]:
         if isinstance(v, dict)
     )
     threads = ", ".join(f"{t} thread{'s' * (t != '1')} {v['vs_default']}×" for t, v in f["threads"].items())
+    bf16 = ""
+    if "bf16" in f:
+        p, r = f["pix2pix"], f["adapter_vs_pix2pix_step"]
+        bf16 = (
+            f" Under `precision: bf16` ({f['cpu_capability']}, native bf16: {'yes' if f['native_bf16'] else 'no'}) the "
+            f"step takes {f['bf16']['vs_default']}× its fp32 time; pix2pix's ResNet-9 step {p['fp32_step_s']} s in fp32, "
+            f"{p['bf16_vs_fp32']}× that in bf16, so the fine-tune's step is {r['fp32']}× pix2pix's in fp32 and "
+            f"{r['bf16']}× in bf16."
+        )
     return [
         f"One step of a concept's fine-tune (`python -m bench.finetune_step`, `bench/results/finetune_step.json`, "
         f"commit {f['commit']}, {f['machine']}; batch {f['batch']} at {f['image_size']}², median of {f['repeats']}): "
         f"**{f['parts']['step_s']} s**, {f['projected_training_s']} s for its {f['steps']} steps. Parts, each timed on "
-        f"its own: {parts}. Channels-last layout {f['channels_last']['vs_default']}× the step; {threads}.",
+        f"its own: {parts}. Channels-last layout {f['channels_last']['vs_default']}× the step; {threads}.{bf16}",
         "",
     ]
 

@@ -68,9 +68,23 @@ class TrainConfig(FrozenConfig):
     log_every: int = Field(10, ge=1)
     flip: bool = True  # random horizontal flips (same for input and target)
     seed: int = 0
+    # bf16: forward passes and losses under torch.autocast in bfloat16 (weights, gradients and optimiser state stay
+    # fp32); fast on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), slow on others
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 # ----------------------------------------------------------------------------- device
+
+
+def autocast(cfg: TrainConfig, dev: torch.device) -> torch.autocast:
+    """The forward passes' precision context: bfloat16 autocast under `precision: bf16`, a no-op under fp32."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def check_precision(cfg: TrainConfig, dev: torch.device) -> None:
+    """Warn where bf16 would be emulated (a CPU without native bf16): it still trains, more slowly than fp32."""
+    if cfg.precision == "bf16" and dev.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("precision bf16 on a CPU without native bf16 instructions is slower than fp32; set precision: fp32")
 
 
 def train_device() -> torch.device:
@@ -152,7 +166,8 @@ def gan_step(
 ) -> dict[str, float]:
     """One discriminator and one generator update (pix2pix, Isola et al. 2017, eq. 4). Returns the losses."""
     _, g_loss_fn = GAN_LOSSES[cfg.gan_loss]
-    fake = m.G(x, text, mask)
+    with autocast(cfg, x.device):
+        fake = m.G(x, text, mask).float()  # losses on fp32 images under bf16
     losses: dict[str, torch.Tensor] = {}
     # 1. discriminator: real pairs vs generated pairs
     if cfg.lambda_gan > 0:
@@ -161,12 +176,14 @@ def gan_step(
     m.opt_g.zero_grad(set_to_none=True)
     total = torch.zeros((), device=x.device)
     if cfg.lambda_gan > 0:
-        losses["g_gan"] = g_loss_fn(m.D(x, fake))
+        with autocast(cfg, x.device):
+            losses["g_gan"] = g_loss_fn(m.D(x, fake).float())
         total = total + cfg.lambda_gan * losses["g_gan"]
     losses["l1"] = l1(fake, y)
     total = total + cfg.lambda_l1 * losses["l1"]
     if cfg.lambda_lpips > 0 and perceptual is not None:
-        losses["lpips"] = perceptual(fake, y).mean()
+        with autocast(cfg, x.device):
+            losses["lpips"] = perceptual(fake, y).float().mean()
         total = total + cfg.lambda_lpips * losses["lpips"]
     losses["g_total"] = total
     total.backward()
@@ -178,7 +195,8 @@ def d_step(m: Models, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, cfg:
     """One discriminator update: the teacher's pairs (x, y) as real, (x, fake) as generated (no gradient reaches
     the generator). Returns the loss."""
     m.opt_d.zero_grad(set_to_none=True)
-    loss = GAN_LOSSES[cfg.gan_loss][0](m.D(x, y), m.D(x, fake.detach()))
+    with autocast(cfg, x.device):
+        loss = GAN_LOSSES[cfg.gan_loss][0](m.D(x, y).float(), m.D(x, fake.detach()).float())
     loss.backward()
     m.opt_d.step()
     return loss
@@ -377,6 +395,7 @@ def fit(
     # 1. device, losses, processes, and the checkpoint to resume from
     work.mkdir(parents=True, exist_ok=True)
     dev = train_device()
+    check_precision(cfg, dev)
     if cfg.lambda_lpips > 0 and perceptual is None:
         perceptual = lpips_loss(device=dev)
     ckpt = work / "last.pt"

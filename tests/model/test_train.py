@@ -381,3 +381,59 @@ def test_lr_decay_reaches_zero_and_resumes_bit_for_bit(tmp_path, decay):
     m = build_models(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), cfg8)
     fit(m, tiny_data(), cfg8, tmp_path / "switch")
     assert m.opt_g.param_groups[0]["initial_lr"] == cfg8.lr_g and m.opt_g.param_groups[0]["lr"] < 1e-12
+
+
+def test_bf16_runs_the_convolutions_in_bf16_keeps_fp32_weights_follows_fp32_and_resumes_bit_for_bit(tmp_path):
+    """precision bf16: the generator's and discriminator's convolutions compute in bfloat16 (autocast) while the
+    weights and optimiser state stay fp32; its losses follow the fp32 run's within bf16's rounding; a run stopped
+    mid-way resumes to the uninterrupted bf16 run bit for bit."""
+    seen: set[torch.dtype] = set()
+
+    def run(work, precision, stop_at=0, history=None):
+        torch.manual_seed(0)
+        G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
+        cfg = TrainConfig(steps=8, batch_size=4, ndf=8, ckpt_every=2, log_every=2, precision=precision)
+        models = build_models(G, cfg)
+        convs = [m for net in (models.G, models.D) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        hooks = [c.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype)) for c in convs]
+
+        def hook(model, step, seconds):
+            if step == stop_at:
+                raise _Stop
+
+        try:
+            rows = fit(models, tiny_data(), cfg, work, evaluate=hook, eval_every=2)
+            if history is not None:
+                history.extend(rows)
+        except _Stop:
+            pass
+        for h in hooks:
+            h.remove()
+        return models
+
+    fp32_rows, bf16_rows = [], []
+    run(tmp_path / "fp32", "fp32", history=fp32_rows)
+    assert seen == {torch.float32}
+    seen.clear()
+    m = run(tmp_path / "ref", "bf16", history=bf16_rows)
+    assert seen == {torch.bfloat16}
+    params = [*m.G.parameters(), *m.D.parameters()]
+    assert {p.dtype for p in params} == {torch.float32}
+    assert {
+        v.dtype for opt in (m.opt_g, m.opt_d) for st in opt.state.values() for k, v in st.items() if k != "step"
+    } == {torch.float32}
+    # the first logged losses (steps 1-2, the same init and batches) agree to bf16's ~3 significant digits
+    for k in ("l1", "d", "g_gan"):
+        assert bf16_rows[0][k] == pytest.approx(fp32_rows[0][k], rel=0.03), k
+    a_fp32 = torch.load(tmp_path / "fp32" / "last.pt", weights_only=True)
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    assert any(not torch.equal(v, a_fp32["G"][k]) for k, v in a["G"].items())  # bf16 did change the arithmetic
+    run(tmp_path / "cut", "bf16", stop_at=4)
+    assert int(torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"]) == 4
+    run(tmp_path / "cut", "bf16")  # resumes from step 4
+    _assert_same_state(a, torch.load(tmp_path / "cut" / "last.pt", weights_only=True), "state")
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
