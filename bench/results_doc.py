@@ -666,7 +666,8 @@ def long_scratch_bench() -> list[str]:
         "concept_bench_long_scratch",
         "pix2pix",
         "pix2pix with three times the steps (`--scale long_scratch`)",
-        f"pix2pix trained for {b['settings']['scratch_steps']} steps instead of 240 (seed {seeds}, "
+        f"pix2pix trained for {b['settings']['scratch_steps']} steps instead of 240 "
+        f"(seed{'s' * (len(b['seeds']) > 1)} {seeds}, "
         f"{' and '.join(concepts)}), scored every {b['settings']['scratch_eval_every']}; the adapter and full fine-tune "
         "rows are the main file's runs, taken over by key. Is pix2pix still improving where the benchmark's budget "
         "ends, and where does its time to val-best go?" + pix2pix_note(b["runs"]),
