@@ -26,7 +26,7 @@ from pipeline.config import load_params
 from pipeline.core.io import atomic_write_json
 from pipeline.model.checkpoint import load_generator
 from pipeline.model.nets.pix2pix import ResnetGenerator
-from pipeline.model.train import GAN_LOSSES, build_models, gan_step, lpips_loss
+from pipeline.model.train import GAN_LOSSES, build_models, gan_step, lpips_loss, native_bf16
 from pipeline.orchestrate.dvc import stage_paths
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         "commit": code_version(),
         "machine": machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "native_bf16": native_bf16(),
         "batch": params.finetune_lora.train.batch_size,
         "image_size": params.finetune_lora.patch or params.data.image_size,
         "steps": params.finetune_lora.train.steps,

@@ -81,9 +81,14 @@ def autocast(cfg: TrainConfig, dev: torch.device) -> torch.autocast:
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN sees it)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def check_precision(cfg: TrainConfig, dev: torch.device) -> None:
     """Warn where bf16 would be emulated (a CPU without native bf16): it still trains, more slowly than fp32."""
-    if cfg.precision == "bf16" and dev.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cfg.precision == "bf16" and dev.type == "cpu" and not native_bf16():
         log.warning("precision bf16 on a CPU without native bf16 instructions is slower than fp32; set precision: fp32")
 
 

@@ -335,6 +335,28 @@ class _Stop(Exception):
     pass
 
 
+def _fit_stopping(work, stop_at: int = 0, on_eval=None, prepare=None, **cfg_kw) -> tuple:
+    """A tiny seeded run of 8 steps, evaluated every 2, stopped (as if killed) at step `stop_at` (0: never);
+    `on_eval(models, step)` sees each evaluation, `prepare(models)` the models before training. Returns
+    (models, loss history; empty when stopped)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=8, batch_size=4, ndf=8, ckpt_every=2, log_every=2, **cfg_kw)
+    models = build_models(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), cfg)
+    if prepare:
+        prepare(models)
+
+    def hook(model, step, seconds):
+        if step == stop_at:
+            raise _Stop
+        if on_eval:
+            on_eval(models, step)
+
+    try:
+        return models, fit(models, tiny_data(), cfg, work, evaluate=hook, eval_every=2)
+    except _Stop:
+        return models, []
+
+
 @pytest.mark.parametrize("decay", ["linear", "cosine"])
 def test_lr_decay_reaches_zero_and_resumes_bit_for_bit(tmp_path, decay):
     """With lr_decay both optimisers' rates follow the schedule (read at each evaluation), a run stopped
@@ -342,20 +364,12 @@ def test_lr_decay_reaches_zero_and_resumes_bit_for_bit(tmp_path, decay):
     import math
 
     def run(work, stop_at=0):
-        torch.manual_seed(0)
-        G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
-        cfg = TrainConfig(steps=8, batch_size=4, ndf=8, ckpt_every=2, log_every=2, lr_decay=decay)
+        rates = {}
 
-        def hook(model, step, seconds):
-            if step == stop_at:
-                raise _Stop
-            rates[step] = [m.param_groups[0]["lr"] for m in (models.opt_g, models.opt_d)]
+        def read(models, step):
+            rates[step] = [o.param_groups[0]["lr"] for o in (models.opt_g, models.opt_d)]
 
-        models, rates = build_models(G, cfg), {}
-        try:
-            fit(models, tiny_data(), cfg, work, evaluate=hook, eval_every=2)
-        except _Stop:
-            pass
+        _fit_stopping(work, stop_at, read, lr_decay=decay)
         return rates
 
     rates = run(tmp_path / "ref")
@@ -389,26 +403,15 @@ def test_bf16_runs_the_convolutions_in_bf16_keeps_fp32_weights_follows_fp32_and_
     mid-way resumes to the uninterrupted bf16 run bit for bit."""
     seen: set[torch.dtype] = set()
 
+    def watch_convs(models):
+        for net in (models.G, models.D):
+            for c in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):
+                c.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+
     def run(work, precision, stop_at=0, history=None):
-        torch.manual_seed(0)
-        G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2))
-        cfg = TrainConfig(steps=8, batch_size=4, ndf=8, ckpt_every=2, log_every=2, precision=precision)
-        models = build_models(G, cfg)
-        convs = [m for net in (models.G, models.D) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-        hooks = [c.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype)) for c in convs]
-
-        def hook(model, step, seconds):
-            if step == stop_at:
-                raise _Stop
-
-        try:
-            rows = fit(models, tiny_data(), cfg, work, evaluate=hook, eval_every=2)
-            if history is not None:
-                history.extend(rows)
-        except _Stop:
-            pass
-        for h in hooks:
-            h.remove()
+        models, rows = _fit_stopping(work, stop_at, prepare=watch_convs, precision=precision)
+        if history is not None:
+            history.extend(rows)
         return models
 
     fp32_rows, bf16_rows = [], []
