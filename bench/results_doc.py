@@ -736,7 +736,10 @@ def beside_paper(s: dict) -> list[list]:
         ],
         [
             "adapter training time to its best / pix2pix's",
-            None if ratio is None else f"{ratio:.2f}",
+            None
+            if ratio is None
+            else f"{ratio:.3f}"
+            + ("" if not (ci := s.get("time_ratio_ci95")) else f" [{ci['low']:.3f}, {ci['high']:.3f}]"),
             "0.21 (~200 / 950 s)",
         ],
         [
