@@ -195,10 +195,25 @@ def time_ratio(adapter: list[dict], pix2pix: list[dict]) -> dict:
     p = [r["seconds_to_best"] for r in pix2pix if r.get("machine") == m]
     out = {
         "time_ratio_vs_pix2pix": float(np.mean(a) / max(np.mean(p), 1e-9)),
+        "time_ratio_ci95": _ci(ratio_replicates([(a, p)])),
         "time_to_best": {"adapter_s": a, "pix2pix_s": p, "machine": m},
     }
     match = time_to_match([r for r in adapter if r.get("machine") == m], [r for r in pix2pix if r.get("machine") == m])
     return {**out, **match}
+
+
+def ratio_replicates(pairs: list[tuple[list[float], list[float]]], seed: int = 0) -> np.ndarray:
+    """N_BOOT bootstrap replicates of the mean over concepts of (mean adapter seconds / mean pix2pix seconds), each
+    concept's adapter runs and pix2pix runs resampled (with replacement) on their own: the spread that the seeds'
+    timings and val-best steps give the time ratio."""
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(N_BOOT)
+    for a, p in pairs:
+        a, p = np.asarray(a, dtype=np.float64), np.asarray(p, dtype=np.float64)
+        ra = a[rng.integers(0, len(a), (N_BOOT, len(a)))].mean(axis=1)
+        rp = p[rng.integers(0, len(p), (N_BOOT, len(p)))].mean(axis=1)
+        boot += ra / np.maximum(rp, 1e-9)
+    return boot / max(len(pairs), 1)
 
 
 def time_to_match(adapter: list[dict], pix2pix: list[dict]) -> dict:
@@ -335,7 +350,12 @@ def summarise(result: dict) -> dict:
                 "kid": {k: e["kid"][m] for m, k in HEADLINE.items() if m in e["kid"]},
                 **{
                     k: e[k]
-                    for k in ("time_ratio_vs_pix2pix", "time_to_pix2pix_quality", "searched_vs_random")
+                    for k in (
+                        "time_ratio_vs_pix2pix",
+                        "time_ratio_ci95",
+                        "time_to_pix2pix_quality",
+                        "searched_vs_random",
+                    )
                     if k in e
                 },
             }
@@ -351,6 +371,12 @@ def summarise(result: dict) -> dict:
     ratios = [e["time_ratio_vs_pix2pix"] for e in per.values() if "time_ratio_vs_pix2pix" in e]
     if ratios:
         summary["time_ratio_vs_pix2pix"] = float(np.mean(ratios))
+        times = [
+            (e["time_to_best"]["adapter_s"], e["time_to_best"]["pix2pix_s"])
+            for e in per.values()
+            if "time_to_best" in e
+        ]
+        summary["time_ratio_ci95"] = _ci(ratio_replicates(times))
     matched = [e["time_to_pix2pix_quality"] for e in per.values() if "time_to_pix2pix_quality" in e]
     if matched:  # the mean over concepts of each concept's mean over the seeds that got there
         summary["time_to_pix2pix_quality"] = {
@@ -379,6 +405,11 @@ def summarise(result: dict) -> dict:
 # ----------------------------------------------------------------------------- table and plot
 
 
+def ci_text(ci: dict | None) -> str:
+    """' [low, high]' for a ratio's interval, or nothing (files written before intervals were kept)."""
+    return f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
+
+
 def markdown(result: dict) -> str:
     s = result.get("summary") or {}
     if not s:
@@ -388,7 +419,13 @@ def markdown(result: dict) -> str:
         f"Test split, seeds {s['seeds_done']}, concepts {', '.join(s['concepts_done'])}; 95 % intervals from a "
         f"bootstrap over the test photos and the training seeds. Pooled gap closed by the adapter: "
         f"**{p['gap_closed']:.1%}** [{p['gap_closed_ci95']['low']:.1%}, {p['gap_closed_ci95']['high']:.1%}]; "
-        f"adapter bytes / full checkpoint: {s['adapter_bytes_vs_full']:.2%}.",
+        f"adapter bytes / full checkpoint: {s['adapter_bytes_vs_full']:.2%}"
+        + (
+            f"; adapter's time to its val-best / pix2pix's, mean over concepts: {s['time_ratio_vs_pix2pix']:.3f}"
+            f"{ci_text(s.get('time_ratio_ci95'))} (interval over the training seeds)."
+            if "time_ratio_vs_pix2pix" in s
+            else "."
+        ),
         "",
         "| concept | method | seeds | test LPIPS [95 % CI] | test KID | adapter − method (LPIPS) [95 % CI] |",
         "|---|---|---|---|---|---|",
@@ -411,7 +448,7 @@ def markdown(result: dict) -> str:
         g = e["gap_closed"]
         by_seed = ", ".join(f"seed {k}: {v:.1%}" for k, v in e.get("gap_closed_by_seed", {}).items())
         extra = (
-            f"; adapter time to val-best / pix2pix's: {e['time_ratio_vs_pix2pix']:.3f}"
+            f"; adapter time to val-best / pix2pix's: {e['time_ratio_vs_pix2pix']:.3f}{ci_text(e.get('time_ratio_ci95'))}"
             if "time_ratio_vs_pix2pix" in e
             else ""
         )

@@ -103,6 +103,24 @@ def test_seconds_compare_only_within_one_machine():
     assert time_ratio([*ad, *slower], p2p)["time_to_best"]["adapter_s"] == [20.0, 20.0]
 
 
+def test_time_ratio_interval_comes_from_the_seeds_timings():
+    from bench.concept_summary import ratio_replicates, time_ratio
+
+    p2p = [_run("a", "pix2pix", s, [0.2], seconds=200.0) for s in (0, 1, 2)]
+    same = [_run("a", "adapter", s, [0.1], seconds=20.0) for s in (0, 1, 2)]
+    ci = time_ratio(same, p2p)["time_ratio_ci95"]  # identical timings: no spread
+    assert ci["low"] == pytest.approx(0.1) and ci["high"] == pytest.approx(0.1)
+    spread = [_run("a", "adapter", s, [0.1], seconds=t) for s, t in zip((0, 1, 2), (10.0, 20.0, 30.0))]
+    ci = time_ratio(spread, p2p)["time_ratio_ci95"]  # resampled seeds: every mean lies in [10, 30] / 200
+    assert 0.05 - 1e-9 <= ci["low"] < 0.09 and 0.11 < ci["high"] <= 0.15 + 1e-9
+    # pooled: the mean over concepts of each one's replicate, so a concept without spread halves the width
+    one, two = (
+        ratio_replicates([([10.0, 20.0, 30.0], [200.0] * 3)]),
+        ratio_replicates([([10.0, 20.0, 30.0], [200.0] * 3), ([20.0] * 3, [200.0] * 3)]),
+    )
+    assert np.allclose(two, (one + 0.1) / 2)
+
+
 def test_no_summary_until_adapter_and_full_finetune_ran(result):
     result["runs"] = [r for r in result["runs"] if r["method"] != "full_ft"]
     assert summarise(result) == {}
