@@ -705,7 +705,7 @@ def cartoon_kid() -> list[str]:
     if not r:
         return []
     rows = []
-    for name, v in r["sets"].items():
+    for name, v in sorted(r["sets"].items(), key=lambda kv: -kv[1]["kid"]):  # worst first
         d = v.get("minus_base")
         ci = d and d.get("ci95")
         rows.append(
@@ -728,7 +728,7 @@ def cartoon_kid() -> list[str]:
         f"({lum['outline_share']:.0%} of all) the shipped student keeps {lum['outline_pixels']:.0%} of the input's "
         f"luminance ({lum['other_pixels']:.0%} on the others), where the teacher draws black.",
         "",
-        *table(["set", "KID", "minus the base's KID [95 % CI]"], rows),
+        *table(["set (worst KID first)", "KID", "minus the base's KID [95 % CI]"], rows),
         "",
         "![teacher and the sets, on test crops](../bench/results/cartoon_kid.png)",
         "",
