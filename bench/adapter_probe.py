@@ -19,6 +19,7 @@ Each probe is appended to bench/results/adapter_probe.json (with the settings, t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -125,6 +126,12 @@ def main() -> None:
         "--eval-every", type=int, default=None, help="score on val every this many steps (default: the benchmark's)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="adapt another base folder (bench.base_variant) instead of the pipeline's",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     params = load_params()
@@ -138,6 +145,13 @@ def main() -> None:
         args.head_scale = f.start_head_scale
     scale = SCALES["default"]
     cb = concept_data(args.concept, params, scale["val_limit"])
+    if args.base is not None:
+        from pipeline.model.checkpoint import load_generator
+
+        if not (args.base / "generator.json").is_file():
+            raise SystemExit(f"{args.base}: no generator.json; train it first (python -m bench.base_variant)")
+        base, meta = load_generator(args.base)
+        cb = dataclasses.replace(cb, base=base, meta=meta, base_dir=args.base)
     if args.batch:
         scale = {**scale, "batch": args.batch}
     if args.eval_every:
@@ -176,6 +190,7 @@ def main() -> None:
             **({"all_pairs": True} if args.all_pairs else {}),
             **({"d_warmup": args.d_warmup} if args.d_warmup else {}),
             **({"patch": args.patch} if args.patch else {}),
+            **({"base": str(args.base)} if args.base is not None else {}),
             "batch": cfg.batch_size,
             "eval_every": scale["eval_every"],
             "trainable_params": trainable,
