@@ -11,6 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from bench.concept_summary import ci_text
 from pipeline.core.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -774,10 +775,7 @@ def beside_paper(s: dict) -> list[list]:
         ],
         [
             "adapter training time to its best / pix2pix's",
-            None
-            if ratio is None
-            else f"{ratio:.3f}"
-            + ("" if not (ci := s.get("time_ratio_ci95")) else f" [{ci['low']:.3f}, {ci['high']:.3f}]"),
+            None if ratio is None else f"{ratio:.3f}{ci_text(s.get('time_ratio_ci95'))}",
             "0.21 (~200 / 950 s)",
         ],
         [
