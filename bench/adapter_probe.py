@@ -39,6 +39,7 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
     through the truncated adapter at each rank of --ranks (`lpips_val_r<r>`). Returns (curve, params per rank)."""
     from pipeline.adapt.lora import scaled_head_start, truncated_adapter
     from pipeline.model.nets.generator import pooled_text
+    from pipeline.model.nets.tone import with_tone
 
     ranks = [int(r) for r in args.ranks.split(",")]
     specs = {r: spec_for({n: r for n in adaptable_layers(cb.base)}, params.search_ranks) for r in ranks}
@@ -56,9 +57,20 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
         return out
 
     G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
+    if args.tone:
+        G = with_tone(G, args.tone)
     subset = list(range(len(cb.pairs.inputs))) if args.all_pairs else job["subset"]
     data = patch_pairs(cb.pairs.subset(subset), args.patch)
-    curve = train_curve(G, data, cfg, steps, scale["eval_every"], scores, d_warmup=args.d_warmup)
+    curve = train_curve(
+        G,
+        data,
+        cfg,
+        steps,
+        scale["eval_every"],
+        scores,
+        d_warmup=args.d_warmup,
+        tone_lr=args.tone_lr if args.tone else None,
+    )
     trainable = {f"r{r}": trainable_parameters(truncated_adapter(cb.base, G, spec, cond)) for r, spec in specs.items()}
     return curve, trainable
 
@@ -117,6 +129,13 @@ def main() -> None:
         default=0,
         help="--train-as full_rank: discriminator-only steps against the starting generator first (default 0)",
     )
+    ap.add_argument(
+        "--tone",
+        type=int,
+        default=None,
+        help="--train-as full_rank: output curve segments (default finetune_lora.tone_knots)",
+    )
+    ap.add_argument("--tone-lr", type=float, default=None, help="the curve's rate (default finetune_lora.tone_lr)")
     ap.add_argument("--kid", action="store_true", help="--train-as full_rank: also each rank's KID on val")
     ap.add_argument(
         "--patch", type=int, default=None, help="training windows (0: whole crops; default finetune_lora.patch)"
@@ -143,6 +162,12 @@ def main() -> None:
         args.patch = f.patch
     if args.head_scale is None:
         args.head_scale = f.start_head_scale
+    if args.tone is None:
+        args.tone = f.tone_knots
+    if args.tone_lr is None:
+        args.tone_lr = f.tone_lr
+    if args.tone and args.train_as != "full_rank":
+        raise SystemExit("--tone trains a curve beside a full-rank fine-tune: add --train-as full_rank")
     scale = SCALES["default"]
     cb = concept_data(args.concept, params, scale["val_limit"])
     if args.base is not None:
@@ -189,6 +214,7 @@ def main() -> None:
             **({"start_head_scale": args.head_scale} if args.train_as == "full_rank" else {}),
             **({"all_pairs": True} if args.all_pairs else {}),
             **({"d_warmup": args.d_warmup} if args.d_warmup else {}),
+            **({"tone_knots": args.tone, "tone_lr": args.tone_lr} if args.tone else {}),
             **({"patch": args.patch} if args.patch else {}),
             **({"base": str(args.base)} if args.base is not None else {}),
             "batch": cfg.batch_size,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.adapt.lora import with_loraplus
+from pipeline.adapt.lora import param_groups, with_loraplus
 from pipeline.adapt.subset import choose_subset
 from pipeline.config import PipelineConfig, load_params
 from pipeline.core.metrics import inception_features, kid_from_features, lpips_distance
@@ -202,15 +202,23 @@ def warm_discriminator(m, data, cfg, steps: int) -> float:
 
 
 def train_curve(
-    G, data, cfg, steps: int, eval_every: int, evaluate, loraplus_ratio: float = 1.0, d_warmup: int = 0
+    G,
+    data,
+    cfg,
+    steps: int,
+    eval_every: int,
+    evaluate,
+    loraplus_ratio: float = 1.0,
+    d_warmup: int = 0,
+    tone_lr: float | None = None,
 ) -> list[dict]:
     """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` (a dict of scores, e.g.
     ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). With `d_warmup`,
     the discriminator first trains alone for that many steps (`warm_discriminator`, on the CPU; its seconds are
-    added to every point's train_seconds). Returns [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
+    added to every point's train_seconds); G's output curve, if any, learns at `tone_lr`. Returns [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
     cfg = cfg.model_copy(update={"steps": steps, "ckpt_every": steps, "log_every": min(cfg.log_every, steps)})
     curve: list[dict] = []
-    models = with_loraplus(build_models(G, cfg), cfg, loraplus_ratio)
+    models = with_loraplus(build_models(G, cfg, param_groups(G, cfg.lr_g, tone_lr)), cfg, loraplus_ratio)
     warm = warm_discriminator(models, data, cfg, d_warmup) if d_warmup else 0.0
 
     def hook(model, step: int, seconds: float) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from pipeline.core.errors import E2GANError
 from pipeline.core.frozen import FrozenConfig
 from pipeline.data.dataset import patch_pairs
+from pipeline.model.nets.tone import load_tone, save_tone, tone_parameters, with_tone
 from pipeline.model.train import Models, TrainConfig, build_models, fit
 
 
@@ -49,6 +50,10 @@ class FinetuneConfig(FrozenConfig):
     # crop): the generator is convolutional with attention that knows no positions, so it trains on windows and
     # runs on whole images; a step costs about (patch / image_size)^2 of a whole-crop step. Scored on whole crops.
     patch: int = Field(0, ge=0, multiple_of=16)
+    # a per-channel output curve trained with the adapter (nets/tone.py): this many linear segments on [-1, 1],
+    # learned at `tone_lr` (its values move by about that much per step); 0 = none. Stored beside the adapter.
+    tone_knots: int = Field(0, ge=0, le=256)
+    tone_lr: float = Field(0.01, gt=0.0)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
     @model_validator(mode="after")
@@ -58,6 +63,12 @@ class FinetuneConfig(FrozenConfig):
                 "start_head_scale below 1 rescales the base's output layer, which LoRA factors cannot undo: "
                 "use it with train_as 'full_rank', or set start_head_scale 1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tone_needs_full_rank(self):
+        if self.tone_knots and self.train_as != "full_rank":
+            raise ValueError("tone_knots trains a curve beside a full-rank fine-tune: set train_as 'full_rank'")
         return self
 
 
@@ -150,6 +161,8 @@ def truncated_adapter(base: nn.Module, trained: nn.Module, spec: dict, cond: tor
     if spec.get("bias", "none") != "all":
         raise E2GANError("train_as 'full_rank' keeps the trained biases: it needs search_ranks.bias 'all'")
     G = copy.deepcopy(base).eval()
+    if getattr(trained, "tone", None) is not None:  # the output curve ships as trained
+        G.tone = copy.deepcopy(trained.tone).eval()
     biases = dict(trained.named_parameters())
     for n, p in G.named_parameters():
         if n.endswith(".bias"):
@@ -199,7 +212,8 @@ def scaled_head_start(base: nn.Module, scale: float) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """The weights an adapter trains: the trainable ones, and its output curve's (frozen inside a PeftModel)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad or ".tone." in f".{n}")
 
 
 def round_to(model: nn.Module, dtype: str) -> None:
@@ -238,10 +252,12 @@ def save_adapter_folder(peft_model, spec: dict, card: dict, out: Path, dtype: st
     from pipeline.core.io import atomic_dir, atomic_write_json
 
     with atomic_dir(out) as tmp:
-        save_adapter(peft_model, tmp, dtype)
+        weights = save_adapter(peft_model, tmp, dtype) and (tmp / "adapter_model.safetensors").stat().st_size
+        tone = save_tone(peft_model.base_model.model, tmp)
         atomic_write_json(tmp / "e2gan.json", {**card, "ranks": spec_ranks(spec), "dtype": dtype})
         folder_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
-    return {"adapter_bytes": (Path(out) / "adapter_model.safetensors").stat().st_size, "folder_bytes": folder_bytes}
+    # what a concept costs: the weights an app loads (the LoRA file and the output curve's)
+    return {"adapter_bytes": weights + tone, "tone_bytes": tone, "folder_bytes": folder_bytes}
 
 
 def load_adapter(base: nn.Module, folder: Path, merge: bool = False) -> nn.Module:
@@ -253,13 +269,14 @@ def load_adapter(base: nn.Module, folder: Path, merge: bool = False) -> nn.Modul
     if merge:
         saved = read_adapter(folder)
         if plain_lora(saved[0]):
-            return _merge(base, folder, *saved)
+            return load_tone(_merge(base, folder, *saved), folder, E2GANError)
     from peft import PeftModel
 
     try:
         model = PeftModel.from_pretrained(base, str(folder))
     except (ValueError, RuntimeError, OSError) as e:
         raise E2GANError(f"{folder}: adapter does not load on this base ({str(e).splitlines()[0]})") from None
+    load_tone(model.base_model.model, folder, E2GANError)
     return model.merge_and_unload() if merge else model
 
 
@@ -372,25 +389,39 @@ def finetune(
     eval_every: int = 0,
     loraplus_ratio: float = 1.0,
     eval_from: int = 0,
+    tone_lr: float | None = None,
 ):
     """Train a copy of `base` on `data` with the shared loop: LoRA per `spec`, or every weight when spec is None.
 
     Returns (model, history, seconds); the model is a PeftModel when a spec is given. `evaluate` and
-    `eval_every` / `eval_from` go to `fit` (an untimed evaluation hook)."""
+    `eval_every` / `eval_from` go to `fit` (an untimed evaluation hook); `tone_lr`: the output curve's rate."""
     t0 = time.perf_counter()
-    m = finetune_models(base, spec, cfg, loraplus_ratio)
+    m = finetune_models(base, spec, cfg, loraplus_ratio, tone_lr)
     history = fit(m, data, cfg, work, desc, perceptual, evaluate=evaluate, eval_every=eval_every, eval_from=eval_from)
     return (m.ema if m.ema is not None else m.G).eval(), history, time.perf_counter() - t0
 
 
-def finetune_models(base: nn.Module, spec: dict | None, cfg: TrainConfig, loraplus_ratio: float = 1.0) -> Models:
+def finetune_models(
+    base: nn.Module, spec: dict | None, cfg: TrainConfig, loraplus_ratio: float = 1.0, tone_lr: float | None = None
+) -> Models:
     """What `finetune` trains: a copy of `base` with LoRA per `spec` (or every weight trainable), a fresh
     discriminator and optimisers, seeded by cfg.seed; with LoRA and `loraplus_ratio` > 1, peft's LoRA+ optimiser
-    (Adam, the B factors and biases at that multiple of lr_g)."""
+    (Adam, the B factors and biases at that multiple of lr_g). An output curve on `base` trains at `tone_lr`."""
     torch.manual_seed(cfg.seed)  # LoRA A init
     G = copy.deepcopy(base).train()
     model = add_lora_spec(G, spec) if spec is not None else G.requires_grad_(True)
-    return with_loraplus(build_models(model, cfg), cfg, loraplus_ratio if spec is not None else 1.0)
+    m = build_models(model, cfg, param_groups(model, cfg.lr_g, tone_lr))
+    return with_loraplus(m, cfg, loraplus_ratio if spec is not None else 1.0)
+
+
+def param_groups(G: nn.Module, lr: float, tone_lr: float | None) -> list[dict] | None:
+    """Adam's parameter groups when G's output curve (nets/tone.py) learns at its own rate `tone_lr`; None (one
+    rate for every trainable weight) otherwise."""
+    tone = {id(p) for p in tone_parameters(G)}
+    if not tone or tone_lr is None:
+        return None
+    rest = [p for p in G.parameters() if p.requires_grad and id(p) not in tone]
+    return [{"params": rest, "lr": lr}, {"params": tone_parameters(G), "lr": tone_lr}]
 
 
 def with_loraplus(m: Models, cfg: TrainConfig, ratio: float) -> Models:
@@ -447,6 +478,8 @@ def finetune_concept(
     train_cfg = cfg.train.model_copy(update={"lr_g": cfg.full_rank_lr_g}) if full_rank else cfg.train
     ship = None
     start = scaled_head_start(base, cfg.start_head_scale) if full_rank and cfg.start_head_scale != 1.0 else base
+    if cfg.tone_knots:
+        start = with_tone(copy.deepcopy(start), cfg.tone_knots)
     if full_rank:
         from pipeline.data.dataset import concept_condition
         from pipeline.model.nets.generator import pooled_text
@@ -469,6 +502,7 @@ def finetune_concept(
         eval_every=cfg.select_every,
         eval_from=cfg.select_from,
         loraplus_ratio=cfg.loraplus_ratio,
+        tone_lr=cfg.tone_lr if cfg.tone_knots else None,
     )
     if ship is not None:
         model = ship(model)
@@ -493,7 +527,11 @@ class BestStep:
         self.scores: list[dict] = []
 
     def _adapter(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n or n.endswith(".bias")}
+        return {
+            n: p.detach().clone()
+            for n, p in model.named_parameters()
+            if "lora_" in n or n.endswith(".bias") or ".tone." in f".{n}"
+        }
 
     def __call__(self, model: nn.Module, step: int, seconds: float) -> None:
         import json

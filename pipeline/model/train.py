@@ -149,8 +149,9 @@ class Models:
     ema: nn.Module | None = None
 
 
-def build_models(G: nn.Module, cfg: TrainConfig, params: list[nn.Parameter] | None = None) -> Models:
-    """A PatchGAN and Adam optimisers for G (`params`: only these are trained, e.g. LoRA weights)."""
+def build_models(G: nn.Module, cfg: TrainConfig, params: list[nn.Parameter] | list[dict] | None = None) -> Models:
+    """A PatchGAN and Adam optimisers for G (`params`: only these are trained, e.g. LoRA weights, or Adam's
+    parameter groups with their own rates)."""
     torch.manual_seed(cfg.seed)  # D's init
     D = PatchDiscriminator(ndf=cfg.ndf)
     trainable = params if params is not None else [p for p in G.parameters() if p.requires_grad]

@@ -233,6 +233,8 @@ class E2GANGenerator(nn.Module):
         if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+        # a concept's output curve (nets/tone.py), set by finetune_lora.tone_knots: never part of the base
+        self.register_module("tone", None)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         cond = pooled_text(text, mask) if any(isinstance(m, TextNorm) for m in self.modules()) else None
@@ -249,5 +251,7 @@ class E2GANGenerator(nn.Module):
         y = self.out(self.out_pad(h))
         if self.cfg.residual:  # tanh keeps the sum in [-1, 1]; atanh(x) makes a zero change exact
             xc = x.clamp(-0.999, 0.999)
-            return torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export
-        return torch.tanh(y)
+            out = torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export
+        else:
+            out = torch.tanh(y)
+        return out if self.tone is None else self.tone(out)
