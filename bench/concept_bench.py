@@ -69,6 +69,7 @@ from pipeline.core.metrics import inception_features, kid_from_features, lpips_d
 from pipeline.data.dataset import patch_pairs
 from pipeline.model.nets.generator import E2GANGenerator
 from pipeline.model.nets.pix2pix import ResnetGenerator
+from pipeline.model.nets.tone import save_tone, with_tone
 from pipeline.orchestrate.dvc import code_hash, stage_paths
 
 SCALES = {
@@ -189,6 +190,10 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
     start = 1.0 if method == "from_base" else fcfg.start_head_scale
     if shares_training and start != 1.0:
         what["start_head_scale"] = start
+    # finetune_lora's output curve trains beside the full-rank fine-tune (runs without one keep their keys)
+    tone = {"knots": fcfg.tone_knots, "lr": fcfg.tone_lr} if shares_training and fcfg.tone_knots else None
+    if tone:
+        what["tone"] = tone
     # finetune_lora's training windows, or the scale's for the models from scratch (runs on whole crops keep
     # their keys)
     patch = scale.get("scratch_patch", 0) if scratch else fcfg.patch if (adapter or shares_training) else 0
@@ -210,6 +215,7 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         "family": family if shares_training else None,
         "start_head_scale": start if shares_training else 1.0,
         "patch": patch,
+        "tone": tone,
     }
 
 
@@ -243,8 +249,8 @@ def build(
 
 
 def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
-    """What one concept costs on disk: the adapter's weights file as finetune_lora writes it, or the whole
-    generator as one fp32 safetensors file."""
+    """What one concept costs on disk: the adapter's weights files as finetune_lora writes them, or the whole
+    generator as one fp32 safetensors file (with its output curve, if any)."""
     import tempfile
 
     from safetensors.torch import save_file
@@ -252,9 +258,9 @@ def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
     from pipeline.adapt.lora import save_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
-        if adapter:
+        if adapter:  # the LoRA file and the output curve's, as save_adapter_folder counts them
             save_adapter(G, Path(tmp), dtype)
-            return (Path(tmp) / "adapter_model.safetensors").stat().st_size
+            return (Path(tmp) / "adapter_model.safetensors").stat().st_size + save_tone(G.base_model.model, Path(tmp))
         path = Path(tmp) / "g.safetensors"
         save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(path))
         return path.stat().st_size
@@ -318,6 +324,9 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     job = members[0][2]
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
     G, _ = build("full_ft", cb, seed, None, job["start_head_scale"])  # finetune_lora's start
+    tone = job.get("tone")
+    if tone:
+        G = with_tone(G, tone["knots"])
     data = patch_pairs(cb.pairs.subset(job["subset"]), job["patch"])
     best: list[dict] = [{} for _ in members]
 
@@ -339,7 +348,9 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
 
     names = ", ".join(m if d is None else f"{m} draw {d}" for m, d, _ in members)
     print(f"[{cb.name} seed {seed}] one full-rank fine-tune read as: {names}; {job['steps']} steps", flush=True)
-    curve = train_curve(G, data, job["cfg"], job["steps"], job["eval_every"], scores)
+    curve = train_curve(
+        G, data, job["cfg"], job["steps"], job["eval_every"], scores, tone_lr=tone["lr"] if tone else None
+    )
     runs = []
     for i, (method, draw, jb) in enumerate(members):
         mine = [

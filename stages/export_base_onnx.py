@@ -12,4 +12,5 @@ PATHS = ("base", "selection", "pairs", "out")
 
 def run(params, paths) -> None:
     first = json.loads(paths.selection.read_text())["base"][0]  # any text constant: artifacts replace it
-    export_base(paths.base, paths.pairs / first / "prompts.json", first, params.export_onnx, paths.out)
+    prompts = paths.pairs / first / "prompts.json"
+    export_base(paths.base, prompts, first, params.export_onnx, paths.out, params.finetune_lora.tone_knots)

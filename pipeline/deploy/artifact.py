@@ -11,12 +11,18 @@ from pipeline.core.io import atomic_path
 from pipeline.deploy.export import ExportError, check_onnx
 
 PREFIX = "G."  # ImageOnly's name for the generator in exported initializer names
+TONE = "tone.values"  # the output curve's values (nets/tone.py), by the generator's parameter name
 
 
 def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
     factors and scale (alpha / r), every bias the adapter trained (`<layer>.bias`, the whole new vector), plus
-    the concept's text tokens and mask. Stored as float32 (an fp16 adapter's values, exactly)."""
+    the concept's text tokens and mask, and its output curve (`tone.values`) if it has one. Stored as float32
+    (an fp16 adapter's values, exactly)."""
+    from safetensors.torch import load_file
+
+    from pipeline.model.nets.tone import FILE, KEY
+
     cfg, layers, biases = read_adapter(adapter_dir, ExportError)
     if not plain_lora(cfg):
         raise ExportError(f"{adapter_dir}: not a plain LoRA adapter (e.g. DoRA); an artifact holds LoRA factors only")
@@ -25,6 +31,14 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
         out[f"{layer}.lora_A"], out[f"{layer}.lora_B"] = a.contiguous(), b.contiguous()
         out[f"{layer}.scale"] = torch.tensor([scale], dtype=torch.float32)
     out.update({k: v.contiguous() for k, v in biases.items()})  # a LoRA layer's own bias by the base layer's name
+    if (Path(adapter_dir) / FILE).is_file():
+        try:
+            out[TONE] = load_file(str(Path(adapter_dir) / FILE))[KEY].float().contiguous()
+        except Exception as e:
+            raise ExportError(
+                f"{adapter_dir / FILE}: not a readable tone curve ({str(e).splitlines()[0][:200]}); "
+                "rerun 'dvc repro finetune_lora' for this concept"
+            ) from None
     return out
 
 
@@ -72,6 +86,19 @@ def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
         if name not in inits or tuple(inits[name].dims) != tuple(t[key].shape):
             raise ExportError(f"{artifact}: bias {key!r} does not fit {base_onnx}; the artifact is for another base")
         inits[name].CopyFrom(numpy_helper.from_array(t[key].float().numpy(), name))
+    if TONE in t:
+        name = f"{PREFIX}{TONE}"
+        if name not in inits:
+            raise ExportError(
+                f"{artifact}: the concept has an output curve ({t[TONE].shape[1] - 1} segments) and {base_onnx} has "
+                "none; set finetune_lora.tone_knots to it and rerun 'dvc repro export_base_onnx'"
+            )
+        if tuple(inits[name].dims) != tuple(t[TONE].shape):
+            raise ExportError(
+                f"{artifact}: its output curve has shape {tuple(t[TONE].shape)}, {base_onnx}'s "
+                f"{tuple(inits[name].dims)}; export the base with the concept's finetune_lora.tone_knots"
+            )
+        inits[name].CopyFrom(numpy_helper.from_array(t[TONE].float().numpy(), name))
     length = inits["tokens"].dims[1]
     tokens, mask = pad_tokens(t["tokens"], t["mask"].to(t["tokens"].dtype), length)
     for n, v in (("tokens", tokens), ("mask", mask.to(torch.float32))):

@@ -269,10 +269,17 @@ def training_summary(metrics: dict) -> dict:
     return {"split": "val", "lpips": val["lpips"], "psnr": val["psnr"]}
 
 
-def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOnnxConfig, out: Path) -> None:
+def export_base(
+    base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOnnxConfig, out: Path, tone_knots: int = 0
+) -> None:
     """The base generator as ONNX with every weight a named initializer (what adapter artifacts patch); the text
-    constant (any concept's prompt, padded to max_tokens) is replaced by each artifact."""
+    constant (any concept's prompt, padded to max_tokens) is replaced by each artifact. With `tone_knots`
+    (finetune_lora's), an identity output curve of that many segments that each concept's artifact replaces."""
+    from pipeline.model.nets.tone import with_tone
+
     model, meta = concept_model(base_dir, None, prompts)
+    if tone_knots:
+        with_tone(model.G, tone_knots)
     shape = [1, 3, cfg.size, cfg.size]
     with atomic_dir(out) as tmp:
         padded = ImageOnly(model.G, *pad_tokens(model.tokens, model.mask, cfg.max_tokens))
@@ -287,6 +294,7 @@ def export_base(base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOn
                 "opset": cfg.opset,
                 "text_constant_from": constant_from,
                 "max_tokens": cfg.max_tokens,
+                "tone_knots": tone_knots,
                 "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact",
             },
         )

@@ -401,3 +401,41 @@ def test_merged_adapter_is_peft_merge_without_peft(tmp_path):
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
     with pytest.raises(E2GANError, match="not a plain LoRA adapter"):
         merged_adapter(_base("film"), tmp_path / "a")
+
+
+def test_an_output_curve_ships_with_the_truncated_adapter_and_loads_merged_or_not(tmp_path):
+    """finetune_lora.tone_knots: the curve trained beside the full-rank fine-tune is part of the shipped adapter:
+    truncated_adapter carries it, save_adapter_folder stores it (and counts its bytes), and load_adapter puts it
+    back, merged (without peft) or as a PeftModel: each computes what the trained model does."""
+    from pipeline.adapt.lora import save_adapter_folder, truncated_adapter
+    from pipeline.model.nets.generator import pooled_text
+    from pipeline.model.nets.tone import FILE, with_tone
+
+    base = _base("film")
+    targets = adaptable_layers(base)
+    trained = with_tone(_perturbed(base, {n: 2 for n in targets}), 8)
+    with torch.no_grad():
+        trained.tone.values.copy_(trained.tone.values.sign() * trained.tone.values.abs().sqrt())  # a real curve
+    x, text = _inputs()
+    text = text[:1].expand(2, -1, -1)
+    cond = pooled_text(text[:1], None)[0]
+    spec = lora_spec({n: 4 for n in targets}, bias="all")
+    adapter = truncated_adapter(base, trained, spec, cond).eval()
+    assert base.tone is None  # the base is left as it is
+    with torch.no_grad():
+        want = trained(x, text)
+        assert (adapter(x, text) - want).abs().max() < 1e-4
+        assert (adapter(x, text) - with_tone(copy.deepcopy(base), 8)(x, text)).abs().max() > 1e-2
+    assert trainable_parameters(adapter) == trainable_parameters(truncated_adapter(base, base, spec, cond)) + 27
+    sizes = save_adapter_folder(adapter, spec, {"concept": "c"}, tmp_path / "a", "float32")
+    assert sizes["tone_bytes"] == (tmp_path / "a" / FILE).stat().st_size > 0
+    assert sizes["adapter_bytes"] == sizes["tone_bytes"] + (tmp_path / "a" / "adapter_model.safetensors").stat().st_size
+    with torch.no_grad():
+        merged = load_adapter(_base("film"), tmp_path / "a", merge=True)
+        assert (merged(x, text) - want).abs().max() < 1e-4
+        peft_model = load_adapter(_base("film"), tmp_path / "a").eval()
+        assert (peft_model(x, text) - want).abs().max() < 1e-4
+    from pipeline.adapt.lora import FinetuneConfig
+
+    with pytest.raises(ValueError, match="set train_as 'full_rank'"):
+        FinetuneConfig(train_as="lora", tone_knots=8)

@@ -221,3 +221,43 @@ def test_adapter_artifact_with_many_layers_peft_saves_as_suffixes(tmp_path):
     direct = export_onnx(ImageOnly(_merged(model), tokens, torch.ones(1, 5)), tmp_path / "direct.onnx", 32)
     x = _x(1).numpy()
     assert np.abs(onnx_outputs(patched, x) - onnx_outputs(direct, x)).max() <= 1e-5
+
+
+def test_an_output_curve_exports_and_its_artifact_patches_a_base_exported_with_one(tmp_path, adapted):
+    """finetune_lora.tone_knots: the merged model with its curve exports as ONNX within the parity tolerance; the
+    artifact carries the curve and patches a base exported with an identity curve (export_base's tone_knots) to
+    the direct export; a base without a curve refuses it with the fix."""
+    from pipeline.model.nets.tone import save_tone, with_tone
+
+    model, folder = adapted
+    curved = tmp_path / "curved"
+    curved.mkdir()
+    for f in folder.iterdir():
+        (curved / f.name).write_bytes(f.read_bytes())
+    merged = with_tone(_merged(model), 8)
+    with torch.no_grad():
+        merged.tone.values.copy_(torch.round(merged.tone.values * 2) / 2)  # a staircase
+    save_tone(merged, curved)
+    tokens = torch.randn(1, 9, 384)
+    direct = export_onnx(ImageOnly(merged, tokens, torch.ones(1, 9)), tmp_path / "direct.onnx", 32)
+    x = _x(1)
+    with torch.no_grad():
+        ref = ImageOnly(merged, tokens, torch.ones(1, 9))(x).numpy()
+    assert np.abs(onnx_outputs(direct, x.numpy()) - ref).max() < 1e-4
+
+    base = _base(model.get_base_model().cfg.norm)
+    art = adapter_artifact(curved, tokens, torch.ones(1, 9))
+    assert torch.equal(art["tone.values"], merged.tone.values.detach())
+    save_file(art, str(tmp_path / "adapter.safetensors"))
+    padded = pad_tokens(torch.randn(1, 5, 384), torch.ones(1, 5), 16)
+    base_onnx = export_onnx(ImageOnly(with_tone(base, 8), *padded), tmp_path / "base.onnx", 32, fold=False)
+    patched = apply_artifact(base_onnx, tmp_path / "adapter.safetensors", tmp_path / "patched.onnx")
+    want = onnx_outputs(direct, x.numpy())
+    assert np.abs(onnx_outputs(patched, x.numpy()) - want).max() <= 5e-5  # steps up to 2x steep: 2x the float noise
+    plain = export_onnx(ImageOnly(_base(model.get_base_model().cfg.norm), *padded), tmp_path / "p.onnx", 32, fold=False)
+    with pytest.raises(ExportError, match="has none; set finetune_lora.tone_knots"):
+        apply_artifact(plain, tmp_path / "adapter.safetensors", tmp_path / "x.onnx")
+    with_tone(base, 4)
+    other = export_onnx(ImageOnly(base, *padded), tmp_path / "o.onnx", 32, fold=False)
+    with pytest.raises(ExportError, match="shape"):
+        apply_artifact(other, tmp_path / "adapter.safetensors", tmp_path / "y.onnx")

@@ -4,8 +4,8 @@ function of [-1, 1], `knots` + 1 evenly spaced points learned directly (a learne
 A convolutional network reaches a hard threshold (colours quantised to a few levels, posterised tones) only with
 large weights that short fine-tunes do not grow; a curve holds a staircase in a few numbers. It starts as the
 identity, trains with the adapter (`finetune_lora.tone_knots`), is stored beside it (`tone_curve.safetensors`,
-(3, knots + 1) float32) and runs in the merged and exported model as elementwise operations (hat functions: no
-gather or lookup, so every ONNX runtime and the browser run it).
+(3, knots + 1) float32) and runs in the merged and exported model as a two-point lookup and a linear blend (ONNX
+Floor, Gather and elementwise operations).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ class ToneCurve(nn.Module):
             raise ValueError(f"a tone curve needs at least 1 segment, got knots={knots}")
         grid = torch.linspace(-1.0, 1.0, knots + 1)
         self.register_buffer("grid", grid, persistent=False)
+        # where each channel's points start in the flattened values
+        self.register_buffer(
+            "offsets", torch.arange(channels).view(1, channels, 1, 1) * (knots + 1.0), persistent=False
+        )
         self.values = nn.Parameter(grid.repeat(channels, 1))
 
     @property
@@ -36,10 +40,15 @@ class ToneCurve(nn.Module):
         return self.values.shape[1] - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # hat function k is 1 at grid[k], 0 from the neighbouring points on: the weights of x sum to 1 on [-1, 1]
-        step = 2.0 / self.knots
-        w = torch.relu(1.0 - (x.clamp(-1.0, 1.0).unsqueeze(-1) - self.grid).abs() / step)  # (B, C, H, W, K + 1)
-        return (w * self.values[None, :, None, None, :]).sum(-1).clamp(-1.0, 1.0)
+        # x's segment i and its place f in it; the values at both ends by index (one Gather each in ONNX)
+        k = self.knots
+        u = (x.clamp(-1.0, 1.0) + 1.0) * (k / 2.0)
+        i = u.floor().clamp(max=k - 1)
+        f = u - i
+        at = (i + self.offsets).long()
+        flat = self.values.reshape(-1)
+        lo, hi = flat[at], flat[at + 1]
+        return (lo + (hi - lo) * f).clamp(-1.0, 1.0)
 
 
 def with_tone(G: nn.Module, knots: int) -> nn.Module:
