@@ -269,6 +269,9 @@ def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
 def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dict, params) -> dict:
     fcfg = params.finetune_lora
     G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"])
+    tone = job.get("tone")  # a full fine-tune trained alone as the family would train it
+    if tone:
+        G = with_tone(G, tone["knots"])
     cfg, steps = job["cfg"], job["steps"]
     data = patch_pairs(cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"]), job["patch"])
     best: dict = {}
@@ -280,7 +283,16 @@ def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dic
         return {"lpips_val": v}
 
     print(f"[{cb.name} seed {seed}] {method}{'' if draw is None else f' draw {draw}'}: {steps} steps", flush=True)
-    curve = train_curve(G, data, cfg, steps, job["eval_every"], scores, fcfg.loraplus_ratio if adapter else 1.0)
+    curve = train_curve(
+        G,
+        data,
+        cfg,
+        steps,
+        job["eval_every"],
+        scores,
+        fcfg.loraplus_ratio if adapter else 1.0,
+        tone_lr=tone["lr"] if tone else None,
+    )
     G.load_state_dict(best["state"])  # the val-best step, read on test
     if adapter:
         round_to(G, fcfg.store)  # scored as finetune_lora stores it

@@ -163,7 +163,10 @@ def test_analyze_search_finetune(project):
     assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     biases = sum(p.numel() for n, p in base.named_parameters() if n.endswith(".bias")) if spec["bias"] == "all" else 0
-    assert m["trainable_params"] == report["shipped_params"] + biases and m["pairs_used"] == round(
+    knots = cfg.finetune_lora.tone_knots  # the output curve: 3 channels x (knots + 1) points, stored beside it
+    assert (out / "tone_curve.safetensors").is_file() == bool(knots)
+    tone = 3 * (knots + 1) if knots else 0
+    assert m["trainable_params"] == report["shipped_params"] + biases + tone and m["pairs_used"] == round(
         0.5 * m["pairs_total"]
     )
     assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
