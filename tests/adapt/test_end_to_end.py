@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from pipeline.adapt.lora import adaptable_layers, load_adapter, spec_ranks
+from pipeline.core.errors import E2GANError
 from pipeline.core.io import atomic_write_json
 from pipeline.data.dataset import read_pairs
 from pipeline.data.pairs import GeneratePairsConfig, generate_pairs
@@ -22,6 +23,7 @@ from pipeline.data.sources import DataConfig, prepare_sources
 from pipeline.data.teachers import ConceptConfig, build_teacher
 from pipeline.model.checkpoint import load_generator, save_generator
 from pipeline.model.nets.generator import E2GANGenerator, GeneratorConfig
+from pipeline.model.nets.tone import load_tone
 from tests.conftest import ROOT
 
 CALIB = {"sepia": "make it sepia toned", "negative": "invert the colours"}
@@ -169,10 +171,12 @@ def test_analyze_search_finetune(project):
     assert m["trainable_params"] == report["shipped_params"] + biases + tone and m["pairs_used"] == round(
         0.5 * m["pairs_total"]
     )
-    assert m["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
+    files = ["adapter_model.safetensors", *(["tone_curve.safetensors"] if knots else [])]
+    assert m["adapter_bytes"] == sum((out / f).stat().st_size for f in files)
     assert m["split"] == "val" and {"lora", "identity"} <= set(m["val"]) and m["val"]["lora"]["n"] > 0
     fresh, _ = load_generator(project / "models/base")
     peft_model = PeftModel.from_pretrained(fresh, str(out)).eval()
+    load_tone(peft_model.base_model.model, out, E2GANError)  # peft's own loader, and the curve beside it
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     t = torch.randn(2, 3, 384)
     with torch.no_grad():
