@@ -215,7 +215,8 @@ def train_curve(
     """Train G with the pipeline's `fit` for `steps`, calling `evaluate(model)` (a dict of scores, e.g.
     ConceptBench.scores) every `eval_every` steps through fit's evaluation hook (not timed). With `d_warmup`,
     the discriminator first trains alone for that many steps (`warm_discriminator`, on the CPU; its seconds are
-    added to every point's train_seconds); G's output curve, if any, learns at `tone_lr`. Returns [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
+    added to every point's train_seconds); G's output curve, if any, learns at `tone_lr`. Returns
+    [{step, train_seconds, **scores}, ...]; G ends on the CPU."""
     cfg = cfg.model_copy(update={"steps": steps, "ckpt_every": steps, "log_every": min(cfg.log_every, steps)})
     curve: list[dict] = []
     models = with_loraplus(build_models(G, cfg, param_groups(G, cfg.lr_g, tone_lr)), cfg, loraplus_ratio)

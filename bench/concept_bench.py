@@ -232,10 +232,11 @@ def data_key(cb: ConceptBench) -> str:
 
 
 def build(
-    method: str, cb: ConceptBench, seed: int, spec: dict | None, head_scale: float = 1.0
+    method: str, cb: ConceptBench, seed: int, spec: dict | None, head_scale: float = 1.0, tone: dict | None = None
 ) -> tuple[torch.nn.Module, bool]:
     """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights. A
-    fine-tune of the whole base starts with its output layer scaled by `head_scale` (finetune_lora's start)."""
+    fine-tune of the whole base starts with its output layer scaled by `head_scale` (finetune_lora's start) and,
+    with a job's `tone`, an identity output curve of its knots."""
     from pipeline.adapt.lora import scaled_head_start
 
     torch.manual_seed(seed)
@@ -244,7 +245,8 @@ def build(
     if method == "e2gan_scratch":
         return E2GANGenerator(cb.base.cfg), False
     if spec is None:
-        return scaled_head_start(cb.base, head_scale).requires_grad_(True), False
+        G = scaled_head_start(cb.base, head_scale).requires_grad_(True)
+        return (with_tone(G, tone["knots"]) if tone else G), False
     return add_lora_spec(copy.deepcopy(cb.base), spec), True
 
 
@@ -268,10 +270,8 @@ def stored_bytes(G, adapter: bool, dtype: str = "float32") -> int:
 
 def run_one(cb: ConceptBench, method: str, seed: int, draw: int | None, job: dict, params) -> dict:
     fcfg = params.finetune_lora
-    G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"])
     tone = job.get("tone")  # a full fine-tune trained alone as the family would train it
-    if tone:
-        G = with_tone(G, tone["knots"])
+    G, adapter = build(method, cb, seed, job["spec"], job["start_head_scale"], tone)
     cfg, steps = job["cfg"], job["steps"]
     data = patch_pairs(cb.pairs if job["scratch"] else cb.pairs.subset(job["subset"]), job["patch"])
     best: dict = {}
@@ -335,10 +335,8 @@ def run_family(cb: ConceptBench, members: list[tuple[str, int | None, dict]], se
     fcfg = params.finetune_lora
     job = members[0][2]
     cond = pooled_text(cb.tokens[:1], None if cb.mask is None else cb.mask[:1])[0]
-    G, _ = build("full_ft", cb, seed, None, job["start_head_scale"])  # finetune_lora's start
     tone = job.get("tone")
-    if tone:
-        G = with_tone(G, tone["knots"])
+    G, _ = build("full_ft", cb, seed, None, job["start_head_scale"], tone)  # finetune_lora's start
     data = patch_pairs(cb.pairs.subset(job["subset"]), job["patch"])
     best: list[dict] = [{} for _ in members]
 
