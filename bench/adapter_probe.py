@@ -58,7 +58,7 @@ def full_rank_curve(cb, args, params, job: dict, steps: int, scale: dict) -> tup
 
     G = scaled_head_start(cb.base, args.head_scale).requires_grad_(True)
     if args.tone:
-        G = with_tone(G, args.tone)
+        G = with_tone(G, args.tone, args.tone_window)
     subset = list(range(len(cb.pairs.inputs))) if args.all_pairs else job["subset"]
     data = patch_pairs(cb.pairs.subset(subset), args.patch)
     curve = train_curve(
@@ -136,6 +136,12 @@ def main() -> None:
         help="--train-as full_rank: output curve segments (default finetune_lora.tone_knots)",
     )
     ap.add_argument("--tone-lr", type=float, default=None, help="the curve's rate (default finetune_lora.tone_lr)")
+    ap.add_argument(
+        "--tone-window",
+        type=int,
+        default=None,
+        help="with --tone: the outline gate's box, odd (0: none; default finetune_lora.tone_window)",
+    )
     ap.add_argument("--kid", action="store_true", help="--train-as full_rank: also each rank's KID on val")
     ap.add_argument(
         "--patch", type=int, default=None, help="training windows (0: whole crops; default finetune_lora.patch)"
@@ -166,6 +172,10 @@ def main() -> None:
         args.tone = f.tone_knots
     if args.tone_lr is None:
         args.tone_lr = f.tone_lr
+    if args.tone_window is None:
+        args.tone_window = f.tone_window if args.tone else 0
+    if args.tone_window and (not args.tone or args.tone_window < 3 or args.tone_window % 2 == 0):
+        raise SystemExit("--tone-window: an odd box of at least 3 (or 0), with --tone")
     if args.tone and args.train_as != "full_rank":
         raise SystemExit("--tone trains a curve beside a full-rank fine-tune: add --train-as full_rank")
     scale = SCALES["default"]
@@ -215,6 +225,7 @@ def main() -> None:
             **({"all_pairs": True} if args.all_pairs else {}),
             **({"d_warmup": args.d_warmup} if args.d_warmup else {}),
             **({"tone_knots": args.tone, "tone_lr": args.tone_lr} if args.tone else {}),
+            **({"tone_window": args.tone_window} if args.tone_window else {}),
             **({"patch": args.patch} if args.patch else {}),
             **({"base": str(args.base)} if args.base is not None else {}),
             "batch": cfg.batch_size,

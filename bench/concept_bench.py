@@ -192,6 +192,8 @@ def job_config(cb: ConceptBench, method: str, seed: int, draw: int | None, scale
         what["start_head_scale"] = start
     # finetune_lora's output curve trains beside the full-rank fine-tune (runs without one keep their keys)
     tone = {"knots": fcfg.tone_knots, "lr": fcfg.tone_lr} if shares_training and fcfg.tone_knots else None
+    if tone and fcfg.tone_window:  # its outline gate (runs without one keep their keys)
+        tone["window"] = fcfg.tone_window
     if tone:
         what["tone"] = tone
     # finetune_lora's training windows, or the scale's for the models from scratch (runs on whole crops keep
@@ -236,7 +238,7 @@ def build(
 ) -> tuple[torch.nn.Module, bool]:
     """(the model to train, whether it is an adapter); seeded so a rerun builds the same initial weights. A
     fine-tune of the whole base starts with its output layer scaled by `head_scale` (finetune_lora's start) and,
-    with a job's `tone`, an identity output curve of its knots."""
+    with a job's `tone`, an identity output curve of its knots (and outline gate)."""
     from pipeline.adapt.lora import scaled_head_start
 
     torch.manual_seed(seed)
@@ -246,7 +248,7 @@ def build(
         return E2GANGenerator(cb.base.cfg), False
     if spec is None:
         G = scaled_head_start(cb.base, head_scale).requires_grad_(True)
-        return (with_tone(G, tone["knots"]) if tone else G), False
+        return (with_tone(G, tone["knots"], tone.get("window", 0)) if tone else G), False
     return add_lora_spec(copy.deepcopy(cb.base), spec), True
 
 

@@ -13,4 +13,12 @@ PATHS = ("base", "selection", "pairs", "out")
 def run(params, paths) -> None:
     first = json.loads(paths.selection.read_text())["base"][0]  # any text constant: artifacts replace it
     prompts = paths.pairs / first / "prompts.json"
-    export_base(paths.base, prompts, first, params.export_onnx, paths.out, params.finetune_lora.tone_knots)
+    export_base(
+        paths.base,
+        prompts,
+        first,
+        params.export_onnx,
+        paths.out,
+        params.finetune_lora.tone_knots,
+        params.finetune_lora.tone_window,
+    )

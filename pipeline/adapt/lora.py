@@ -54,6 +54,9 @@ class FinetuneConfig(FrozenConfig):
     # learned at `tone_lr` (its values move by about that much per step); 0 = none. Stored beside the adapter.
     tone_knots: int = Field(0, ge=0, le=256)
     tone_lr: float = Field(0.01, gt=0.0)
+    # with the curve, an outline gate: one more curve, of the input's local contrast over a `tone_window` box (odd;
+    # 0 = none), that scales the output's brightness (dark outlines where the photo is darker than around it)
+    tone_window: int = Field(0, ge=0, le=31)
     train: TrainConfig = Field(default_factory=TrainConfig)  # the shared loop's settings
 
     @model_validator(mode="after")
@@ -69,6 +72,12 @@ class FinetuneConfig(FrozenConfig):
     def _tone_needs_full_rank(self):
         if self.tone_knots and self.train_as != "full_rank":
             raise ValueError("tone_knots trains a curve beside a full-rank fine-tune: set train_as 'full_rank'")
+        if self.tone_window and not self.tone_knots:
+            raise ValueError("tone_window is the output curve's outline gate: set tone_knots too (or tone_window 0)")
+        if self.tone_window and (self.tone_window < 3 or self.tone_window % 2 == 0):
+            raise ValueError(
+                f"tone_window must be odd and at least 3 (a box centred on each pixel), or 0: got {self.tone_window}"
+            )
         return self
 
 
@@ -479,7 +488,7 @@ def finetune_concept(
     ship = None
     start = scaled_head_start(base, cfg.start_head_scale) if full_rank and cfg.start_head_scale != 1.0 else base
     if cfg.tone_knots:
-        start = with_tone(copy.deepcopy(start), cfg.tone_knots)
+        start = with_tone(copy.deepcopy(start), cfg.tone_knots, cfg.tone_window)
     if full_rank:
         from pipeline.data.dataset import concept_condition
         from pipeline.model.nets.generator import pooled_text

@@ -12,16 +12,15 @@ from pipeline.deploy.export import ExportError, check_onnx
 
 PREFIX = "G."  # ImageOnly's name for the generator in exported initializer names
 TONE = "tone.values"  # the output curve's values (nets/tone.py), by the generator's parameter name
+TONE_WINDOW = "tone.window"  # in an artifact: the outline gate's box; in a base model's metadata: the same
 
 
 def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """A concept as the few tensors an app needs on top of the base ONNX model: per LoRA layer its A and B
     factors and scale (alpha / r), every bias the adapter trained (`<layer>.bias`, the whole new vector), plus
-    the concept's text tokens and mask, and its output curve (`tone.values`) if it has one. Stored as float32
-    (an fp16 adapter's values, exactly)."""
-    from safetensors.torch import load_file
-
-    from pipeline.model.nets.tone import FILE, KEY
+    the concept's text tokens and mask, and its output curve (`tone.values`, with `tone.window` when it has an
+    outline gate) if it has one. Stored as float32 (an fp16 adapter's values, exactly)."""
+    from pipeline.model.nets.tone import FILE, read_tone
 
     cfg, layers, biases = read_adapter(adapter_dir, ExportError)
     if not plain_lora(cfg):
@@ -32,14 +31,26 @@ def adapter_artifact(adapter_dir: Path, tokens: torch.Tensor, mask: torch.Tensor
         out[f"{layer}.scale"] = torch.tensor([scale], dtype=torch.float32)
     out.update({k: v.contiguous() for k, v in biases.items()})  # a LoRA layer's own bias by the base layer's name
     if (Path(adapter_dir) / FILE).is_file():
-        try:
-            out[TONE] = load_file(str(Path(adapter_dir) / FILE))[KEY].float().contiguous()
-        except Exception as e:
-            raise ExportError(
-                f"{adapter_dir / FILE}: not a readable tone curve ({str(e).splitlines()[0][:200]}); "
-                "rerun 'dvc repro finetune_lora' for this concept"
-            ) from None
+        values, window = read_tone(Path(adapter_dir) / FILE, 3, ExportError)  # the base model's RGB output
+        out[TONE] = values.contiguous()
+        if window:
+            out[TONE_WINDOW] = torch.tensor([window], dtype=torch.float32)
     return out
+
+
+def mark_tone_window(onnx_path: Path, window: int) -> Path:
+    """Name the base model's outline-gate box in its metadata, where apply_artifact checks a concept's."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, TONE_WINDOW: str(window)})
+    onnx.save(model, str(onnx_path))
+    return onnx_path
+
+
+def tone_window_of(model) -> int:
+    """The outline gate's box a base ONNX model was exported with (0: none)."""
+    return int({p.key: p.value for p in model.metadata_props}.get(TONE_WINDOW, "0"))
 
 
 def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +107,14 @@ def apply_artifact(base_onnx: Path, artifact: Path, out: Path) -> Path:
         if tuple(inits[name].dims) != tuple(t[TONE].shape):
             raise ExportError(
                 f"{artifact}: its output curve has shape {tuple(t[TONE].shape)}, {base_onnx}'s "
-                f"{tuple(inits[name].dims)}; export the base with the concept's finetune_lora.tone_knots"
+                f"{tuple(inits[name].dims)}; export the base with the concept's finetune_lora.tone_knots and "
+                "tone_window"
+            )
+        window, base_window = int(t[TONE_WINDOW]) if TONE_WINDOW in t else 0, tone_window_of(model)
+        if window != base_window:
+            raise ExportError(
+                f"{artifact}: its outline gate's window is {window}, {base_onnx}'s {base_window}; set "
+                f"finetune_lora.tone_window to {window} and rerun 'dvc repro export_base_onnx'"
             )
         inits[name].CopyFrom(numpy_helper.from_array(t[TONE].float().numpy(), name))
     length = inits["tokens"].dims[1]

@@ -19,7 +19,7 @@ from pipeline.core.io import atomic_dir, atomic_write_json, sha256_file
 from pipeline.core.metrics import lpips_distance
 from pipeline.core.tensors import array_to_image, image_to_array
 from pipeline.data.dataset import concept_prompt, split_pairs
-from pipeline.deploy.artifact import adapter_artifact, apply_artifact, pad_tokens
+from pipeline.deploy.artifact import adapter_artifact, apply_artifact, mark_tone_window, pad_tokens
 from pipeline.deploy.export import (
     ExportError,
     ImageOnly,
@@ -270,20 +270,29 @@ def training_summary(metrics: dict) -> dict:
 
 
 def export_base(
-    base_dir: Path, prompts: Path, constant_from: str, cfg: ExportOnnxConfig, out: Path, tone_knots: int = 0
+    base_dir: Path,
+    prompts: Path,
+    constant_from: str,
+    cfg: ExportOnnxConfig,
+    out: Path,
+    tone_knots: int = 0,
+    tone_window: int = 0,
 ) -> None:
     """The base generator as ONNX with every weight a named initializer (what adapter artifacts patch); the text
     constant (any concept's prompt, padded to max_tokens) is replaced by each artifact. With `tone_knots`
-    (finetune_lora's), an identity output curve of that many segments that each concept's artifact replaces."""
+    (finetune_lora's), an identity output curve of that many segments that each concept's artifact replaces; with
+    `tone_window` an outline gate over that box, which the model's metadata names (artifacts check it)."""
     from pipeline.model.nets.tone import with_tone
 
     model, meta = concept_model(base_dir, None, prompts)
     if tone_knots:
-        with_tone(model.G, tone_knots)
+        with_tone(model.G, tone_knots, tone_window)
     shape = [1, 3, cfg.size, cfg.size]
     with atomic_dir(out) as tmp:
         padded = ImageOnly(model.G, *pad_tokens(model.tokens, model.mask, cfg.max_tokens))
         export_onnx(padded, tmp / "model.onnx", cfg.size, cfg.opset, fold=False)
+        if tone_window:
+            mark_tone_window(tmp / "model.onnx", tone_window)
         atomic_write_json(
             tmp / "card.json",
             {
@@ -295,6 +304,7 @@ def export_base(
                 "text_constant_from": constant_from,
                 "max_tokens": cfg.max_tokens,
                 "tone_knots": tone_knots,
+                "tone_window": tone_window,
                 "note": "apply a concept's adapter.safetensors with pipeline.deploy.artifact.apply_artifact",
             },
         )

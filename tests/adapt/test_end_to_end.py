@@ -165,9 +165,9 @@ def test_analyze_search_finetune(project):
     assert saved["rank_pattern"] == spec["rank_pattern"] and saved["r"] == spec["r"]
     m = json.loads((project / "reports/finetune_lora/demo/metrics.json").read_text())
     biases = sum(p.numel() for n, p in base.named_parameters() if n.endswith(".bias")) if spec["bias"] == "all" else 0
-    knots = cfg.finetune_lora.tone_knots  # the output curve: 3 channels x (knots + 1) points, stored beside it
-    assert (out / "tone_curve.safetensors").is_file() == bool(knots)
-    tone = 3 * (knots + 1) if knots else 0
+    knots = cfg.finetune_lora.tone_knots  # the output curve: 3 channels x (knots + 1) points, stored beside it,
+    assert (out / "tone_curve.safetensors").is_file() == bool(knots)  # and the outline gate's knots + 1
+    tone = (3 + bool(cfg.finetune_lora.tone_window)) * (knots + 1) if knots else 0
     assert m["trainable_params"] == report["shipped_params"] + biases + tone and m["pairs_used"] == round(
         0.5 * m["pairs_total"]
     )

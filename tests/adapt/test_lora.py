@@ -439,3 +439,8 @@ def test_an_output_curve_ships_with_the_truncated_adapter_and_loads_merged_or_no
 
     with pytest.raises(ValueError, match="set train_as 'full_rank'"):
         FinetuneConfig(train_as="lora", tone_knots=8)
+    with pytest.raises(ValueError, match="set tone_knots too"):
+        FinetuneConfig(tone_window=5)
+    with pytest.raises(ValueError, match="odd and at least 3"):
+        FinetuneConfig(tone_knots=8, tone_window=4)
+    assert FinetuneConfig(tone_knots=8, tone_window=5).tone_window == 5

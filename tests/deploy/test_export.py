@@ -223,10 +223,13 @@ def test_adapter_artifact_with_many_layers_peft_saves_as_suffixes(tmp_path):
     assert np.abs(onnx_outputs(patched, x) - onnx_outputs(direct, x)).max() <= 1e-5
 
 
-def test_an_output_curve_exports_and_its_artifact_patches_a_base_exported_with_one(tmp_path, adapted):
-    """finetune_lora.tone_knots: the merged model with its curve exports as ONNX within the parity tolerance; the
-    artifact carries the curve and patches a base exported with an identity curve (export_base's tone_knots) to
-    the direct export; a base without a curve refuses it with the fix."""
+@pytest.mark.parametrize("window", [0, 3])
+def test_an_output_curve_exports_and_its_artifact_patches_a_base_exported_with_one(tmp_path, adapted, window):
+    """finetune_lora.tone_knots (and tone_window: the outline gate): the merged model with its curve exports as
+    ONNX within the parity tolerance; the artifact carries the curve and patches a base exported with an identity
+    curve (export_base's tone_knots) to the direct export; a base without a curve, or with another gate, refuses it
+    with the fix."""
+    from pipeline.deploy.artifact import mark_tone_window
     from pipeline.model.nets.tone import save_tone, with_tone
 
     model, folder = adapted
@@ -234,30 +237,42 @@ def test_an_output_curve_exports_and_its_artifact_patches_a_base_exported_with_o
     curved.mkdir()
     for f in folder.iterdir():
         (curved / f.name).write_bytes(f.read_bytes())
-    merged = with_tone(_merged(model), 8)
+    merged = with_tone(_merged(model), 8, window)
     with torch.no_grad():
         merged.tone.values.copy_(torch.round(merged.tone.values * 2) / 2)  # a staircase
+        if window:  # a gate that blackens where the input is darker than around it, and brightens the rest
+            merged.tone.values[3] = (merged.tone.grid > -0.3) * 1.2
     save_tone(merged, curved)
     tokens = torch.randn(1, 9, 384)
     direct = export_onnx(ImageOnly(merged, tokens, torch.ones(1, 9)), tmp_path / "direct.onnx", 32)
     x = _x(1)
     with torch.no_grad():
         ref = ImageOnly(merged, tokens, torch.ones(1, 9))(x).numpy()
+        if window:  # the gate does its work on this input
+            assert ((ref + 1) < 1e-6).mean() > 0.05
     assert np.abs(onnx_outputs(direct, x.numpy()) - ref).max() < 1e-4
 
     base = _base(model.get_base_model().cfg.norm)
     art = adapter_artifact(curved, tokens, torch.ones(1, 9))
     assert torch.equal(art["tone.values"], merged.tone.values.detach())
+    assert ("tone.window" in art) == bool(window)
     save_file(art, str(tmp_path / "adapter.safetensors"))
     padded = pad_tokens(torch.randn(1, 5, 384), torch.ones(1, 5), 16)
-    base_onnx = export_onnx(ImageOnly(with_tone(base, 8), *padded), tmp_path / "base.onnx", 32, fold=False)
+    base_onnx = export_onnx(ImageOnly(with_tone(base, 8, window), *padded), tmp_path / "base.onnx", 32, fold=False)
+    if window:
+        mark_tone_window(base_onnx, window)
     patched = apply_artifact(base_onnx, tmp_path / "adapter.safetensors", tmp_path / "patched.onnx")
     want = onnx_outputs(direct, x.numpy())
     assert np.abs(onnx_outputs(patched, x.numpy()) - want).max() <= 5e-5  # steps up to 2x steep: 2x the float noise
     plain = export_onnx(ImageOnly(_base(model.get_base_model().cfg.norm), *padded), tmp_path / "p.onnx", 32, fold=False)
     with pytest.raises(ExportError, match="has none; set finetune_lora.tone_knots"):
         apply_artifact(plain, tmp_path / "adapter.safetensors", tmp_path / "x.onnx")
-    with_tone(base, 4)
+    with_tone(base, 4, window)
     other = export_onnx(ImageOnly(base, *padded), tmp_path / "o.onnx", 32, fold=False)
     with pytest.raises(ExportError, match="shape"):
         apply_artifact(other, tmp_path / "adapter.safetensors", tmp_path / "y.onnx")
+    if window:  # the same shape, another box: the model's metadata tells
+        with_tone(base, 8, 5)
+        wider = mark_tone_window(export_onnx(ImageOnly(base, *padded), tmp_path / "w.onnx", 32, fold=False), 5)
+        with pytest.raises(ExportError, match="window is 3, .* 5; set finetune_lora.tone_window to 3"):
+            apply_artifact(wider, tmp_path / "adapter.safetensors", tmp_path / "z.onnx")

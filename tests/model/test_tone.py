@@ -99,3 +99,59 @@ def test_the_curve_learns_at_its_own_rate_and_the_rest_at_lr_g():
     assert 0.5e-2 < moved["tone.values"] <= 1.01e-2
     assert max(v for n, v in moved.items() if n != "tone.values") <= 1.01e-4
     assert torch.equal(base.tone.values, torch.linspace(-1, 1, 9).repeat(3, 1))  # the start is left as it is
+
+
+def test_the_outline_gate_reads_the_inputs_local_contrast_and_blackens_by_its_curve():
+    """tone_window: the gate's input is the input's luminance minus its box mean (OpenCV's box filter with
+    replicated borders as the reference), times GAIN; a new gate changes nothing; a step curve turns the pixels
+    darker than their neighbourhood black, the others unchanged, whatever the curved output is."""
+    import cv2
+    import numpy as np
+
+    from pipeline.model.nets.tone import GAIN, LUMA
+
+    x = _x(3)
+    curve = ToneCurve(16, window=5)
+    assert curve.values.shape == (4, 17) and torch.equal(curve.values[3], torch.ones(17))
+    y = np.einsum("bchw,c->bhw", x.numpy().astype(np.float64), np.array(LUMA))
+    box = np.stack([cv2.blur(im, (5, 5), borderType=cv2.BORDER_REPLICATE) for im in y])
+    want = np.clip((y - box) * GAIN, -1, 1)
+    assert np.abs(curve.contrast(x)[:, 0].numpy() - want).max() < 1e-5
+    out = _x(4)
+    with torch.no_grad():
+        assert (curve(out, x) - out).abs().max() < 1e-6  # the identity at the start
+        curve.values[3] = (curve.grid > -0.25).float()  # black where contrast * GAIN <= -0.25
+        gated = curve(out, x)
+    dark = torch.from_numpy(want < -0.25 - 1e-4).unsqueeze(1).expand_as(out)
+    light = torch.from_numpy(want > -0.25 + 0.125 + 1e-4).unsqueeze(1).expand_as(out)
+    assert 0.02 < dark.float().mean() < 0.98
+    assert (gated[dark] + 1).abs().max() < 1e-6  # black
+    assert (gated[light] - out[light]).abs().max() < 1e-6  # unchanged
+    with pytest.raises(ValueError, match="pass the generator's input"):
+        curve(out)
+    for bad in (2, 4, 1):
+        with pytest.raises(ValueError, match="odd and at least 3"):
+            ToneCurve(8, window=bad)
+
+
+def test_the_generator_feeds_its_input_to_the_gate_and_the_gate_saves_with_its_window(tmp_path):
+    torch.manual_seed(0)
+    G = E2GANGenerator(GeneratorConfig(ngf=8, heads=2)).eval()
+    x, text = _x(), torch.randn(2, 5, 384)
+    with torch.no_grad():
+        before = G(x, text)
+        with_tone(G, 8, 3)
+        assert (G(x, text) - before).abs().max() < 1e-6
+        G.tone.values[3] = torch.linspace(0, 1, 9)  # darker where the input is darker than around it
+        after = G(x, text)
+        want = ((before + 1) * G.tone.lookup(G.tone.contrast(x), 27.0) - 1).clamp(-1, 1)
+    assert (after - want).abs().max() < 1e-6 and (after - before).abs().max() > 0.1
+    save_tone(G, tmp_path)
+    H = load_tone(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), tmp_path, E2GANError)
+    assert H.tone.window == 3 and torch.equal(H.tone.values, G.tone.values)
+    from safetensors.torch import save_file
+
+    for meta, match in (({"window": "4"}, "odd and at least 3"), ({"window": "0"}, r"shape \(4, 9\) does not fit")):
+        save_file({"values": G.tone.values.detach()}, str(tmp_path / FILE), meta)
+        with pytest.raises(E2GANError, match=match):
+            load_tone(E2GANGenerator(GeneratorConfig(ngf=8, heads=2)), tmp_path, E2GANError)

@@ -233,7 +233,8 @@ class E2GANGenerator(nn.Module):
         if cfg.residual:  # zero-initialised head: the untrained generator is exactly the identity
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
-        # a concept's output curve (nets/tone.py), set by finetune_lora.tone_knots: never part of the base
+        # a concept's output curve and outline gate (nets/tone.py), set by finetune_lora.tone_knots / tone_window:
+        # never part of the base
         self.register_module("tone", None)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,4 +255,4 @@ class E2GANGenerator(nn.Module):
             out = torch.tanh(0.5 * torch.log((1 + xc) / (1 - xc)) + y)  # atanh, spelled out for ONNX export
         else:
             out = torch.tanh(y)
-        return out if self.tone is None else self.tone(out)
+        return out if self.tone is None else self.tone(out, x)
