@@ -54,7 +54,9 @@ def main() -> None:
             raise SystemExit(str(e)) from None
         found[concept] = (values.numpy(), window)
     if not found:
-        raise SystemExit("no adapter with an output curve in models/lora/: set finetune_lora.tone_knots and run `make run`")
+        raise SystemExit(
+            "no adapter with an output curve in models/lora/: set finetune_lora.tone_knots and run `make run`"
+        )
 
     import matplotlib
 
@@ -87,7 +89,9 @@ def main() -> None:
             ax.set_xlabel("input's local contrast (8-bit levels)", fontsize=8)
             ax.set_ylabel("brightness factor", fontsize=8)
             ax.tick_params(labelsize=7)
-            entry.update(gate=gate.round(4).tolist(), gate_levels=levels.round(3).tolist(), **gate_summary(gate, levels))
+            entry.update(
+                gate=gate.round(4).tolist(), gate_levels=levels.round(3).tolist(), **gate_summary(gate, levels)
+            )
         elif gated:
             axes[1][col].axis("off")
         result["concepts"][concept] = entry
