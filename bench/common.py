@@ -113,6 +113,9 @@ class ConceptBench:
         """Any concept's pairs and prompts folders on a base and an adapter spec; val (and test unless
         `test_limit` is given) limited to `eval_limit` crops spread over all the split's photos."""
         params = params or load_params()
+        for need, stage in ((Path(base_dir) / "generator.safetensors", "train_base"), (Path(ranks), "search_ranks")):
+            if not need.is_file():
+                raise SystemExit(f"{need} is missing: run 'dvc repro {stage}' (or 'make run') first")
         base, meta = load_generator(base_dir)
         concept = load_concepts({name: pairs}, meta["text_encoder"], {name: prompts})[name]
         seed = params.finetune_lora.train.seed

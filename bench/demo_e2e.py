@@ -36,20 +36,27 @@ SIZE = 256
 
 def synthetic_models(out: Path, concept: str = "winter") -> Path:
     """models/onnx-shaped folder: base/ (fold=False, 32 text tokens) and <concept>/ (adapter artifact,
-    direct export, card) from a default-size generator with random weights and a random LoRA adapter."""
+    direct export, card) from a default-size generator with random weights and a random LoRA adapter, with the
+    default's output curve and outline gate (params.yaml's finetune_lora.tone_knots / tone_window: the base's
+    the identity, the concept's random)."""
     import torch
     from safetensors.torch import save_file
 
     from pipeline.adapt.lora import add_lora_spec, lora_spec, save_adapter
     from pipeline.config import load_params
-    from pipeline.deploy.artifact import adapter_artifact, pad_tokens
+    from pipeline.deploy.artifact import adapter_artifact, mark_tone_window, pad_tokens
     from pipeline.deploy.export import ImageOnly, export_onnx
+    from pipeline.model.nets.tone import save_tone, with_tone
     from pipeline.model.train_base import build_generator
 
-    G = build_generator(load_params().train_base, 384).eval()  # the default base's architecture (MiniLM text)
+    params = load_params()
+    knots, window = params.finetune_lora.tone_knots, params.finetune_lora.tone_window
+    G = build_generator(params.train_base, 384).eval()  # the default base's architecture (MiniLM text)
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.02 * torch.randn_like(p))
+    if knots:
+        with_tone(G, knots, window)  # the identity, as export_base_onnx exports it
     ranks = {
         "ds.conv": 8,
         "tb.attn_cross.to_k": 4,
@@ -65,13 +72,21 @@ def synthetic_models(out: Path, concept: str = "winter") -> Path:
         for n, p in adapted.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
+        if knots:  # a curve and gate far enough from the identity that a page ignoring them fails the parity
+            tone = adapted.base_model.model.tone
+            tone.values[:3].add_(0.15 * torch.randn_like(tone.values[:3]))
+            if window:
+                tone.values[3].copy_(torch.linspace(0.2, 1.0, knots + 1))  # darker where the input is darker
     adapter = out / "_adapter"
     save_adapter(adapted, adapter)
+    save_tone(adapted.base_model.model, adapter)
     base_tokens, tokens = torch.randn(1, 6, 384), torch.randn(1, 11, 384)
     (out / "base").mkdir(parents=True, exist_ok=True)
     export_onnx(
         ImageOnly(G, *pad_tokens(base_tokens, torch.ones(1, 6), 32)), out / "base" / "model.onnx", SIZE, fold=False
     )
+    if knots and window:
+        mark_tone_window(out / "base" / "model.onnx", window)
     (out / "base" / "card.json").write_text(json.dumps({"input": {"shape": [1, 3, SIZE, SIZE]}, "max_tokens": 32}))
     (out / concept).mkdir(exist_ok=True)
     save_file(adapter_artifact(adapter, tokens, torch.ones(1, 11)), str(out / concept / "adapter.safetensors"))

@@ -29,7 +29,10 @@ def _imports(path: Path) -> list[str]:
             out += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.append(node.module)
-            out += [f"{node.module}.{a.name}" for a in node.names if node.module == "pipeline"]
+            # `from pipeline.deploy import mobile` imports a submodule (names that are not modules lead nowhere)
+            out += [
+                f"{node.module}.{a.name}" for a in node.names if node.module.split(".")[0] in ("pipeline", "stages")
+            ]
     return out
 
 

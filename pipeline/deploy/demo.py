@@ -38,6 +38,7 @@ ORT_DIST = Path(os.environ.get("E2GAN_ORT_WEB") or Path.cwd() / "demo" / "node_m
 PAGE_FILES = {"index.html", "app.js", "style.css"}
 CONCEPT_FILES = {"adapter.safetensors", "model.onnx", "card.json"}
 BASE_FILES = {"model.onnx", "weights.bin", "index.json", "card.json"}
+BUNDLE_FORMAT = b"e2gan web bundle 2: index.json has tone_window"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole names only (fullmatch)
 
 
@@ -47,15 +48,17 @@ class DemoError(E2GANError):
 
 def web_bundle(base_onnx: Path, out: Path) -> Path:
     """The base ONNX model with every float initializer in one external-data file `weights.bin`, plus
-    `index.json` (tensor name -> byte offset, length, shape) so the page can patch weights in place.
-    Written once per base model (keyed by its hash); returns the folder."""
+    `index.json` (tensor name -> byte offset, length, shape; the outline gate's box) so the page can patch weights
+    in place. Written once per base model and bundle format (keyed by their hash); returns the folder."""
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
+
+    from pipeline.deploy.artifact import tone_window_of
 
     base_onnx = Path(base_onnx)
     if not base_onnx.is_file():
         raise DemoError(f"no base model at {base_onnx}: run 'dvc repro export_base_onnx' first")
-    digest = hashlib.sha256(base_onnx.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(base_onnx.read_bytes() + BUNDLE_FORMAT).hexdigest()[:16]  # a new format: a new folder
     folder = Path(out) / digest
     if (folder / "index.json").is_file():
         return folder
@@ -78,7 +81,11 @@ def web_bundle(base_onnx: Path, out: Path) -> Path:
                 "shape": list(init.dims),
                 "dtype": onnx.TensorProto.DataType.Name(init.data_type),
             }
-        atomic_write_json(tmp / "index.json", {"source": str(base_onnx), "sha256_16": digest, "tensors": index})
+        atomic_write_json(
+            tmp / "index.json",
+            # tone_window: the outline-gate box the base was exported with, which a concept's curve must match
+            {"source": str(base_onnx), "sha256_16": digest, "tone_window": tone_window_of(model), "tensors": index},
+        )
     return folder
 
 

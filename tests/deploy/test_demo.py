@@ -1,6 +1,6 @@
 """The browser demo: the server's file whitelist and web bundle, and the page end to end in real headless
-Chromium (playwright-core): a concept's adapter patched onto the base model in the page gives Python
-onnxruntime's output; bad input shows clear messages."""
+Chromium (playwright-core): a concept's adapter, output curve and outline gate patched onto the base model in the
+page give Python onnxruntime's output; bad input shows clear messages."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench.demo_e2e import make_photo, run, synthetic_models
+from pipeline.config import load_params
 from pipeline.deploy.demo import ORT_DIST, DemoError, make_server, web_bundle
 from pipeline.deploy.export import ort_session
 
@@ -30,7 +31,11 @@ def test_web_bundle_runs_like_the_base_model(models, tmp_path):
     """The external-data form the page patches is the same model: identical outputs, and the index
     points at each tensor's bytes."""
     folder = web_bundle(models / "base" / "model.onnx", tmp_path)
-    index = json.loads((folder / "index.json").read_text())["tensors"]
+    bundle = json.loads((folder / "index.json").read_text())
+    index = bundle["tensors"]
+    tone = load_params().finetune_lora
+    assert bundle["tone_window"] == tone.tone_window  # what the page checks a concept's outline gate against
+    assert index["G.tone.values"]["shape"] == [3 + (tone.tone_window > 0), tone.tone_knots + 1]
     weights = (folder / "weights.bin").read_bytes()
     assert {"tokens", "mask", "G.ds.conv.weight"} <= set(index)
     t = index["tokens"]

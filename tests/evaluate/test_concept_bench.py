@@ -406,3 +406,15 @@ def test_time_to_pix2pix_quality_reads_the_val_curves_seed_by_seed():
     assert m["by_seed"] == pytest.approx({0: 20 / 200, 1: 10 / 100}) and m["never_reached"] == [2]
     assert m["ratio"] == pytest.approx((0.1 + 0.1) / 2)
     assert "time_to_pix2pix_quality" not in time_ratio([{k: v for k, v in r.items() if k != "curve"} for r in ad], p2p)
+
+
+def test_a_missing_base_or_rank_spec_names_the_stage_that_makes_it(tmp_path):
+    from bench.common import ConceptBench
+
+    base = tmp_path / "base"
+    with pytest.raises(SystemExit, match=r"base/generator.safetensors is missing: run 'dvc repro train_base'"):
+        ConceptBench.from_folders("winter", base, tmp_path / "pairs", tmp_path / "prompts", tmp_path / "lora.json")
+    base.mkdir()
+    (base / "generator.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"lora.json is missing: run 'dvc repro search_ranks'"):
+        ConceptBench.from_folders("winter", base, tmp_path / "pairs", tmp_path / "prompts", tmp_path / "lora.json")

@@ -142,6 +142,9 @@ def test_the_closure_follows_function_level_and_submodule_imports():
     assert {"pipeline/__init__.py", "pipeline/model/train.py", "pipeline/core/io.py"} <= closure
     assert "pipeline/core/metrics.py" in closure  # imported inside a function of model/train.py (LPIPS loss)
     assert "pipeline/deploy/export.py" not in closure
+    closure = {p.relative_to(ROOT).as_posix() for p in import_closure([ROOT / "stages/export_mobile.py"])}
+    assert "pipeline/deploy/mobile.py" in closure  # `from pipeline.deploy import mobile`, inside a function
+    assert "pipeline/deploy/demo.py" not in closure  # the browser demo changes no exported model
 
 
 def test_every_path_a_stage_is_given_is_a_dep_or_an_output():

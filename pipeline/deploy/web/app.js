@@ -97,14 +97,14 @@ async function loadBase() {
   } catch (e) {
     throw new UserError('No base model is exported: run "dvc repro export_base_onnx" (or "make run") and reload.');
   }
-  state.base = { graph: new Uint8Array(graph), weights, index: index.tensors };
+  state.base = { graph: new Uint8Array(graph), weights, index: index.tensors, toneWindow: index.tone_window || 0 };
   state.baseBytes = graph.byteLength + weights.byteLength;
   return state.base;
 }
 
-// W' = W + scale * B @ A for every LoRA layer, the biases the adapter trained and the concept's text tokens,
-// written into a copy of the
-// base weights; the same arithmetic as pipeline.deploy.artifact.apply_artifact (float64, rounded to float32 once).
+// W' = W + scale * B @ A for every LoRA layer, the biases the adapter trained, the output curve and the concept's
+// text tokens, written into a copy of the base weights; the same arithmetic as
+// pipeline.deploy.artifact.apply_artifact (float64, rounded to float32 once).
 function patchWeights(base, art, concept) {
   const bytes = base.weights.slice(0);
   const f32 = new Float32Array(bytes);
@@ -132,6 +132,15 @@ function patchWeights(base, art, concept) {
     const idx = base.index[`G.${key}`];
     if (!idx || idx.length !== art[key].data.length * 4) throw new UserError(`The adapter of '${concept}' changes bias ${key}, which does not fit the base model: it was made for another base. Re-export with "dvc repro export_onnx@${concept}".`);
     f32.set(Float32Array.from(art[key].data), idx.offset / 4);
+  }
+  if (art['tone.values']) {  // the concept's output curve (and outline gate), as apply_artifact writes it
+    const values = art['tone.values'], idx = base.index['G.tone.values'];
+    const reexport = 'set finetune_lora.tone_knots and tone_window to the concept\'s and run "dvc repro export_base_onnx"';
+    if (!idx) throw new UserError(`The adapter of '${concept}' has an output curve and the base model has none: ${reexport}.`);
+    if (idx.length !== values.data.length * 4) throw new UserError(`The output curve of '${concept}' (shape ${values.shape.join('×')}) does not fit the base model's: ${reexport}.`);
+    const window = art['tone.window'] ? art['tone.window'].data[0] : 0;
+    if (window !== base.toneWindow) throw new UserError(`The outline gate of '${concept}' has a ${window}-pixel box and the base model's ${base.toneWindow}: ${reexport}.`);
+    f32.set(Float32Array.from(values.data), idx.offset / 4);
   }
   const tok = base.index.tokens, mask = base.index.mask;
   if (!tok || !mask) throw new UserError('The base model has no text-token tensors; re-export it with "dvc repro -f export_base_onnx".');
