@@ -138,8 +138,8 @@ function patchWeights(base, art, concept) {
     const reexport = 'set finetune_lora.tone_knots and tone_window to the concept\'s and run "dvc repro export_base_onnx"';
     if (!idx) throw new UserError(`The adapter of '${concept}' has an output curve and the base model has none: ${reexport}.`);
     if (idx.length !== values.data.length * 4) throw new UserError(`The output curve of '${concept}' (shape ${values.shape.join('×')}) does not fit the base model's: ${reexport}.`);
-    const window = art['tone.window'] ? art['tone.window'].data[0] : 0;
-    if (window !== base.toneWindow) throw new UserError(`The outline gate of '${concept}' has a ${window}-pixel box and the base model's ${base.toneWindow}: ${reexport}.`);
+    const gate = art['tone.window'] ? art['tone.window'].data[0] : 0;
+    if (gate !== base.toneWindow) throw new UserError(`The outline gate of '${concept}' has a ${gate}-pixel box and the base model's ${base.toneWindow}: ${reexport}.`);
     f32.set(Float32Array.from(values.data), idx.offset / 4);
   }
   const tok = base.index.tokens, mask = base.index.mask;
