@@ -450,7 +450,13 @@ def test_new_concepts_from_the_deployment_form_over_rest(repo, prefect_server):
     original = (repo / "params.yaml").read_bytes()
 
     def start(parameters: dict) -> str:
-        r = httpx.post(f"{url}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=30)
+        for wait in (1, 2, 4, 8, 0):  # a server busy with another test's runs may answer 503 for a moment
+            r = httpx.post(
+                f"{url}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=30
+            )
+            if r.status_code != 503 or not wait:
+                break
+            time.sleep(wait)
         assert r.status_code == 201, r.text
         return r.json()["id"]
 
